@@ -1,0 +1,306 @@
+"""Experiment configuration: YAML files loaded into typed, frozen dataclasses.
+
+Every key a YAML file may hold is a dataclass field here. Unknown keys and values of
+the wrong type are rejected with a ``ConfigError`` that names the dotted key path, so a
+typo such as ``preprocessing.wavelet.famly`` fails loudly instead of being ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images are and how to read labels and groups from them."""
+
+    root: str | None = None  # None: MAMMO_DATA_DIR, then the default locations
+    image_size: tuple[int, int] = (60, 60)
+    # class-folder name -> integer label; the folder names are also the class names
+    classes: dict[str, int] = field(default_factory=lambda: {"0": 0, "1": 1})
+    class_names: dict[int, str] = field(
+        default_factory=lambda: {0: "normal", 1: "microcalcification"})
+    extensions: tuple[str, ...] = (".png", ".pgm")
+    # Regex matched at the start of each file name; named groups `case` and `roi`.
+    # None gives every image its own case and ROI.
+    filename_pattern: str | None = r"(?P<roi>(?P<case>\d{4})[^.]*)\.pgm_\d+"
+    download_url: str = "https://www.pi.infn.it/~boccali/DL_class_data.tar.gz"
+    # folder inside the tarball that holds the {Train,Test}/{0,1} tree
+    archive_subdir: str = "IMAGES/Mammography_micro"
+
+
+@dataclass(frozen=True)
+class WaveletConfig:
+    enabled: bool = True
+    family: str = "sym3"
+    level: int = 3
+    threshold_k: float = 1.5  # details kept only where |c| > k * sigma of their sub-band
+    drop_approximation: bool = True  # removes the smooth tissue background
+    drop_detail_levels: tuple[int, ...] = (1,)  # level 1 is mostly sensor noise
+
+
+@dataclass(frozen=True)
+class ClaheConfig:
+    enabled: bool = False
+    clip_limit: float = 0.01
+    kernel_size: int = 8
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    wavelet: WaveletConfig = WaveletConfig()
+    clahe: ClaheConfig = ClaheConfig()
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    flip: bool = True
+    rotate90: bool = True
+    contrast: float = 0.1  # max relative contrast change; 0 switches it off
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Fixed architecture choices; the searched ones live in `hyperparameters`."""
+
+    conv_blocks: int = 3
+    kernel_size: int = 3
+    dense_units: int = 64  # first dense layer; each further layer halves it
+    pooling: Literal["flatten", "avg", "max"] = "flatten"  # how the head sees the maps
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """One searched hyperparameter: a finite `choice` or a continuous range."""
+
+    type: Literal["choice", "uniform", "loguniform"]
+    values: tuple[int | float, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+
+    def corners(self) -> tuple[float, ...]:
+        """Returns the extreme values of this dimension (used to smoke-test the space)."""
+        if self.type == "choice":
+            return (min(self.values), max(self.values))
+        return (self.low, self.high)
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    group_by: Literal["case", "roi", "none"] = "case"
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2  # of the part that remains after the test part
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 60
+    batch_size: int = 32
+    early_stopping_patience: int = 12
+    monitor: str = "val_auc"  # selection on AUC, never accuracy (see docs)
+    seed: int = 0
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment_name: str = "mammo-microcal"
+    registered_model_name: str = "mammo-microcal"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    data: DataConfig = DataConfig()
+    preprocessing: PreprocessingConfig = PreprocessingConfig()
+    model: ModelConfig = ModelConfig()
+    hyperparameters: dict[str, int | float] = field(default_factory=dict)
+    search_space: dict[str, ParamSpace] = field(default_factory=dict)
+    split: SplitConfig = SplitConfig()
+    training: TrainingConfig = TrainingConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the resolved configuration as plain YAML-friendly data."""
+        return _plain(dataclasses.asdict(self))
+
+    def fingerprint(self) -> str:
+        """Returns a short hash of the resolved configuration (identifies a setup)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+REQUIRED_HYPERPARAMETERS = ("init", "rate", "depth", "learning_rate")
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Returns the Experiment described by the YAML file at `path`.
+
+    Raises ConfigError naming the key for unknown keys, wrong types or bad values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    experiment = _build(Experiment, raw, "")
+    _validate(experiment)
+    return experiment
+
+
+def experiment_from_dict(raw: dict[str, Any]) -> Experiment:
+    """Returns the Experiment for already-parsed data (same checks as load_experiment)."""
+    experiment = _build(Experiment, raw, "")
+    _validate(experiment)
+    return experiment
+
+
+def flat_params(experiment: Experiment) -> dict[str, str]:
+    """Returns the config flattened to dotted keys, for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            out[prefix] = str(value)
+
+    walk("", experiment.to_dict())
+    return out
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'experiment'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = _join(where, unknown[0])
+        raise ConfigError(f"unknown config key '{key}' (allowed here: {', '.join(sorted(names))})")
+    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ConfigError(f"{where or 'experiment'}: {err}") from err
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        for candidate in inner[:-1]:
+            try:
+                return _coerce(candidate, value, where)
+            except ConfigError:
+                continue
+        return _coerce(inner[-1], value, where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"'{where}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{where}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"'{where}' must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{where}' must be a mapping, got {value!r}")
+        key_type, value_type = args
+        return {_coerce(key_type, k, f"{where}.{k}"): _coerce(value_type, v, f"{where}.{k}")
+                for k, v in value.items()}
+    return _scalar(hint, value, where)
+
+
+def _scalar(hint: Any, value: Any, where: str) -> Any:
+    # YAML reads 1e-3 as a string; ints are fine where floats are expected, bools never are.
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    elif hint is bool and isinstance(value, bool):
+        return value
+    elif hint is str and isinstance(value, (str, int)) and not isinstance(value, bool):
+        return str(value)
+    raise ConfigError(f"'{where}' must be of type {hint.__name__}, got {value!r}")
+
+
+def _validate(experiment: Experiment) -> None:
+    """Checks value ranges and cross-field rules that types alone cannot express."""
+    data, wavelet = experiment.data, experiment.preprocessing.wavelet
+    if len(set(data.classes.values())) < 2:
+        raise ConfigError("'data.classes' must map folders to at least two distinct labels")
+    if any(side <= 0 for side in data.image_size):
+        raise ConfigError(f"'data.image_size' must be positive, got {data.image_size}")
+    if wavelet.level < 1 or wavelet.threshold_k < 0:
+        raise ConfigError("'preprocessing.wavelet' needs level >= 1 and threshold_k >= 0")
+    if any(not 1 <= lvl <= wavelet.level for lvl in wavelet.drop_detail_levels):
+        raise ConfigError("'preprocessing.wavelet.drop_detail_levels' must lie in 1..level")
+    for frac in ("test_fraction", "val_fraction"):
+        if not 0 < getattr(experiment.split, frac) < 1:
+            raise ConfigError(f"'split.{frac}' must lie strictly between 0 and 1")
+    missing = [k for k in REQUIRED_HYPERPARAMETERS if k not in experiment.hyperparameters]
+    if missing:
+        raise ConfigError(f"'hyperparameters' is missing {missing}")
+    for name, space in experiment.search_space.items():
+        _validate_space(name, space)
+
+
+def _validate_space(name: str, space: ParamSpace) -> None:
+    where = f"search_space.{name}"
+    if name not in REQUIRED_HYPERPARAMETERS:
+        raise ConfigError(f"unknown hyperparameter '{where}' "
+                          f"(searchable: {', '.join(REQUIRED_HYPERPARAMETERS)})")
+    if space.type == "choice":
+        if not space.values:
+            raise ConfigError(f"'{where}.values' must list at least one value for a choice")
+    elif space.low is None or space.high is None or not space.low < space.high:
+        raise ConfigError(f"'{where}' needs low < high for a {space.type} range")
+    elif space.type == "loguniform" and space.low <= 0:
+        raise ConfigError(f"'{where}.low' must be > 0 for a loguniform range")
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,122 @@
+"""The CNN hypermodel: a pure function from hyperparameters to a compiled Keras model.
+
+Searched hyperparameters (see `search_space` in the experiment YAML):
+  init          filters of the first convolution block; each further block doubles them
+  rate          dropout rate after every block and dense layer
+  depth         number of dense layers in the head
+  learning_rate Adam step size
+Fixed architecture choices come from `ModelConfig`.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import keras
+from keras import layers, ops
+
+from mammo_core.config import AugmentationConfig, ModelConfig
+
+
+@keras.saving.register_keras_serializable(package="mammo")
+class RandomRot90(layers.Layer):
+    """Rotates each image by a random multiple of 90 degrees, in training only.
+
+    Keras' RandomRotation interpolates arbitrary angles; right angles keep pixels exact,
+    which matters for clusters of 2-3 pixel calcifications.
+    """
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        turned = ops.flip(ops.transpose(inputs, (0, 2, 1, 3)), axis=2)  # +90 degrees
+        rotations = [inputs, turned, ops.flip(ops.flip(inputs, 1), 2), ops.flip(turned, (1, 2))]
+        choice = keras.random.randint((ops.shape(inputs)[0],), 0, 4, seed=self.seed_generator)
+        mask = ops.reshape(ops.one_hot(choice, 4), (-1, 4, 1, 1, 1))
+        return ops.sum(ops.stack(rotations, axis=1) * ops.cast(mask, inputs.dtype), axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="mammo")
+class RandomContrastAroundMean(layers.Layer):
+    """Scales each image's deviation from its mean by a factor in [1-f, 1+f], training only.
+
+    Unlike keras.layers.RandomContrast it does not clip to a value range, so it works on
+    the signed output of the wavelet filter.
+    """
+
+    def __init__(self, factor: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.factor, self.seed = factor, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.factor == 0:
+            return inputs
+        scale = keras.random.uniform((ops.shape(inputs)[0], 1, 1, 1), 1 - self.factor,
+                                     1 + self.factor, seed=self.seed_generator)
+        mean = ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
+        return (inputs - mean) * ops.cast(scale, inputs.dtype) + mean
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor, "seed": self.seed}
+
+
+def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
+    """Returns the training-only augmentation stack (identity at inference)."""
+    stack = []
+    if config.flip:
+        stack.append(layers.RandomFlip("horizontal_and_vertical", seed=seed))
+    if config.rotate90:
+        stack.append(RandomRot90(seed=seed + 1))
+    if config.contrast > 0:
+        stack.append(RandomContrastAroundMean(config.contrast, seed=seed + 2))
+    return keras.Sequential(stack, name="augmentation")
+
+
+def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],
+                config: ModelConfig, seed: int = 0) -> keras.Model:
+    """Returns a compiled binary classifier (sigmoid output) for the hyperparameters `hp`.
+
+    Metrics compiled in: `auc` (ROC AUC) and `accuracy`.
+    """
+    if config.augmentation.rotate90 and input_shape[0] != input_shape[1]:
+        raise ValueError(f"rotate90 augmentation needs square images, got {input_shape[:2]}")
+    init, depth, rate = int(hp["init"]), int(hp["depth"]), float(hp["rate"])
+    inputs = keras.Input(shape=input_shape, name="patch")
+    x = augmentation(config.augmentation, seed)(inputs)
+    for block in range(config.conv_blocks):
+        x = _conv_block(x, init * 2 ** block, config.kernel_size, rate, block)
+    x = _pooling(config.pooling)(x)
+    for index in range(depth):
+        x = layers.Dense(max(config.dense_units // 2 ** index, 1), activation="relu",
+                         name=f"dense_{index}")(x)
+        x = layers.Dropout(rate)(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="probability")(x)
+    model = keras.Model(inputs, outputs, name="mammo_cnn")
+    model.compile(optimizer=keras.optimizers.Adam(float(hp["learning_rate"])),
+                  loss="binary_crossentropy",
+                  metrics=[keras.metrics.AUC(name="auc"),
+                           keras.metrics.BinaryAccuracy(name="accuracy")])
+    return model
+
+
+def _conv_block(x, filters: int, kernel_size: int, rate: float, index: int):
+    # The bias is redundant before BatchNormalization, which adds its own offset.
+    x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False,
+                      name=f"conv_{index}")(x)
+    x = layers.BatchNormalization(name=f"bn_{index}")(x)
+    x = layers.Activation("relu")(x)
+    x = layers.MaxPooling2D(name=f"pool_{index}")(x)
+    return layers.Dropout(rate)(x)
+
+
+def _pooling(kind: str) -> layers.Layer:
+    return {"flatten": layers.Flatten, "avg": layers.GlobalAveragePooling2D,
+            "max": layers.GlobalMaxPooling2D}[kind](name=f"{kind}_head")

@@ -1,0 +1,101 @@
+"""Classification metrics and the figures people look at (ROC, confusion matrix, curves).
+
+Figures are returned as matplotlib Figures (headless Agg backend); logging them is the
+tracking module's job.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI and servers have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve  # noqa: E402
+
+
+def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,
+                   threshold: float = 0.5) -> dict[str, float]:
+    """Returns AUC, accuracy, sensitivity, specificity, precision, F1 and F2.
+
+    AUC uses the probabilities; the other metrics use `probabilities >= threshold`.
+    F2 weights recall four times as much as precision: a missed cancer costs more.
+    Ratios with an empty denominator are reported as 0.
+    """
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=float).ravel()
+    if len(np.unique(labels)) < 2:
+        raise ValueError("ROC AUC needs both classes among the labels")
+    tn, fp, fn, tp = confusion(labels, probabilities, threshold).ravel()
+    sensitivity = _ratio(tp, tp + fn)
+    precision = _ratio(tp, tp + fp)
+    return {"auc": float(roc_auc_score(labels, probabilities)),
+            "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+            "sensitivity": sensitivity,
+            "specificity": _ratio(tn, tn + fp),
+            "precision": precision,
+            "f1": _fbeta(precision, sensitivity, 1.0),
+            "f2": _fbeta(precision, sensitivity, 2.0)}
+
+
+def confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Returns the 2x2 confusion matrix [[tn, fp], [fn, tp]]."""
+    predicted = (np.asarray(probabilities).ravel() >= threshold).astype(int)
+    return confusion_matrix(np.asarray(labels).astype(int), predicted, labels=[0, 1])
+
+
+def roc_figure(labels: np.ndarray, probabilities: np.ndarray, title: str = "ROC") -> Figure:
+    """Returns a ROC curve figure with the AUC in the legend and the chance diagonal."""
+    fpr, tpr, _ = roc_curve(labels, np.asarray(probabilities).ravel())
+    auc = roc_auc_score(labels, np.asarray(probabilities).ravel())
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str],
+                     title: str = "Confusion matrix") -> Figure:
+    """Returns a confusion-matrix heatmap with counts and row percentages."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(matrix, cmap="Blues")
+    totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if count > matrix.max() / 2 else "black"
+        ax.text(col, row, f"{count}\n{count / totals[row, 0]:.0%}", ha="center",
+                va="center", color=color)
+    ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
+           xticklabels=class_names, yticklabels=class_names,
+           xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    return fig
+
+
+def learning_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
+    """Returns loss and AUC per epoch, training next to validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "auc")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + metric)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style,
+                        label=(prefix or "train_") + metric)
+        ax.set(xlabel="epoch", title=metric)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else 0.0
+
+
+def _fbeta(precision: float, recall: float, beta: float) -> float:
+    den = beta ** 2 * precision + recall
+    return float((1 + beta ** 2) * precision * recall / den) if den else 0.0

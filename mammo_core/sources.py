@@ -1,0 +1,93 @@
+"""Finding the data on disk, or downloading the public tarball into a user cache.
+
+Order: an explicit folder, then ``MAMMO_DATA_DIR``, then ``../shared/data/microcal``
+and ``data/microcal`` next to the project, then the cache (downloading if needed).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mammo_core.config import DataConfig
+from mammo_core.data import DataError
+
+ENV_VAR = "MAMMO_DATA_DIR"
+
+
+def default_cache_dir() -> Path:
+    """Returns the user cache folder for downloaded data (XDG_CACHE_HOME aware)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mammo-tracking"
+
+
+def resolve_data_root(config: DataConfig, project_root: Path, explicit: str | None = None,
+                      cache_dir: Path | None = None, download: bool = True) -> Path:
+    """Returns the folder to load images from, downloading the tarball as a last resort.
+
+    An explicit folder (argument, then `config.root`, then MAMMO_DATA_DIR) must exist:
+    a typo is an error, never a silent fall-through to other data.
+    """
+    for source, value in (("argument", explicit), ("data.root", config.root),
+                          (ENV_VAR, os.environ.get(ENV_VAR))):
+        if value:
+            path = Path(value).expanduser()
+            path = path if path.is_absolute() else project_root / path
+            if not path.is_dir():
+                raise DataError(f"data folder from {source} does not exist: {path}")
+            return path
+    for candidate in (project_root.parent / "shared" / "data" / "microcal",
+                      project_root / "data" / "microcal"):
+        if candidate.is_dir():
+            return candidate
+    cache_dir = cache_dir or default_cache_dir()
+    extracted = cache_dir / config.archive_subdir
+    if extracted.is_dir():
+        return extracted
+    if not download:
+        raise DataError("no data found; pass a folder, set MAMMO_DATA_DIR, or allow download")
+    return download_dataset(config.download_url, cache_dir, config.archive_subdir)
+
+
+def download_dataset(url: str, cache_dir: Path, subdir: str) -> Path:
+    """Downloads the tarball at `url`, extracts `subdir` into `cache_dir`, returns its path.
+
+    Raises DataError with a clear message when offline or when the archive lacks `subdir`.
+    """
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        archive = Path(tmp) / "download.tar.gz"
+        print(f"downloading {url} -> {cache_dir}", file=sys.stderr)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except (urllib.error.URLError, OSError) as err:
+            raise DataError(f"could not download the data set from {url} ({err}). "
+                            f"Offline? Copy the images to a folder and set {ENV_VAR}.") from err
+        extract_subdir(archive, subdir, Path(tmp) / "extracted")
+        target = cache_dir / subdir
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # extract beside the target, then rename: an interrupted download leaves no half tree
+        os.replace(Path(tmp) / "extracted" / subdir, target)
+    return target
+
+
+def extract_subdir(archive: Path, subdir: str, destination: Path) -> None:
+    """Extracts the members of `archive` under `subdir` into `destination`.
+
+    Uses tarfile's 'data' filter, so absolute paths and links leaving the folder fail.
+    """
+    prefix = subdir.strip("/") + "/"
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = [m for m in tar.getmembers() if m.name.lstrip("./").startswith(prefix)]
+            if not members:
+                raise DataError(f"archive {archive} has no folder {subdir}")
+            tar.extractall(destination, members=members, filter="data")
+    except tarfile.TarError as err:
+        raise DataError(f"archive {archive} is not a readable tarball: {err}") from err

@@ -1,0 +1,169 @@
+"""MLflow helpers: tracking URI, runs that always end, config, figures and Keras models.
+
+This is the one library module that calls MLflow; everything else returns plain values.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from importlib import metadata
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import keras
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import yaml
+from matplotlib.figure import Figure
+from mlflow.entities import RunStatus
+from mlflow.models import infer_signature
+
+from mammo_core.config import Experiment, flat_params
+
+DB_NAME = "mlflow.db"
+
+
+def tracking_uri(project_root: Path) -> str:
+    """Returns MLFLOW_TRACKING_URI, or the project's SQLite file, always with an absolute path.
+
+    A relative `sqlite:///x.db` is resolved against the current folder now, because Ray
+    Tune later changes each trial's folder and would otherwise create new databases.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root / DB_NAME}"
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(Path(uri[len(prefix):]).resolve())
+    return uri
+
+
+def use_tracking_store(project_root: Path) -> str:
+    """Points MLflow (tracking and registry) at `tracking_uri(project_root)`; returns it."""
+    uri = tracking_uri(project_root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """Returns the id of experiment `name`, creating it if needed.
+
+    With a SQLite store, artifacts go to `mlartifacts/` beside the database file, so a
+    store and its artifacts stay together whatever folder a process runs in.
+    """
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    uri = mlflow.get_tracking_uri()
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+class Terminated(BaseException):
+    """Raised on SIGTERM so that a killed entry point still closes its run (KILLED)."""
+
+
+@contextmanager
+def tracked_run(experiment_name: str, run_name: str,
+                tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Yields an active run that ends FINISHED, FAILED (error) or KILLED (Ctrl-C, SIGTERM).
+
+    Under `mlflow run`, the project's run (MLFLOW_RUN_ID) is reused, as MLflow expects.
+    """
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if project_run:
+        run = mlflow.start_run(run_id=project_run, tags=dict(tags or {}))
+    else:
+        run = mlflow.start_run(experiment_id=ensure_experiment(experiment_name),
+                               run_name=run_name, tags=dict(tags or {}))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    status = RunStatus.to_string(RunStatus.FAILED)
+    try:
+        yield run
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except (KeyboardInterrupt, Terminated):
+        status = RunStatus.to_string(RunStatus.KILLED)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        mlflow.end_run(status=status)
+
+
+def log_experiment_config(experiment: Experiment, source: str | Path) -> None:
+    """Logs the resolved config as dotted params and as `config/experiment.yaml`.
+
+    Also tags the run with the config file path and its fingerprint.
+    """
+    mlflow.log_params(flat_params(experiment))
+    mlflow.log_dict(experiment.to_dict(), "config/experiment.yaml")
+    mlflow.set_tags({"mammo.config_file": str(source),
+                     "mammo.config_hash": experiment.fingerprint()})
+
+
+def log_figure(figure: Figure, artifact_file: str) -> None:
+    """Logs a matplotlib figure as an artifact and closes it (figures hold memory)."""
+    mlflow.log_figure(figure, artifact_file)
+    plt.close(figure)
+
+
+def log_yaml(data: Mapping, artifact_file: str) -> None:
+    """Logs plain data as a YAML artifact (human-readable in the MLflow UI)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        path.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
+        mlflow.log_artifact(str(path), str(Path(artifact_file).parent) or None)
+
+
+def log_keras_model(model: keras.Model, example: np.ndarray, name: str = "model") -> str:
+    """Logs a Keras model with a tensor signature inferred from `example`; returns its URI."""
+    example = example.astype(np.float32)
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    # No input_example: mlflow.keras.log_model writes it before creating the model folder
+    # and fails (mlflow/mlflow#16183, still open in 3.17); the signature carries the spec.
+    info = mlflow.keras.log_model(model, name=name, signature=signature,
+                                  pip_requirements=runtime_requirements())
+    return info.model_uri
+
+
+def runtime_requirements() -> list[str]:
+    """Returns pinned pip requirements for loading a logged model elsewhere.
+
+    MLflow's inference of requirements fails for Keras 3 models and would list only keras.
+    """
+    names = ["keras", "tensorflow-cpu", "numpy", "PyWavelets", "mlflow"]
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:  # e.g. full tensorflow instead of -cpu
+            continue
+    return pins
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Keras callback that logs every epoch's metrics to the active MLflow run.
+
+    Steps are epochs counted from 1, so learning curves line up across runs in the UI.
+    """
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        if logs:
+            mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in logs.items()}, step=epoch + 1)
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
+def _plain(value):
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,60 @@
+"""What every entry point shares: the project root, argument basics, loading the data."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import mlflow
+
+from mammo_core.config import Experiment, load_experiment
+from mammo_core.data import Dataset, format_summary, load_dataset, summarize
+from mammo_core.sources import resolve_data_root
+from mammo_core.tracking import log_yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = "experiments/microcal.yaml"
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """Returns a parser with the options every entry point takes: --config, --data-dir."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="experiment YAML, relative to the project root or absolute")
+    parser.add_argument("--data-dir", default="",
+                        help="class-folder data set (default: see README, 'Data')")
+    return parser
+
+
+def load_config(path: str) -> tuple[Experiment, Path]:
+    """Returns the experiment and the absolute path of its YAML file."""
+    resolved = Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
+    return load_experiment(resolved), resolved
+
+
+def load_data(experiment: Experiment, data_dir: str) -> tuple[Dataset, dict]:
+    """Returns the data set and its per-class summary; prints the summary table."""
+    root = resolve_data_root(experiment.data, PROJECT_ROOT, explicit=data_dir or None)
+    dataset = load_dataset(root, experiment.data)
+    summary = summarize(dataset, experiment.data.class_names)
+    print(f"data: {root} ({dataset.bit_depth}-bit, fingerprint {dataset.fingerprint()})")
+    print(format_summary(summary), flush=True)
+    return dataset, summary
+
+
+def log_data(dataset: Dataset, summary: dict) -> None:
+    """Logs where the data came from, its fingerprint and the per-class summary.
+
+    Params: data_root, data_fingerprint; metrics: data_<class>_<count>;
+    artifact: data/summary.yaml.
+    """
+    mlflow.log_params({"data_root": dataset.root, "data_fingerprint": dataset.fingerprint()})
+    mlflow.log_metrics({f"data_{name}_{key}": value for name, counts in summary.items()
+                        for key, value in counts.items()})
+    log_yaml(summary, "data/summary.yaml")
+
+
+def fail(message: str) -> int:
+    """Prints an error for the user and returns the exit status for bad input."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
