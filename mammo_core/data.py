@@ -57,8 +57,8 @@ class Dataset:
 def load_dataset(root: str | Path, config: DataConfig) -> Dataset:
     """Returns every image under `root` with its label, case, ROI and duplicate group.
 
-    Raises DataError naming the folder or file for a missing or empty class folder,
-    a single class, an unreadable or truncated file, a wrong size or a bad file name.
+    Raises DataError naming the folder or file for a missing or empty class folder
+    (so also for a single class), an unreadable or truncated file, a wrong size or a bad file name.
     """
     root = Path(root)
     if not root.is_dir():
@@ -66,10 +66,9 @@ def load_dataset(root: str | Path, config: DataConfig) -> Dataset:
     entries = []  # (path, label, partition)
     for partition, base in _partitions(root, config):
         entries += _class_files(base, partition, config)
+    # Every class folder must exist and hold files, and the config maps them to two or
+    # more labels, so a single-class data set is caught by the folder checks.
     labels = np.array([label for _, label, _ in entries], dtype=np.int64)
-    if len(set(labels.tolist())) < 2:
-        raise DataError(f"{root}: found a single class {sorted(set(labels.tolist()))}; "
-                        "a classifier needs at least two")
     images = np.stack([read_image(path, config.image_size) for path, _, _ in entries])
     names = [path.name for path, _, _ in entries]
     cases, rois = _group_keys(names, entries, config.filename_pattern)

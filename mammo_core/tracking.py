@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 from importlib import metadata
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -16,7 +15,6 @@ import keras
 import matplotlib.pyplot as plt
 import mlflow
 import numpy as np
-import yaml
 from matplotlib.figure import Figure
 from mlflow.entities import RunStatus
 from mlflow.models import infer_signature
@@ -111,11 +109,8 @@ def log_figure(figure: Figure, artifact_file: str) -> None:
 
 
 def log_yaml(data: Mapping, artifact_file: str) -> None:
-    """Logs plain data as a YAML artifact (human-readable in the MLflow UI)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(artifact_file).name
-        path.write_text(yaml.safe_dump(_plain(data), sort_keys=False))
-        mlflow.log_artifact(str(path), str(Path(artifact_file).parent) or None)
+    """Logs plain data (numpy scalars allowed) as a YAML artifact, readable in the UI."""
+    mlflow.log_dict(_plain(data), artifact_file)
 
 
 def log_keras_model(model: keras.Model, example: np.ndarray, name: str = "model") -> str:

@@ -1,0 +1,64 @@
+"""Shared fixtures: the real shared data, generated data sets, isolated MLflow stores."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from mammo_core.config import DataConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "microcal"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    assert SHARED_DATA.is_dir(), f"the shared data set is expected at {SHARED_DATA}"
+    return SHARED_DATA
+
+
+def write_image(path: Path, array: np.ndarray) -> None:
+    """Writes a grayscale image; the suffix picks PNG or PGM, the dtype 8 or 16 bit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)  # uint8 -> mode L, uint16 -> mode I;16
+
+
+def make_dataset(root: Path, n_per_class: int = 4, size: tuple[int, int] = (60, 60),
+                 dtype=np.uint8, suffix: str = ".png", seed: int = 0) -> Path:
+    """Writes a small class-folder data set with file names in the microcal pattern."""
+    rng = np.random.default_rng(seed)
+    top = np.iinfo(dtype).max
+    for label in (0, 1):
+        for i in range(n_per_class):
+            case = 100 * (label + 1) + i
+            pixels = rng.integers(0, top // 2, size=size, dtype=dtype)
+            if label:
+                pixels[size[0] // 2, size[1] // 2] = top
+            write_image(root / str(label) / f"{case:04d}s1_1_1.pgm_1{suffix}", pixels)
+    return root
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "tiny")
+
+
+@pytest.fixture
+def data_config() -> DataConfig:
+    return DataConfig()
+
+
+@pytest.fixture
+def tracking_store(tmp_path: Path, monkeypatch) -> str:
+    """Points MLflow at a fresh SQLite store in tmp_path; returns its URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    while mlflow.active_run():
+        mlflow.end_run()

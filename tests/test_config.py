@@ -1,0 +1,103 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mammo_core.config import (ConfigError, Experiment, experiment_from_dict, flat_params,
+                               load_experiment)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def base() -> dict:
+    return yaml.safe_load((ROOT / "experiments" / "microcal_quick.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["microcal.yaml", "microcal_quick.yaml"])
+def test_shipped_experiments_load(name):
+    experiment = load_experiment(ROOT / "experiments" / name)
+    assert isinstance(experiment, Experiment)
+    assert set(experiment.search_space) == {"init", "rate", "depth", "learning_rate"}
+    assert experiment.search_space["learning_rate"].low == pytest.approx(1e-4 if name == "microcal.yaml" else 1e-3)
+
+
+def test_default_search_space_is_the_studys():
+    space = load_experiment(ROOT / "experiments" / "microcal.yaml").search_space
+    assert space["init"].values == (10, 20, 30)
+    assert space["rate"].values == (0.0, 0.05)
+    assert space["depth"].values == (1, 2, 3)
+
+
+def test_unknown_key_is_named():
+    raw = base()
+    raw["preprocessing"]["wavelet"]["famly"] = "haar"
+    with pytest.raises(ConfigError, match=r"preprocessing\.wavelet\.famly"):
+        experiment_from_dict(raw)
+
+
+def test_unknown_top_level_key_is_named():
+    raw = base() | {"epochs": 3}
+    with pytest.raises(ConfigError, match="unknown config key 'epochs'"):
+        experiment_from_dict(raw)
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    (("training", "epochs"), "ten", "training.epochs"),
+    (("training", "epochs"), True, "training.epochs"),
+    (("preprocessing", "wavelet", "enabled"), "yes", "preprocessing.wavelet.enabled"),
+    (("data", "image_size"), [60], "data.image_size"),
+    (("split", "group_by"), "patient", "split.group_by"),
+])
+def test_wrong_type_is_named(path, value, expected):
+    raw = base()
+    node = raw
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        experiment_from_dict(raw)
+
+
+def test_value_rules():
+    raw = base()
+    raw["split"]["test_fraction"] = 1.5
+    with pytest.raises(ConfigError, match="split.test_fraction"):
+        experiment_from_dict(raw)
+    raw = base()
+    raw["search_space"]["width"] = {"type": "choice", "values": [1]}
+    with pytest.raises(ConfigError, match="search_space.width"):
+        experiment_from_dict(raw)
+    raw = base()
+    raw["search_space"]["learning_rate"] = {"type": "loguniform", "low": 0.1, "high": 0.01}
+    with pytest.raises(ConfigError, match="low < high"):
+        experiment_from_dict(raw)
+    raw = base()
+    raw["data"]["classes"] = {"0": 0}
+    with pytest.raises(ConfigError, match="at least two"):
+        experiment_from_dict(raw)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_experiment(bad)
+
+
+def test_flat_params_and_fingerprint_are_stable():
+    first, second = experiment_from_dict(base()), experiment_from_dict(base())
+    params = flat_params(first)
+    assert params["preprocessing.wavelet.family"] == "sym3"
+    assert params["hyperparameters.init"] == "8"
+    assert first.fingerprint() == second.fingerprint()
+    changed = base()
+    changed["training"]["epochs"] = 3
+    assert experiment_from_dict(changed).fingerprint() != first.fingerprint()
+
+
+def test_scientific_notation_strings_become_floats():
+    raw = base()
+    raw["hyperparameters"]["learning_rate"] = "1e-3"
+    assert experiment_from_dict(raw).hyperparameters["learning_rate"] == pytest.approx(1e-3)

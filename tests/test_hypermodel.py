@@ -1,0 +1,71 @@
+import itertools
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from mammo_core.config import ModelConfig, load_experiment
+from mammo_core.hypermodel import RandomContrastAroundMean, RandomRot90, build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = load_experiment(ROOT / "experiments" / "microcal.yaml")
+CORNERS = [dict(zip(EXPERIMENT.search_space, values)) for values in
+           itertools.product(*(s.corners() for s in EXPERIMENT.search_space.values()))]
+
+
+@pytest.mark.parametrize("hp", CORNERS, ids=lambda hp: "-".join(f"{k}={v}" for k, v in hp.items()))
+def test_every_corner_of_the_space_builds_and_fits_one_step(hp):
+    model = build_model(hp, (60, 60, 1), EXPERIMENT.model, seed=0)
+    x = np.random.default_rng(0).random((8, 60, 60, 1), dtype=np.float32)
+    y = np.array([0, 1] * 4)
+    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert model.output_shape == (None, 1)
+    dense = [layer for layer in model.layers if layer.name.startswith("dense_")]
+    assert len(dense) == int(hp["depth"])
+    assert model.get_layer("conv_0").filters == int(hp["init"])
+    assert model.get_layer("conv_2").filters == 4 * int(hp["init"])
+
+
+def test_space_has_corners_for_every_dimension():
+    assert len(CORNERS) == 2 ** len(EXPERIMENT.search_space)
+
+
+def test_augmentation_acts_only_in_training():
+    model = build_model(EXPERIMENT.hyperparameters, (60, 60, 1), EXPERIMENT.model)
+    aug = model.get_layer("augmentation")
+    x = np.random.default_rng(1).random((16, 60, 60, 1), dtype=np.float32)
+    np.testing.assert_array_equal(np.asarray(aug(x, training=False)), x)
+    assert not np.allclose(np.asarray(aug(x, training=True)), x)
+
+
+def test_rot90_gives_exact_right_angle_rotations():
+    x = np.arange(4 * 5 * 5, dtype=np.float32).reshape(4, 5, 5, 1)
+    out = np.asarray(RandomRot90(seed=3)(x, training=True))
+    for original, rotated in zip(x[..., 0], out[..., 0]):
+        assert any(np.array_equal(np.rot90(original, k), rotated) for k in range(4))
+
+
+def test_contrast_keeps_mean_and_does_not_clip():
+    x = np.random.default_rng(2).normal(size=(4, 6, 6, 1)).astype(np.float32) - 3
+    out = np.asarray(RandomContrastAroundMean(0.5, seed=0)(x, training=True))
+    np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), x.mean(axis=(1, 2, 3)), atol=1e-5)
+    assert out.min() < 0
+
+
+def test_model_round_trips_through_keras_file(tmp_path):
+    model = build_model(EXPERIMENT.hyperparameters, (60, 60, 1), EXPERIMENT.model)
+    x = np.random.default_rng(3).random((4, 60, 60, 1), dtype=np.float32)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_other_input_sizes_and_poolings():
+    for pooling in ("flatten", "avg", "max"):
+        config = ModelConfig(pooling=pooling)
+        model = build_model(EXPERIMENT.hyperparameters, (128, 128, 1), config)
+        assert model.output_shape == (None, 1)
+    with pytest.raises(ValueError, match="square"):
+        build_model(EXPERIMENT.hyperparameters, (60, 40, 1), ModelConfig())

@@ -1,0 +1,47 @@
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from mammo_core.metrics import (binary_metrics, confusion, confusion_figure,
+                                learning_curves_figure, roc_figure)
+
+
+def test_known_values():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    probs = np.array([0.9, 0.8, 0.7, 0.2, 0.6, 0.1, 0.1, 0.3])
+    m = binary_metrics(labels, probs)
+    assert m["sensitivity"] == pytest.approx(0.75)
+    assert m["specificity"] == pytest.approx(0.75)
+    assert m["precision"] == pytest.approx(0.75)
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert m["f1"] == pytest.approx(0.75)
+    assert m["f2"] == pytest.approx(0.75)
+    assert m["auc"] == pytest.approx(14 / 16)
+    np.testing.assert_array_equal(confusion(labels, probs), [[3, 1], [1, 3]])
+
+
+def test_f2_weights_recall():
+    labels = np.array([1, 1, 1, 1, 0, 0])
+    high_recall = binary_metrics(labels, np.array([0.9, 0.9, 0.9, 0.9, 0.9, 0.9]))
+    assert high_recall["f2"] > high_recall["f1"]
+
+
+def test_threshold_and_empty_denominators():
+    labels = np.array([0, 1])
+    m = binary_metrics(labels, np.array([0.2, 0.4]), threshold=0.5)
+    assert m["precision"] == 0.0 and m["f1"] == 0.0 and m["auc"] == 1.0
+    assert binary_metrics(labels, np.array([0.2, 0.4]), threshold=0.3)["sensitivity"] == 1.0
+
+
+def test_single_class_labels_rejected():
+    with pytest.raises(ValueError, match="both classes"):
+        binary_metrics(np.array([1, 1]), np.array([0.5, 0.6]))
+
+
+def test_figures_render():
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array([0.1, 0.8, 0.4, 0.6])
+    assert isinstance(roc_figure(labels, probs), Figure)
+    assert isinstance(confusion_figure(confusion(labels, probs), ["n", "m"]), Figure)
+    curves = learning_curves_figure({"loss": [1, 0.5], "val_loss": [1, 0.7], "auc": [0.6, 0.8]})
+    assert isinstance(curves, Figure)

@@ -1,0 +1,90 @@
+import numpy as np
+import pytest
+
+from mammo_core.config import ClaheConfig, PreprocessingConfig, WaveletConfig
+from mammo_core.preprocessing import clahe, preprocess, scale_to_unit, wavelet_filter
+
+
+def gradient_patch(size=(60, 60)) -> np.ndarray:
+    rows, cols = np.mgrid[:size[0], :size[1]]
+    return (0.3 + 0.4 * rows / size[0] + 0.2 * cols / size[1]).astype(np.float32)
+
+
+@pytest.mark.parametrize("family", ["sym3", "haar", "db5"])
+def test_keeps_bright_spot_and_removes_smooth_gradient(family):
+    background = gradient_patch()
+    spotted = background.copy()
+    spotted[30:32, 30] = 1.0  # a 2-pixel calcification-like spot
+    out = wavelet_filter(np.stack([background, spotted]), WaveletConfig(family=family))
+    assert out.shape == (2, 60, 60)
+    residual = np.abs(out[0]).max()
+    assert residual < 0.05, "the smooth background should be (almost) removed"
+    assert out[1, 30:32, 30].max() > 3 * residual, "the spot should stand out"
+
+
+@pytest.mark.parametrize("shape", [(3, 60, 60), (1, 150, 150), (2, 128, 128), (1, 61, 47)])
+def test_output_shape_equals_input_shape(shape):
+    images = np.random.default_rng(0).random(shape, dtype=np.float32)
+    assert wavelet_filter(images, WaveletConfig()).shape == shape
+
+
+def test_batch_equals_one_by_one():
+    images = np.random.default_rng(1).random((4, 60, 60), dtype=np.float32)
+    batch = wavelet_filter(images, WaveletConfig())
+    single = np.concatenate([wavelet_filter(im[None], WaveletConfig()) for im in images])
+    np.testing.assert_allclose(batch, single, atol=1e-6)
+
+
+def test_sigma_is_per_image_so_scaling_one_image_scales_only_its_output():
+    base = np.random.default_rng(2).random((1, 60, 60), dtype=np.float32)
+    other = np.random.default_rng(3).random((1, 60, 60), dtype=np.float32)
+    out = wavelet_filter(np.concatenate([base, 10 * base, other]), WaveletConfig())
+    np.testing.assert_allclose(out[1], 10 * out[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out[2], wavelet_filter(other, WaveletConfig())[0], atol=1e-6)
+
+
+def test_nothing_dropped_rebuilds_the_input():
+    images = np.random.default_rng(4).random((2, 60, 60), dtype=np.float32)
+    full = wavelet_filter(images, WaveletConfig(threshold_k=0.0, drop_detail_levels=(),
+                                                drop_approximation=False))
+    np.testing.assert_allclose(full, images, atol=1e-4)
+
+
+def test_rejects_non_batch():
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        wavelet_filter(np.zeros((60, 60)), WaveletConfig())
+
+
+def test_scale_to_unit_is_bit_depth_aware():
+    assert scale_to_unit(np.array([[[255]]], np.uint8)).max() == 1.0
+    assert scale_to_unit(np.array([[[65535]]], np.uint16)).max() == 1.0
+    assert scale_to_unit(np.array([[[255]]], np.uint16)).max() == pytest.approx(255 / 65535)
+    assert scale_to_unit(np.array([[[0.5]]], np.float64)).dtype == np.float32
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.array([[[np.nan]]]), "NaN"), (np.array([[[2.0]]]), r"\[0, 1\]"),
+    (np.array([[[1]]], np.int64), "8- or 16-bit")])
+def test_scale_to_unit_rejects(bad, message):
+    with pytest.raises(ValueError, match=message):
+        scale_to_unit(bad)
+
+
+def test_clahe_raises_local_contrast():
+    image = np.full((1, 60, 60), 0.5, np.float32)
+    image[0, :, 30:] = 0.55
+    out = clahe(image, ClaheConfig(enabled=True))
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert out[0, :, 30:].mean() - out[0, :, :30].mean() > 0.05
+
+
+def test_preprocess_pipeline_switches():
+    images = (np.random.default_rng(3).random((2, 60, 60)) * 255).astype(np.uint8)
+    plain = preprocess(images, PreprocessingConfig(wavelet=WaveletConfig(enabled=False)))
+    assert plain.shape == (2, 60, 60, 1) and plain.min() >= 0 and plain.max() <= 1
+    filtered = preprocess(images, PreprocessingConfig())
+    assert filtered.shape == (2, 60, 60, 1) and filtered.min() < 0  # signed wavelet output
+    both = preprocess(images[..., None], PreprocessingConfig(clahe=ClaheConfig(enabled=True)))
+    assert both.shape == (2, 60, 60, 1) and not np.allclose(both, filtered)
+    with pytest.raises(ValueError, match="expected images shaped"):
+        preprocess(images[0], PreprocessingConfig())

@@ -1,0 +1,95 @@
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from conftest import make_dataset
+from mammo_core.config import DataConfig
+from mammo_core.data import DataError, load_dataset
+from mammo_core.sources import download_dataset, extract_subdir, resolve_data_root
+
+SUBDIR = "IMAGES/Mammography_micro"
+
+
+def original_tarball(tmp_path: Path) -> Path:
+    """Builds a tarball in the original layout: IMAGES/Mammography_micro/{Train,Test}/{0,1}/*.pgm."""
+    source = tmp_path / "src"
+    make_dataset(source / SUBDIR / "Train", suffix=".pgm", seed=1)
+    make_dataset(source / SUBDIR / "Test", n_per_class=2, suffix=".pgm", seed=2)
+    (source / "IMAGES" / "Other_course_data").mkdir(parents=True)
+    (source / "IMAGES" / "Other_course_data" / "readme.txt").write_text("not ours")
+    archive = tmp_path / "DL_class_data.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "IMAGES", arcname="IMAGES")
+    return archive
+
+
+def test_download_and_extract_the_original_layout(tmp_path, data_config):
+    archive = original_tarball(tmp_path)
+    cache = tmp_path / "cache"
+    root = download_dataset(archive.as_uri(), cache, SUBDIR)
+    assert root == cache / SUBDIR
+    assert not (cache / "IMAGES" / "Other_course_data").exists()
+    dataset = load_dataset(root, data_config)
+    assert len(dataset.labels) == 12 and set(dataset.partitions) == {"Train", "Test"}
+
+
+def test_resolve_downloads_only_as_last_resort(tmp_path, monkeypatch):
+    monkeypatch.delenv("MAMMO_DATA_DIR", raising=False)
+    archive = original_tarball(tmp_path)
+    config = DataConfig(download_url=archive.as_uri())
+    project = tmp_path / "project"
+    project.mkdir()
+    cache = tmp_path / "cache"
+    root = resolve_data_root(config, project, cache_dir=cache)
+    assert root == cache / SUBDIR
+    # second call: the cache is used, nothing is downloaded again
+    archive.unlink()
+    assert resolve_data_root(config, project, cache_dir=cache) == root
+
+
+def test_offline_download_message(tmp_path):
+    with pytest.raises(DataError, match="could not download.*MAMMO_DATA_DIR"):
+        download_dataset((tmp_path / "missing.tar.gz").as_uri(), tmp_path / "cache", SUBDIR)
+
+
+def test_archive_without_the_folder(tmp_path):
+    archive = tmp_path / "other.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("something/else.txt")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(DataError, match="has no folder"):
+        extract_subdir(archive, SUBDIR, tmp_path / "out")
+
+
+def test_archive_path_traversal_is_refused(tmp_path):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo(f"{SUBDIR}/../../../../escape.txt")
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"evil"))
+    with pytest.raises((DataError, tarfile.TarError, OSError)):
+        extract_subdir(archive, SUBDIR, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_order_explicit_then_env_then_shared(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "data" / "microcal").mkdir(parents=True)
+    explicit, env = tmp_path / "explicit", tmp_path / "env"
+    explicit.mkdir(), env.mkdir()
+    monkeypatch.setenv("MAMMO_DATA_DIR", str(env))
+    config = DataConfig()
+    assert resolve_data_root(config, project, explicit=str(explicit)) == explicit
+    assert resolve_data_root(config, project) == env
+    monkeypatch.delenv("MAMMO_DATA_DIR")
+    assert resolve_data_root(config, project) == project / "data" / "microcal"
+    (tmp_path / "shared" / "data" / "microcal").mkdir(parents=True)
+    assert resolve_data_root(config, project) == tmp_path / "shared" / "data" / "microcal"
+
+
+def test_explicit_folder_that_does_not_exist(tmp_path, monkeypatch):
+    monkeypatch.setenv("MAMMO_DATA_DIR", str(tmp_path / "typo"))
+    with pytest.raises(DataError, match="MAMMO_DATA_DIR does not exist"):
+        resolve_data_root(DataConfig(), tmp_path)

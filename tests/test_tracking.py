@@ -1,0 +1,88 @@
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from mammo_core.config import load_experiment
+from mammo_core.tracking import (EpochLogger, Terminated, ensure_experiment,
+                                 log_experiment_config, log_keras_model, runtime_requirements,
+                                 tracked_run, tracking_uri)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def status_of(run_id: str) -> str:
+    return mlflow.get_run(run_id).info.status
+
+
+def test_uri_defaults_to_project_db_with_absolute_path(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri(tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///rel.db")
+    assert tracking_uri(Path("/elsewhere")) == f"sqlite:///{tmp_path.resolve()}/rel.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_run_statuses(tracking_store):
+    with tracked_run("exp", "ok") as run:
+        mlflow.log_metric("x", 1.0)
+    assert status_of(run.info.run_id) == "FINISHED"
+    for error, expected in ((ValueError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"),
+                            (Terminated("sigterm"), "KILLED")):
+        with pytest.raises(type(error)):
+            with tracked_run("exp", "bad") as run:
+                mlflow.log_metric("x", 1.0)
+                raise error
+        assert status_of(run.info.run_id) == expected
+        assert mlflow.get_run(run.info.run_id).data.metrics["x"] == 1.0  # nothing lost
+
+
+def test_project_run_is_reused(tracking_store, monkeypatch):
+    run = mlflow.MlflowClient().create_run(ensure_experiment("exp"))
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    with tracked_run("exp", "ignored") as active:
+        assert active.info.run_id == run.info.run_id
+    assert status_of(run.info.run_id) == "FINISHED"
+
+
+def test_artifacts_live_beside_the_sqlite_file(tracking_store, tmp_path):
+    experiment = mlflow.get_experiment(ensure_experiment("beside"))
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+
+
+def test_config_logged_as_params_yaml_and_tags(tracking_store):
+    experiment = load_experiment(ROOT / "experiments" / "microcal_quick.yaml")
+    with tracked_run("exp", "cfg") as run:
+        log_experiment_config(experiment, "experiments/microcal_quick.yaml")
+    data = mlflow.get_run(run.info.run_id).data
+    assert data.params["preprocessing.wavelet.family"] == "sym3"
+    assert data.tags["mammo.config_hash"] == experiment.fingerprint()
+    text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/config/experiment.yaml")
+    assert yaml.safe_load(text) == experiment.to_dict()
+
+
+def test_epoch_logger_and_keras_model(tracking_store):
+    model = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(1, activation="sigmoid")])
+    model.compile("adam", "binary_crossentropy")
+    x = np.random.default_rng(0).random((8, 4, 4, 1), dtype=np.float32)
+    with tracked_run("exp", "keras") as run:
+        model.fit(x, np.arange(8) % 2, epochs=3, verbose=0, callbacks=[EpochLogger()])
+        uri = log_keras_model(model, x[:2])
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "epoch_loss")
+    assert [m.step for m in history] == [1, 2, 3]
+    loaded = mlflow.pyfunc.load_model(uri)
+    assert loaded.metadata.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 4, 4, 1)
+    np.testing.assert_allclose(np.asarray(loaded.predict(x)).ravel(),
+                               model.predict(x, verbose=0).ravel(), atol=1e-6)
+
+
+def test_runtime_requirements_are_pinned():
+    pins = runtime_requirements()
+    assert any(p.startswith("keras==") for p in pins)
+    assert any(p.startswith("tensorflow") for p in pins)
