@@ -79,6 +79,10 @@ class ModelConfig:
     kernel_size: int = 3
     dense_units: int = 64  # first dense layer; each further layer halves it
     pooling: Literal["flatten", "avg", "max"] = "flatten"  # how the head sees the maps
+    # Keras' default 0.99 needs hundreds of steps for the moving statistics to settle; with
+    # ~16 steps per epoch and the small wavelet output they stay at their initial values
+    # and every validation prediction collapses to one value (AUC 0.5). 0.9 settles fast.
+    batchnorm_momentum: float = 0.9
     augmentation: AugmentationConfig = AugmentationConfig()
 
 

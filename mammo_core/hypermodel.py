@@ -92,7 +92,7 @@ def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],
     inputs = keras.Input(shape=input_shape, name="patch")
     x = augmentation(config.augmentation, seed)(inputs)
     for block in range(config.conv_blocks):
-        x = _conv_block(x, init * 2 ** block, config.kernel_size, rate, block)
+        x = _conv_block(x, init * 2 ** block, config, rate, block)
     x = _pooling(config.pooling)(x)
     for index in range(depth):
         x = layers.Dense(max(config.dense_units // 2 ** index, 1), activation="relu",
@@ -107,11 +107,11 @@ def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],
     return model
 
 
-def _conv_block(x, filters: int, kernel_size: int, rate: float, index: int):
+def _conv_block(x, filters: int, config: ModelConfig, rate: float, index: int):
     # The bias is redundant before BatchNormalization, which adds its own offset.
-    x = layers.Conv2D(filters, kernel_size, padding="same", use_bias=False,
+    x = layers.Conv2D(filters, config.kernel_size, padding="same", use_bias=False,
                       name=f"conv_{index}")(x)
-    x = layers.BatchNormalization(name=f"bn_{index}")(x)
+    x = layers.BatchNormalization(momentum=config.batchnorm_momentum, name=f"bn_{index}")(x)
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D(name=f"pool_{index}")(x)
     return layers.Dropout(rate)(x)

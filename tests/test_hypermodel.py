@@ -26,6 +26,7 @@ def test_every_corner_of_the_space_builds_and_fits_one_step(hp):
     assert len(dense) == int(hp["depth"])
     assert model.get_layer("conv_0").filters == int(hp["init"])
     assert model.get_layer("conv_2").filters == 4 * int(hp["init"])
+    assert model.get_layer("bn_0").momentum == EXPERIMENT.model.batchnorm_momentum
 
 
 def test_space_has_corners_for_every_dimension():

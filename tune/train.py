@@ -13,7 +13,10 @@ import sys
 import mlflow
 import numpy as np
 
+from sklearn.metrics import roc_auc_score
+
 from mammo_core import metrics, splits
+from mammo_core.baselines import logistic_baseline, max_pixel_scores
 from mammo_core.config import ConfigError, Experiment
 from mammo_core.data import DataError, Dataset
 from mammo_core.hypermodel import build_model
@@ -36,8 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             dataset, summary = load_data(experiment, args.data_dir)
             log_data(dataset, summary)
             test = train_and_evaluate(experiment, dataset)
-        print(f"run {run.info.run_id} FINISHED: test AUC {test['auc']:.3f}, "
-              f"sensitivity {test['sensitivity']:.3f}, specificity {test['specificity']:.3f}")
+        print(f"run {run.info.run_id} FINISHED: test AUC {test['auc']:.3f} "
+              f"(baselines on the same images: max pixel "
+              f"{test['baseline_max_pixel_test_auc']:.3f}, logistic regression "
+              f"{test['baseline_logreg_test_auc']:.3f}), sensitivity {test['sensitivity']:.3f}, "
+              f"specificity {test['specificity']:.3f}")
         return 0
     except (ConfigError, DataError) as err:
         return fail(str(err))
@@ -69,7 +75,25 @@ def train_and_evaluate(experiment: Experiment, dataset: Dataset) -> dict[str, fl
         mlflow.log_metrics({f"{part}_{k}": v for k, v in scores[part].items()})
     log_test_figures(experiment, y["test"], predict_proba(model, x["test"]))
     log_keras_model(model, x["train"][:4])
+    scores["test"].update(log_baselines(dataset, parts))
     return scores["test"]
+
+
+def log_baselines(dataset: Dataset, parts: dict[str, np.ndarray]) -> dict[str, float]:
+    """Scores the brightness baselines on the same test part; logs and returns their AUCs.
+
+    The logistic regression trains on train + val (it has nothing to select).
+    """
+    fit_index = np.concatenate([parts["train"], parts["val"]])
+    test_labels = dataset.labels[parts["test"]]
+    scores = {
+        "baseline_max_pixel_test_auc": max_pixel_scores(dataset.images[parts["test"]]),
+        "baseline_logreg_test_auc": logistic_baseline(
+            dataset.images[fit_index], dataset.labels[fit_index], dataset.images[parts["test"]]),
+    }
+    aucs = {name: float(roc_auc_score(test_labels, s)) for name, s in scores.items()}
+    mlflow.log_metrics(aucs)
+    return aucs
 
 
 def log_split(dataset: Dataset, parts: dict[str, np.ndarray], groups: np.ndarray) -> None:
