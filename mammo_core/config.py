@@ -111,6 +111,32 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class CrossValidationConfig:
+    """The fold plan: an ensemble hold-out first, then outer folds over the rest.
+
+    Grouping key and seed come from `split`, so `train` and the search agree.
+    """
+
+    n_folds: int = 5
+    holdout_fraction: float = 0.2  # cases no expert ever trains on (ensemble weights)
+    inner_val_fraction: float = 0.25  # of each fold's development part, for selection
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The Ray Tune budget per outer fold."""
+
+    searcher: Literal["optuna", "hyperopt", "random"] = "optuna"
+    trials_per_fold: int = 12
+    max_epochs: int = 40
+    grace_period: int = 8  # ASHA never stops a trial earlier: validation AUC is noisy
+    reduction_factor: int = 3
+    max_concurrent_trials: int = 2  # one trial per CPU core
+    max_failures: int = 2  # retries of a trial whose worker died
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = 60
     batch_size: int = 32
@@ -135,6 +161,8 @@ class Experiment:
     hyperparameters: dict[str, int | float] = field(default_factory=dict)
     search_space: dict[str, ParamSpace] = field(default_factory=dict)
     split: SplitConfig = SplitConfig()
+    cross_validation: CrossValidationConfig = CrossValidationConfig()
+    search: SearchConfig = SearchConfig()
     training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
 
@@ -277,11 +305,28 @@ def _validate(experiment: Experiment) -> None:
     for frac in ("test_fraction", "val_fraction"):
         if not 0 < getattr(experiment.split, frac) < 1:
             raise ConfigError(f"'split.{frac}' must lie strictly between 0 and 1")
+    _validate_search(experiment)
     missing = [k for k in REQUIRED_HYPERPARAMETERS if k not in experiment.hyperparameters]
     if missing:
         raise ConfigError(f"'hyperparameters' is missing {missing}")
     for name, space in experiment.search_space.items():
         _validate_space(name, space)
+
+
+def _validate_search(experiment: Experiment) -> None:
+    cv, search = experiment.cross_validation, experiment.search
+    if cv.n_folds < 2:
+        raise ConfigError("'cross_validation.n_folds' must be at least 2")
+    for frac in ("holdout_fraction", "inner_val_fraction"):
+        if not 0 < getattr(cv, frac) < 1:
+            raise ConfigError(f"'cross_validation.{frac}' must lie strictly between 0 and 1")
+    for key in ("trials_per_fold", "max_epochs", "grace_period", "max_concurrent_trials"):
+        if getattr(search, key) < 1:
+            raise ConfigError(f"'search.{key}' must be at least 1")
+    if search.grace_period > search.max_epochs:
+        raise ConfigError("'search.grace_period' must not exceed 'search.max_epochs'")
+    if search.reduction_factor < 2:
+        raise ConfigError("'search.reduction_factor' must be at least 2")
 
 
 def _validate_space(name: str, space: ParamSpace) -> None:

@@ -99,3 +99,57 @@ def _ratio(num: float, den: float) -> float:
 def _fbeta(precision: float, recall: float, beta: float) -> float:
     den = beta ** 2 * precision + recall
     return float((1 + beta ** 2) * precision * recall / den) if den else 0.0
+
+
+def mean_std(per_fold: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Returns `<metric>_mean` and `<metric>_std` (sample std) over folds for every metric."""
+    out = {}
+    for name in per_fold[0]:
+        values = np.array([fold[name] for fold in per_fold], dtype=float)
+        out[f"{name}_mean"] = float(values.mean())
+        out[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def cv_roc_figure(curves: Sequence[tuple[np.ndarray, np.ndarray]],
+                  title: str = "ROC per outer fold") -> Figure:
+    """Returns every fold's ROC, the mean curve and a +/-1 std band.
+
+    `curves` holds (labels, probabilities) per fold; the mean is taken over TPRs
+    interpolated on a common FPR grid.
+    """
+    grid = np.linspace(0, 1, 101)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    tprs, aucs = [], []
+    for k, (labels, probabilities) in enumerate(curves):
+        fpr, tpr, _ = roc_curve(labels, probabilities)
+        aucs.append(roc_auc_score(labels, probabilities))
+        ax.plot(fpr, tpr, lw=1, alpha=0.5, label=f"fold {k + 1} (AUC {aucs[-1]:.3f})")
+        tprs.append(np.interp(grid, fpr, tpr))
+        tprs[-1][0] = 0.0
+    mean, std = np.mean(tprs, axis=0), np.std(tprs, axis=0)
+    ax.plot(grid, mean, color="black", lw=2,
+            label=f"mean (AUC {np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f})")
+    ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
+                    color="grey", alpha=0.25, label="± 1 std")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_grid_figure(matrices: Sequence[np.ndarray], class_names: Sequence[str]) -> Figure:
+    """Returns one confusion-matrix panel per fold, side by side."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(3.2 * len(matrices), 3.2), squeeze=False)
+    for k, (ax, matrix) in enumerate(zip(axes[0], matrices)):
+        ax.imshow(matrix, cmap="Blues")
+        for (row, col), count in np.ndenumerate(matrix):
+            ax.text(col, row, str(count), ha="center", va="center",
+                    color="white" if count > matrix.max() / 2 else "black")
+        ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
+               xticklabels=class_names, yticklabels=class_names, title=f"fold {k + 1}",
+               xlabel="predicted", ylabel="true" if k == 0 else "")
+    fig.tight_layout()
+    return fig

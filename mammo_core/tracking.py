@@ -66,18 +66,20 @@ class Terminated(BaseException):
 
 
 @contextmanager
-def tracked_run(experiment_name: str, run_name: str,
-                tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(experiment_name: str, run_name: str, tags: Mapping[str, str] | None = None,
+                run_id: str | None = None,
+                parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """Yields an active run that ends FINISHED, FAILED (error) or KILLED (Ctrl-C, SIGTERM).
 
-    Under `mlflow run`, the project's run (MLFLOW_RUN_ID) is reused, as MLflow expects.
+    `run_id` reopens an existing run (the project's run under `mlflow run`, or a run
+    being resumed); otherwise a new run is created, as a child of `parent_run_id` if given.
     """
-    project_run = os.environ.get("MLFLOW_RUN_ID")
-    if project_run:
-        run = mlflow.start_run(run_id=project_run, tags=dict(tags or {}))
+    if run_id:
+        run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}), nested=bool(parent_run_id))
     else:
         run = mlflow.start_run(experiment_id=ensure_experiment(experiment_name),
-                               run_name=run_name, tags=dict(tags or {}))
+                               run_name=run_name, tags=dict(tags or {}),
+                               parent_run_id=parent_run_id, nested=bool(parent_run_id))
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:

@@ -42,12 +42,22 @@ def test_run_statuses(tracking_store):
         assert mlflow.get_run(run.info.run_id).data.metrics["x"] == 1.0  # nothing lost
 
 
-def test_project_run_is_reused(tracking_store, monkeypatch):
+def test_existing_run_is_reopened(tracking_store):
     run = mlflow.MlflowClient().create_run(ensure_experiment("exp"))
-    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
-    with tracked_run("exp", "ignored") as active:
+    with tracked_run("exp", "ignored", run_id=run.info.run_id) as active:
         assert active.info.run_id == run.info.run_id
     assert status_of(run.info.run_id) == "FINISHED"
+
+
+def test_child_runs_end_before_their_parent(tracking_store):
+    with tracked_run("exp", "parent") as parent:
+        with pytest.raises(KeyboardInterrupt):
+            with tracked_run("exp", "child", parent_run_id=parent.info.run_id) as child:
+                raise KeyboardInterrupt
+        assert mlflow.active_run().info.run_id == parent.info.run_id
+    assert mlflow.get_run(child.info.run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert status_of(child.info.run_id) == "KILLED"
+    assert status_of(parent.info.run_id) == "FINISHED"
 
 
 def test_artifacts_live_beside_the_sqlite_file(tracking_store, tmp_path):

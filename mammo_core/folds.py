@@ -1,0 +1,82 @@
+"""The fold plan every search, baseline and registry step reads.
+
+First a grouped, stratified ensemble hold-out (no expert ever trains on it), then
+`n_folds` outer folds over the remaining images with StratifiedGroupKFold, and inside
+each fold's development part an inner grouped validation part for model selection.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from mammo_core.config import CrossValidationConfig, SplitConfig
+from mammo_core.data import Dataset
+from mammo_core.splits import assert_disjoint, holdout_split, leakage_groups
+
+
+@dataclass(frozen=True)
+class Fold:
+    """Index arrays into the data set: train + val = the fold's development part."""
+
+    index: int
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    holdout: np.ndarray
+    folds: tuple[Fold, ...]
+    groups: np.ndarray
+    group_by: str
+    seed: int
+    data_fingerprint: str
+
+    def to_json(self, paths: tuple[str, ...]) -> str:
+        """Returns the plan as JSON, with file names so it can be audited by hand."""
+        return json.dumps({
+            "group_by": self.group_by, "seed": self.seed,
+            "data_fingerprint": self.data_fingerprint,
+            "files": [p.rsplit("/", 1)[-1] for p in paths],
+            "groups": self.groups.tolist(), "holdout": self.holdout.tolist(),
+            "folds": [{"index": f.index, "train": f.train.tolist(), "val": f.val.tolist(),
+                       "test": f.test.tolist()} for f in self.folds]}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, dataset: Dataset) -> FoldPlan:
+        """Returns the plan stored in `text`; raises ValueError if made for other data."""
+        raw = json.loads(text)
+        if raw["data_fingerprint"] != dataset.fingerprint():
+            raise ValueError(f"fold plan was made for data {raw['data_fingerprint']}, "
+                             f"this data set is {dataset.fingerprint()}")
+        folds = tuple(Fold(f["index"], np.array(f["train"]), np.array(f["val"]),
+                           np.array(f["test"])) for f in raw["folds"])
+        return cls(np.array(raw["holdout"]), folds, np.array(raw["groups"]),
+                   raw["group_by"], raw["seed"], raw["data_fingerprint"])
+
+
+def make_fold_plan(dataset: Dataset, split: SplitConfig,
+                   cv: CrossValidationConfig) -> FoldPlan:
+    """Returns the seeded, reproducible fold plan for `dataset`.
+
+    No group (case or ROI, joined with pixel duplicates) is ever on two sides of any
+    boundary: hold-out vs folds, test vs development, train vs val.
+    """
+    groups = leakage_groups(dataset, split.group_by)
+    rest, holdout = holdout_split(dataset.labels, groups, cv.holdout_fraction, split.seed)
+    outer = StratifiedGroupKFold(n_splits=cv.n_folds, shuffle=True, random_state=split.seed)
+    folds = []
+    for k, (dev, test) in enumerate(outer.split(rest, dataset.labels[rest], groups[rest])):
+        dev, test = rest[dev], rest[test]
+        train, val = holdout_split(dataset.labels[dev], groups[dev], cv.inner_val_fraction,
+                                   split.seed + 1 + k)
+        fold = Fold(k, dev[train], dev[val], test)
+        assert_disjoint({"holdout": holdout, "train": fold.train, "val": fold.val,
+                         "test": fold.test}, groups)
+        folds.append(fold)
+    return FoldPlan(holdout, tuple(folds), groups, split.group_by, split.seed,
+                    dataset.fingerprint())

@@ -1,0 +1,30 @@
+"""Starting or joining Ray: a local node bound to 127.0.0.1, or an existing cluster."""
+from __future__ import annotations
+
+import os
+
+import ray
+
+# Trials print nothing but TensorFlow's start-up banner; keep worker logs readable.
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def start_ray(address: str | None) -> str:
+    """Connects to `address` (or RAY_ADDRESS), else starts a local node; returns a description.
+
+    MLFLOW_RUN_ID is removed from the environment first: workers inherit it and every
+    trial would reopen the project's run. A local node listens on 127.0.0.1 only
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; plain `ray.init` would bind the machine's
+    network address and open its ports to the network).
+    """
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if ray.is_initialized():
+        return "ray: already initialised"
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False)
+        return f"ray: joined cluster at {address} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray.init(include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
+             log_to_driver=False, configure_logging=False)
+    return f"ray: local node on 127.0.0.1 ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)"

@@ -1,0 +1,63 @@
+"""Scoring a trained model once on its test part, next to the brightness baselines.
+
+Shared by `train` (one split) and the search (one call per outer fold), so both log
+the same metric and figure names.
+"""
+from __future__ import annotations
+
+import keras
+import mlflow
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from mammo_core import metrics
+from mammo_core.baselines import logistic_baseline, max_pixel_scores
+from mammo_core.config import Experiment
+from mammo_core.data import Dataset
+from mammo_core.tracking import log_figure
+from mammo_core.training import predict_proba
+
+
+def evaluate_on_test(model: keras.Model, experiment: Experiment, dataset: Dataset,
+                     images: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, float]:
+    """Scores `model` on parts["test"]; returns test metrics plus baseline AUCs.
+
+    Logs test_* metrics, baseline_*_test_auc, test_auc_margin_over_logreg,
+    figures/roc_test.png, figures/confusion_test.png and predictions/test.csv.
+    """
+    test = parts["test"]
+    labels = dataset.labels[test]
+    probabilities = predict_proba(model, images[test])
+    scores = {f"test_{k}": v for k, v in
+              metrics.binary_metrics(labels, probabilities, experiment.training.threshold).items()}
+    scores.update(baseline_aucs(dataset, parts))
+    scores["test_auc_margin_over_logreg"] = scores["test_auc"] - scores["baseline_logreg_test_auc"]
+    mlflow.log_metrics(scores)
+    log_test_figures(experiment, labels, probabilities)
+    rows = [f"{i},{l},{p:.6f}" for i, l, p in zip(test, labels, probabilities)]
+    mlflow.log_text("index,label,probability\n" + "\n".join(rows) + "\n", "predictions/test.csv")
+    return scores
+
+
+def baseline_aucs(dataset: Dataset, parts: dict[str, np.ndarray]) -> dict[str, float]:
+    """Returns the AUCs of the brightness baselines on the same test part.
+
+    The logistic regression trains on train + val (it has nothing to select).
+    """
+    fit_index = np.concatenate([parts["train"], parts["val"]])
+    test_labels = dataset.labels[parts["test"]]
+    scores = {
+        "baseline_max_pixel_test_auc": max_pixel_scores(dataset.images[parts["test"]]),
+        "baseline_logreg_test_auc": logistic_baseline(
+            dataset.images[fit_index], dataset.labels[fit_index], dataset.images[parts["test"]]),
+    }
+    return {name: float(roc_auc_score(test_labels, s)) for name, s in scores.items()}
+
+
+def log_test_figures(experiment: Experiment, labels: np.ndarray, probabilities: np.ndarray) -> None:
+    """Logs figures/roc_test.png and figures/confusion_test.png."""
+    names = [experiment.data.class_names.get(k, str(k)) for k in sorted(set(labels.tolist()))]
+    log_figure(metrics.roc_figure(labels, probabilities, "ROC, test part"), "figures/roc_test.png")
+    matrix = metrics.confusion(labels, probabilities, experiment.training.threshold)
+    log_figure(metrics.confusion_figure(matrix, names, "Confusion matrix, test part"),
+               "figures/confusion_test.png")

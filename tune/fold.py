@@ -1,0 +1,163 @@
+"""One outer fold: its Ray Tune search, its expert, and the expert's test evaluation."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from ray import tune
+
+from mammo_core import metrics
+from mammo_core.config import Experiment
+from mammo_core.data import Dataset
+from mammo_core.folds import Fold
+from mammo_core.hypermodel import build_model
+from mammo_core.tracking import log_figure, log_keras_model, tracked_run
+from tune.evaluation import evaluate_on_test
+from tune.progress import StatusLine
+from tune.space import METRIC, MODE, make_scheduler, make_searcher, param_space
+from tune.trainable import WEIGHTS, train_trial
+from tune.trial_runs import TrialRuns, close_open_trials
+
+CONFIG_ARTIFACT = "expert/config.json"
+
+
+@dataclass(frozen=True)
+class FoldOutcome:
+    fold: int
+    scores: dict[str, float]
+    test_index: np.ndarray
+    probabilities: np.ndarray
+    best_config: dict
+    best_trial_run: str
+
+
+def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold: Fold,
+             parent_id: str, storage: Path, fixed: dict | None, resume: bool) -> FoldOutcome:
+    """Searches (or retrains `fixed`) on the fold, evaluates its expert once on the test part.
+
+    Logs, in a child run of `parent_id`: split sizes, the trial runs (via TrialRuns), the
+    expert's config, test metrics and figures, its learning curves and the expert model.
+    """
+    existing = unfinished_fold_run(parent_id, fold.index) if resume else None
+    with tracked_run(experiment.tracking.experiment_name, f"fold{fold.index}",
+                     tags={"mammo.kind": "fold", "mammo.fold": str(fold.index)},
+                     run_id=existing, parent_run_id=parent_id) as run:
+        parts = {"train": fold.train, "val": fold.val, "test": fold.test}
+        mlflow.log_params({f"fold.{k}_images": len(v) for k, v in parts.items()} | {"fold": fold.index})
+        data = {"x_train": images[fold.train], "y_train": dataset.labels[fold.train],
+                "x_val": images[fold.val], "y_val": dataset.labels[fold.val]}
+        callbacks = [TrialRuns(mlflow.get_tracking_uri(), run.info.experiment_id,
+                               run.info.run_id, fold.index, experiment.search.max_epochs),
+                     StatusLine(fold.index, experiment.cross_validation.n_folds,
+                                1 if fixed else experiment.search.trials_per_fold)]
+        try:
+            grid = fit_fold(experiment, fold.index, data, storage, callbacks, fixed,
+                            resume=existing is not None)
+        finally:
+            close_open_trials(mlflow.get_tracking_uri(), run.info.run_id)
+        best = best_result(grid, fold.index)
+        model = load_expert(best, experiment, images.shape[1:])
+        best_run = trial_run_of(run.info.run_id, best.metrics["trial_id"])
+        mlflow.set_tag("mammo.best_trial_run", best_run)
+        mlflow.log_params({f"best.{k}": v for k, v in best.config.items()})
+        mlflow.log_dict(dict(best.config), CONFIG_ARTIFACT)
+        log_best_curves(best)
+        scores = evaluate_on_test(model, experiment, dataset, images, parts)
+        log_keras_model(model, images[fold.train[:4]], name="expert")
+    return FoldOutcome(fold.index, scores, fold.test, predictions_of(run.info.run_id)[1],
+                       dict(best.config), best_run)
+
+
+def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,
+             callbacks: list, fixed: dict | None, resume: bool) -> tune.ResultGrid:
+    """Runs the fold's Tuner (restored from `storage` when resuming); returns its results."""
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=data, experiment=experiment), {"cpu": 1})
+    path = storage / f"fold{fold_index}"
+    if resume and tune.Tuner.can_restore(str(path)):
+        print(f"fold {fold_index + 1}: restoring unfinished trials from {path}")
+        return tune.Tuner.restore(str(path), trainable, resume_errored=True).fit()
+    search = experiment.search
+    tuner = tune.Tuner(
+        trainable, param_space=param_space(experiment, fixed),
+        tune_config=tune.TuneConfig(
+            search_alg=None if fixed else make_searcher(experiment, fold_index),
+            scheduler=make_scheduler(experiment),
+            num_samples=1 if fixed else search.trials_per_fold,
+            max_concurrent_trials=search.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=f"fold{fold_index}", storage_path=str(storage), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
+            callbacks=callbacks))
+    return tuner.fit()
+
+
+def best_result(grid: tune.ResultGrid, fold_index: int) -> tune.Result:
+    """Returns the trial with the best validation AUC at any epoch; raises if all failed."""
+    try:
+        return grid.get_best_result(METRIC, MODE, scope="all")
+    except RuntimeError as err:
+        errors = [str(e).splitlines()[0] for e in grid.errors][:3]
+        raise RuntimeError(f"fold {fold_index}: no trial produced a result ({errors})") from err
+
+
+def load_expert(result: tune.Result, experiment: Experiment, input_shape: tuple) -> keras.Model:
+    """Returns the best trial's model with its best-epoch weights."""
+    checkpoint = result.get_best_checkpoint(METRIC, MODE)
+    model = build_model(result.config, input_shape, experiment.model, seed=int(result.config["seed"]))
+    with checkpoint.as_directory() as folder:
+        model.load_weights(Path(folder) / WEIGHTS)
+    return model
+
+
+def log_best_curves(result: tune.Result) -> None:
+    """Logs the best trial's per-epoch curves as figures/learning_curves.png."""
+    frame = result.metrics_dataframe
+    history = {k: frame[k].tolist() for k in ("loss", "auc", "val_loss", "val_auc") if k in frame}
+    log_figure(metrics.learning_curves_figure(history), "figures/learning_curves.png")
+
+
+def unfinished_fold_run(parent_id: str, fold: int) -> str | None:
+    runs = _fold_runs(parent_id, fold, "attributes.status != 'FINISHED'")
+    return runs[0].info.run_id if runs else None
+
+
+def load_outcome(parent_id: str, fold: int) -> FoldOutcome | None:
+    """Returns the outcome of a FINISHED fold run of `parent_id` (for resume), else None."""
+    runs = _fold_runs(parent_id, fold, "attributes.status = 'FINISHED'")
+    if not runs:
+        return None
+    run = runs[0]
+    index, probabilities = predictions_of(run.info.run_id)
+    scores = {k: v for k, v in run.data.metrics.items()
+              if k.startswith(("test_", "baseline_"))}
+    config = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{CONFIG_ARTIFACT}"))
+    return FoldOutcome(fold, scores, index, probabilities, config,
+                       run.data.tags["mammo.best_trial_run"])
+
+
+def predictions_of(run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (image index, probability) from a run's predictions/test.csv."""
+    text = mlflow.artifacts.load_text(f"runs:/{run_id}/predictions/test.csv")
+    table = np.loadtxt(text.splitlines()[1:], delimiter=",", ndmin=2)
+    return table[:, 0].astype(int), table[:, 2]
+
+
+def trial_run_of(fold_run_id: str, trial_id: str) -> str:
+    found = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string=(
+        f"tags.mammo.trial_id = '{trial_id}' and tags.mlflow.parentRunId = '{fold_run_id}'"))
+    return found[0].info.run_id if found else ""
+
+
+def _fold_runs(parent_id: str, fold: int, status_filter: str) -> list:
+    return mlflow.search_runs(
+        search_all_experiments=True, output_format="list",
+        filter_string=(f"tags.mlflow.parentRunId = '{parent_id}' and tags.mammo.kind = 'fold' "
+                       f"and tags.mammo.fold = '{fold}' and {status_filter}"),
+        order_by=["attributes.start_time DESC"])

@@ -1,0 +1,154 @@
+"""`tune` entry point: a Ray Tune search per outer fold, every fold and trial in MLflow.
+
+    python -m tune.search --config experiments/microcal_quick.yaml
+    python -m tune.search --resume true                      # continue a killed search
+    python -m tune.search --reuse-configs-from <parent run>  # retrain the best configs only
+
+Run tree: search (parent) -> fold k (child) -> trials (grandchildren). The parent logs
+the fold plan, mean +/- std of every test metric next to the baselines, the ROC of all
+folds and the grid of confusion matrices.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import ray
+
+from mammo_core import metrics
+from mammo_core.config import ConfigError, Experiment
+from mammo_core.data import DataError, Dataset
+from mammo_core.folds import FoldPlan, make_fold_plan
+from mammo_core.preprocessing import preprocess
+from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
+from tune.cluster import start_ray
+from tune.fold import FoldOutcome, load_outcome, run_fold
+from tune.project import PROJECT_ROOT, base_parser, fail, load_config, load_data, log_data
+
+PLAN_ARTIFACT = "fold_plan.json"
+CONFIGS_ARTIFACT = "search/best_configs.json"
+
+
+def parse_args(argv: list[str] | None):
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--resume", default="false", choices=["true", "false"],
+                        help="continue the latest unfinished search with the same config")
+    parser.add_argument("--reuse-configs-from", default="",
+                        help="parent run id: retrain each fold's best config, no search")
+    parser.add_argument("--group-by", default="", choices=["", "case", "roi", "none"],
+                        help="override split.group_by (none = image-level, for comparison)")
+    parser.add_argument("--ray-address", default="", help="join this Ray cluster")
+    parser.add_argument("--storage", default=str(PROJECT_ROOT / "ray_results"),
+                        help="Ray Tune experiment folder (needed to resume)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    try:
+        experiment, config_path = load_config(args.config)
+        if args.group_by:
+            experiment = dataclasses.replace(
+                experiment, split=dataclasses.replace(experiment.split, group_by=args.group_by))
+        print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
+        dataset, summary = load_data(experiment, args.data_dir)
+        parent_id = resumable_search(experiment, dataset) if args.resume == "true" else None
+        if parent_id and project_run:
+            mlflow.MlflowClient().set_tag(project_run, "mammo.resumed_search", parent_id)
+        print(start_ray(args.ray_address or None))
+        with tracked_run(experiment.tracking.experiment_name, f"search-{experiment.name}",
+                         tags=search_tags(experiment, dataset),
+                         run_id=parent_id or project_run) as parent:
+            fixed = best_configs(args.reuse_configs_from) if args.reuse_configs_from else None
+            summary_line = search(experiment, config_path, dataset, summary, parent.info.run_id,
+                                  Path(args.storage), fixed, resumed=bool(parent_id))
+        print(f"search {parent.info.run_id} FINISHED: {summary_line}")
+        return 0
+    except (ConfigError, DataError) as err:
+        return fail(str(err))
+    finally:
+        ray.shutdown()
+
+
+def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary: dict,
+           parent_id: str, storage: Path, fixed: dict[int, dict] | None, resumed: bool) -> str:
+    """Runs (or resumes) every fold in the active parent run; returns a one-line summary."""
+    if resumed:
+        plan = FoldPlan.from_json(mlflow.artifacts.load_text(
+            f"runs:/{parent_id}/{PLAN_ARTIFACT}"), dataset)
+    else:
+        log_experiment_config(experiment, config_path)
+        log_data(dataset, summary)
+        plan = make_fold_plan(dataset, experiment.split, experiment.cross_validation)
+        mlflow.log_text(plan.to_json(dataset.paths), PLAN_ARTIFACT)
+        mlflow.log_params({"fold_plan.holdout_images": len(plan.holdout),
+                           "mode": "reuse" if fixed else "search"})
+    images = preprocess(dataset.images, experiment.preprocessing)
+    outcomes, started = [], time.monotonic()
+    for fold in plan.folds:
+        outcome = load_outcome(parent_id, fold.index) if resumed else None
+        if outcome is None:
+            outcome = run_fold(experiment, dataset, images, fold, parent_id,
+                               storage / parent_id, (fixed or {}).get(fold.index), resumed)
+        else:
+            print(f"fold {fold.index + 1}/{len(plan.folds)}: already finished, reused")
+        outcomes.append(outcome)
+    return log_cv_summary(experiment, dataset, outcomes, time.monotonic() - started)
+
+
+def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[FoldOutcome],
+                   seconds: float) -> str:
+    """Logs cv_*_mean/std, cv figures, best configs and best-trial tags; returns a summary."""
+    aggregate = metrics.mean_std([o.scores for o in outcomes])
+    mlflow.log_metrics({f"cv_{k}": v for k, v in aggregate.items()})
+    mlflow.log_metric("search_wall_seconds", seconds)
+    curves = [(dataset.labels[o.test_index], o.probabilities) for o in outcomes]
+    log_figure(metrics.cv_roc_figure(curves), "figures/cv_roc.png")
+    names = [experiment.data.class_names.get(k, str(k)) for k in sorted(experiment.data.class_names)]
+    matrices = [metrics.confusion(labels, probs, experiment.training.threshold)
+                for labels, probs in curves]
+    log_figure(metrics.confusion_grid_figure(matrices, names), "figures/cv_confusion.png")
+    mlflow.log_dict({o.fold: o.best_config for o in outcomes}, CONFIGS_ARTIFACT)
+    mlflow.set_tags({f"mammo.best_trial.fold{o.fold}": o.best_trial_run for o in outcomes})
+    return (f"CV test AUC {aggregate['test_auc_mean']:.3f} ± {aggregate['test_auc_std']:.3f} "
+            f"(logistic regression {aggregate['baseline_logreg_test_auc_mean']:.3f}, max pixel "
+            f"{aggregate['baseline_max_pixel_test_auc_mean']:.3f}); per fold "
+            + ", ".join(f"{o.scores['test_auc']:.3f}" for o in outcomes))
+
+
+def search_tags(experiment: Experiment, dataset: Dataset) -> dict[str, str]:
+    return {"mammo.entry_point": "tune", "mammo.kind": "search",
+            "mammo.config_hash": experiment.fingerprint(),
+            "mammo.data_fingerprint": dataset.fingerprint()}
+
+
+def resumable_search(experiment: Experiment, dataset: Dataset) -> str | None:
+    """Returns the latest unfinished search with this config and data, or None."""
+    client = mlflow.MlflowClient()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    tags = search_tags(experiment, dataset)
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs(experiments, f"{query} and attributes.status != 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        print("resume: no unfinished search with this config and data; starting a new one")
+        return None
+    print(f"resume: continuing search {runs[0].info.run_id}")
+    return runs[0].info.run_id
+
+
+def best_configs(parent_run_id: str) -> dict[int, dict]:
+    """Returns {fold: best config} logged by an earlier search."""
+    raw = json.loads(mlflow.artifacts.load_text(f"runs:/{parent_run_id}/{CONFIGS_ARTIFACT}"))
+    return {int(k): {n: v for n, v in cfg.items() if n != "seed"} for k, cfg in raw.items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

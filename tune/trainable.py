@@ -1,0 +1,87 @@
+"""The Ray Tune trainable: hyperparameters in, one report per epoch out.
+
+Runs inside a Ray worker. It never talks to MLflow: the driver mirrors every report
+into the trial's MLflow run (tune/trial_runs.py), so trials on any node reach the store.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+from ray import tune
+
+from mammo_core.config import Experiment
+from mammo_core.hypermodel import build_model
+from mammo_core.training import set_seed
+
+WEIGHTS = "model.weights.h5"
+STATE = "state.json"
+
+
+def train_trial(config: dict, data: dict[str, np.ndarray], experiment: Experiment) -> None:
+    """Trains one configuration on the fold's train part, reporting validation AUC per epoch.
+
+    `config` holds the searched hyperparameters and `seed`. A checkpoint (best-epoch
+    weights) is reported whenever validation AUC improves; a restored trial continues
+    from its best checkpoint.
+    """
+    limit_tensorflow_threads()
+    set_seed(int(config["seed"]))
+    model = build_model(config, data["x_train"].shape[1:], experiment.model,
+                        seed=int(config["seed"]))
+    initial_epoch, best = restore(model)
+    model.fit(data["x_train"], data["y_train"],
+              validation_data=(data["x_val"], data["y_val"]),
+              initial_epoch=initial_epoch, epochs=experiment.search.max_epochs,
+              batch_size=experiment.training.batch_size, verbose=0,
+              callbacks=[ReportToTune(best)])
+
+
+def limit_tensorflow_threads() -> None:
+    """One intra- and one inter-op thread: each trial owns exactly one CPU.
+
+    TensorFlow ignores OMP_NUM_THREADS, and refuses the setting once it has run an op in
+    this process (a reused Ray worker), which is then already limited.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass
+
+
+def restore(model: keras.Model) -> tuple[int, float]:
+    """Loads the trial's checkpoint, if Tune restored one; returns (next epoch, best AUC)."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return 0, -np.inf
+    with checkpoint.as_directory() as folder:
+        model.load_weights(Path(folder) / WEIGHTS)
+        state = json.loads((Path(folder) / STATE).read_text())
+    return state["epoch"], state["val_auc"]
+
+
+class ReportToTune(keras.callbacks.Callback):
+    """Reports loss / auc / val_loss / val_auc each epoch; checkpoints on a new best val_auc."""
+
+    def __init__(self, best: float):
+        super().__init__()
+        self.best = best
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        metrics["epoch"] = epoch + 1
+        if not np.isfinite(metrics.get("val_auc", np.nan)) or metrics["val_auc"] <= self.best:
+            tune.report(metrics)
+            return
+        self.best = metrics["val_auc"]
+        with tempfile.TemporaryDirectory() as folder:
+            self.model.save_weights(Path(folder) / WEIGHTS)
+            (Path(folder) / STATE).write_text(json.dumps({"epoch": epoch + 1,
+                                                          "val_auc": self.best}))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

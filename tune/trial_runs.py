@@ -1,0 +1,100 @@
+"""Mirrors Ray Tune trials into MLflow runs nested under their fold run (driver side).
+
+Why not MLflowLoggerCallback or setup_mlflow: the first gives no nesting, the second
+leaves runs RUNNING when ASHA stops a trial, and neither finds its runs again after
+Tuner.restore. Here every write happens on the driver, so trials on any node reach the
+store, and every run ends FINISHED, FAILED or KILLED.
+"""
+from __future__ import annotations
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.utils.time import get_current_time_millis
+from ray import tune
+
+EPOCH_METRICS = ("loss", "auc", "val_loss", "val_auc", "accuracy", "val_accuracy")
+
+
+class TrialRuns(tune.Callback):
+    """One MLflow run per trial: params `hyperparameters.*`, `epoch_*` curves, best `val_auc`."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, fold_run_id: str, fold: int,
+                 max_epochs: int):
+        # Tune pickles callbacks with the tuner (for Tuner.restore): keep only plain state
+        # and make the client on first use.
+        self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
+        self.fold_run_id, self.fold, self.max_epochs = fold_run_id, fold, max_epochs
+        self.runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self.best: dict[str, float] = {}
+
+    @property
+    def client(self) -> MlflowClient:
+        if getattr(self, "_client", None) is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_client"}
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        run_id = self.runs.get(trial.trial_id) or self._existing(trial.trial_id)
+        if run_id is None:
+            run_id = self._create(trial)
+        else:  # restored after a driver restart, or retried after a worker died
+            self.client.update_run(run_id, status="RUNNING")
+        self.runs[trial.trial_id] = run_id
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        run_id = self.runs[trial.trial_id]
+        step, now = int(result["epoch"]), get_current_time_millis()
+        metrics = [Metric(f"epoch_{k}", float(result[k]), now, step)
+                   for k in EPOCH_METRICS if k in result]
+        self.client.log_batch(run_id, metrics=metrics)
+        if result.get("val_auc", -1) > self.best.get(trial.trial_id, -1):
+            self.best[trial.trial_id] = result["val_auc"]
+            self.client.log_batch(run_id, metrics=[Metric("val_auc", result["val_auc"], now, 0),
+                                                   Metric("best_epoch", step, now, 0)])
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._end(trial, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._end(trial, "FAILED")
+
+    def _create(self, trial) -> str:
+        number = len(self.runs) + 1
+        run = self.client.create_run(self.experiment_id, run_name=f"fold{self.fold}-trial{number}",
+                                     tags={"mlflow.parentRunId": self.fold_run_id,
+                                           "mammo.kind": "trial", "mammo.fold": str(self.fold),
+                                           "mammo.trial_id": trial.trial_id})
+        params = [Param(_param_name(k), str(v)) for k, v in trial.config.items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        return run.info.run_id
+
+    def _existing(self, trial_id: str) -> str | None:
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.mammo.trial_id = '{trial_id}' and tags.mlflow.parentRunId = '{self.fold_run_id}'")
+        return found[0].info.run_id if found else None
+
+    def _end(self, trial, status: str) -> None:
+        run_id = self.runs.get(trial.trial_id)
+        if run_id is None:
+            return
+        stopped = trial.last_result.get("epoch", 0) < self.max_epochs  # ASHA stopped it
+        self.client.set_tag(run_id, "mammo.stopped_early", str(stopped).lower())
+        self.client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, status)))
+
+
+def close_open_trials(tracking_uri: str, fold_run_id: str, status: str = "KILLED") -> None:
+    """Ends every trial run of the fold still RUNNING (driver interrupted or crashed)."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(fold_run_id).info.experiment_id
+    for run in client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{fold_run_id}' "
+                                                   "and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, status)
+
+
+def _param_name(key: str) -> str:
+    # The same names as the `train` entry point's params, so the compare view lines up.
+    return key if key == "seed" else f"hyperparameters.{key}"
