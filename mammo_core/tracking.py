@@ -85,8 +85,9 @@ def tracked_run(experiment_name: str, run_name: str, tags: Mapping[str, str] | N
     try:
         yield run
         status = RunStatus.to_string(RunStatus.FINISHED)
-    except (KeyboardInterrupt, Terminated):
-        status = RunStatus.to_string(RunStatus.KILLED)
+    except BaseException as err:
+        if was_interrupted(err):
+            status = RunStatus.to_string(RunStatus.KILLED)
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -150,6 +151,21 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         if logs:
             mlflow.log_metrics({f"epoch_{k}": float(v) for k, v in logs.items()}, step=epoch + 1)
+
+
+def was_interrupted(err: BaseException | None) -> bool:
+    """Returns True if `err` is, or was caused by, Ctrl-C or SIGTERM.
+
+    A signal that arrives inside a C extension (Ray's wait loop, say) surfaces as a
+    SystemError whose cause is the original KeyboardInterrupt or Terminated.
+    """
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (KeyboardInterrupt, Terminated)):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _raise_terminated(signum, frame) -> None:

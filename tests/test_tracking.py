@@ -42,6 +42,16 @@ def test_run_statuses(tracking_store):
         assert mlflow.get_run(run.info.run_id).data.metrics["x"] == 1.0  # nothing lost
 
 
+def test_signal_inside_a_c_extension_still_counts_as_killed(tracking_store):
+    with pytest.raises(SystemError):
+        with tracked_run("exp", "c-ext") as run:
+            try:
+                raise Terminated("sigterm")
+            except Terminated as cause:
+                raise SystemError("returned a result with an exception set") from cause
+    assert status_of(run.info.run_id) == "KILLED"
+
+
 def test_existing_run_is_reopened(tracking_store):
     run = mlflow.MlflowClient().create_run(ensure_experiment("exp"))
     with tracked_run("exp", "ignored", run_id=run.info.run_id) as active:

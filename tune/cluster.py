@@ -9,22 +9,23 @@ import ray
 WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def start_ray(address: str | None) -> str:
-    """Connects to `address` (or RAY_ADDRESS), else starts a local node; returns a description.
+def start_ray() -> str:
+    """Joins the cluster at RAY_ADDRESS, else starts a local node; returns a description.
 
     MLFLOW_RUN_ID is removed from the environment first: workers inherit it and every
-    trial would reopen the project's run. A local node listens on 127.0.0.1 only
-    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0; plain `ray.init` would bind the machine's
-    network address and open its ports to the network).
+    trial would reopen the project's run. A local node listens on 127.0.0.1 only (see
+    tune/__init__.py for why that is decided before ray is imported).
     """
     os.environ.pop("MLFLOW_RUN_ID", None)
-    address = address or os.environ.get("RAY_ADDRESS")
+    # Keeping one checkpoint per trial (the best epoch) forces a small experiment snapshot
+    # after each new best; at this size that costs milliseconds, so Tune's warning is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    address = os.environ.get("RAY_ADDRESS")
     if ray.is_initialized():
         return "ray: already initialised"
     if address:
         ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False)
         return f"ray: joined cluster at {address} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)"
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.init(include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
              log_to_driver=False, configure_logging=False)
     return f"ray: local node on 127.0.0.1 ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,
     tuner = tune.Tuner(
         trainable, param_space=param_space(experiment, fixed),
         tune_config=tune.TuneConfig(
-            search_alg=None if fixed else make_searcher(experiment, fold_index),
+            search_alg=make_searcher(experiment, fold_index) if not fixed else None,
             scheduler=make_scheduler(experiment),
             num_samples=1 if fixed else search.trials_per_fold,
             max_concurrent_trials=search.max_concurrent_trials),
@@ -99,7 +100,13 @@ def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,
 
 
 def best_result(grid: tune.ResultGrid, fold_index: int) -> tune.Result:
-    """Returns the trial with the best validation AUC at any epoch; raises if all failed."""
+    """Returns the trial with the best validation AUC at any epoch.
+
+    Raises KeyboardInterrupt if Tune stopped early (its own Ctrl-C handling returns
+    normally with unfinished trials) and RuntimeError if every trial failed.
+    """
+    if grid.num_terminated + grid.num_errors < len(grid):
+        raise KeyboardInterrupt(f"fold {fold_index}: search interrupted")
     try:
         return grid.get_best_result(METRIC, MODE, scope="all")
     except RuntimeError as err:
@@ -111,7 +118,9 @@ def load_expert(result: tune.Result, experiment: Experiment, input_shape: tuple)
     """Returns the best trial's model with its best-epoch weights."""
     checkpoint = result.get_best_checkpoint(METRIC, MODE)
     model = build_model(result.config, input_shape, experiment.model, seed=int(result.config["seed"]))
-    with checkpoint.as_directory() as folder:
+    with checkpoint.as_directory() as folder, warnings.catch_warnings():
+        # The file also holds the trial's optimizer slots; an expert only predicts.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         model.load_weights(Path(folder) / WEIGHTS)
     return model
 
@@ -124,8 +133,13 @@ def log_best_curves(result: tune.Result) -> None:
 
 
 def unfinished_fold_run(parent_id: str, fold: int) -> str | None:
+    """Returns the fold's interrupted run (to continue in), after closing its stale trials."""
     runs = _fold_runs(parent_id, fold, "attributes.status != 'FINISHED'")
-    return runs[0].info.run_id if runs else None
+    if not runs:
+        return None
+    # A driver killed with SIGKILL could close nothing: its trials are still RUNNING.
+    close_open_trials(mlflow.get_tracking_uri(), runs[0].info.run_id)
+    return runs[0].info.run_id
 
 
 def load_outcome(parent_id: str, fold: int) -> FoldOutcome | None:

@@ -33,15 +33,16 @@ class StatusLine(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.finished += 1
-        self.show(trials)
+        self.show(trials, ending=trial)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.finished += 1
-        self.show(trials)
+        self.show(trials, ending=trial)
 
-    def show(self, trials) -> None:
+    def show(self, trials, ending=None) -> None:
         self.last = time.monotonic()
-        running = sum(t.status == "RUNNING" for t in trials)
+        # Tune reports a trial complete before changing its status.
+        running = sum(t.status == "RUNNING" and t is not ending for t in trials)
         elapsed = time.monotonic() - self.started
         share = self.finished / self.trials  # of this fold
         later_folds = self.n_folds - self.fold - 1

@@ -3,6 +3,7 @@
     python -m tune.search --config experiments/microcal_quick.yaml
     python -m tune.search --resume true                      # continue a killed search
     python -m tune.search --reuse-configs-from <parent run>  # retrain the best configs only
+    RAY_ADDRESS=<head>:6379 python -m tune.search           # on a Ray cluster
 
 Run tree: search (parent) -> fold k (child) -> trials (grandchildren). The parent logs
 the fold plan, mean +/- std of every test metric next to the baselines, the ROC of all
@@ -18,7 +19,6 @@ import time
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import ray
 
 from mammo_core import metrics
@@ -26,7 +26,8 @@ from mammo_core.config import ConfigError, Experiment
 from mammo_core.data import DataError, Dataset
 from mammo_core.folds import FoldPlan, make_fold_plan
 from mammo_core.preprocessing import preprocess
-from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
+from mammo_core.tracking import (log_experiment_config, log_figure, tracked_run,
+                                 use_tracking_store, was_interrupted)
 from tune.cluster import start_ray
 from tune.fold import FoldOutcome, load_outcome, run_fold
 from tune.project import PROJECT_ROOT, base_parser, fail, load_config, load_data, log_data
@@ -43,7 +44,6 @@ def parse_args(argv: list[str] | None):
                         help="parent run id: retrain each fold's best config, no search")
     parser.add_argument("--group-by", default="", choices=["", "case", "roi", "none"],
                         help="override split.group_by (none = image-level, for comparison)")
-    parser.add_argument("--ray-address", default="", help="join this Ray cluster")
     parser.add_argument("--storage", default=str(PROJECT_ROOT / "ray_results"),
                         help="Ray Tune experiment folder (needed to resume)")
     return parser.parse_args(argv)
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         parent_id = resumable_search(experiment, dataset) if args.resume == "true" else None
         if parent_id and project_run:
             mlflow.MlflowClient().set_tag(project_run, "mammo.resumed_search", parent_id)
-        print(start_ray(args.ray_address or None))
+        print(start_ray())
         with tracked_run(experiment.tracking.experiment_name, f"search-{experiment.name}",
                          tags=search_tags(experiment, dataset),
                          run_id=parent_id or project_run) as parent:
@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (ConfigError, DataError) as err:
         return fail(str(err))
+    except BaseException as err:
+        if not was_interrupted(err):
+            raise
+        print("interrupted: open runs were marked KILLED; continue with --resume true "
+              "(mlflow run: -P resume=true)", file=sys.stderr)
+        return 130
     finally:
         ray.shutdown()
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
 
 from mammo_core.config import Experiment, ParamSpace
 
@@ -23,16 +24,19 @@ def param_space(experiment: Experiment, fixed: dict[str, Any] | None = None) -> 
 
 
 def make_searcher(experiment: Experiment, fold: int):
-    """Returns the configured searcher (None means Tune's random search), seeded per fold."""
+    """Returns the configured searcher (Optuna TPE, HyperOpt TPE or random), seeded per fold."""
     search = experiment.search
     seed = search.seed + fold
     if search.searcher == "optuna":
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # one banner per fold otherwise
         return OptunaSearch(metric=METRIC, mode=MODE, seed=seed)
     if search.searcher == "hyperopt":
         from ray.tune.search.hyperopt import HyperOptSearch
         return HyperOptSearch(metric=METRIC, mode=MODE, random_state_seed=seed)
-    return None
+    return BasicVariantGenerator(random_state=seed)
 
 
 def make_scheduler(experiment: Experiment) -> ASHAScheduler:

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from mammo_core.config import CrossValidationConfig, DataConfig, SplitConfig
+from mammo_core.data import load_dataset
+from mammo_core.folds import FoldPlan, make_fold_plan
+
+
+@pytest.fixture(scope="module")
+def dataset(shared_data):
+    return load_dataset(shared_data, DataConfig())
+
+
+@pytest.fixture(scope="module")
+def plan(dataset):
+    return make_fold_plan(dataset, SplitConfig(), CrossValidationConfig())
+
+
+def test_holdout_and_folds_cover_every_image_once(dataset, plan):
+    tests = np.concatenate([f.test for f in plan.folds])
+    assert sorted(np.concatenate([plan.holdout, tests]).tolist()) == list(range(797))
+    assert 0.15 < len(plan.holdout) / 797 < 0.25
+    for fold in plan.folds:
+        development = np.concatenate([fold.train, fold.val])
+        assert sorted(np.concatenate([development, fold.test]).tolist()) == sorted(
+            set(range(797)) - set(plan.holdout.tolist()))
+
+
+def test_no_case_or_duplicate_crosses_any_boundary(dataset, plan):
+    held_cases = set(dataset.cases[plan.holdout])
+    held_dups = set(dataset.duplicate_groups[plan.holdout])
+    for fold in plan.folds:
+        sides = {"train": fold.train, "val": fold.val, "test": fold.test}
+        for name, index in sides.items():
+            assert not held_cases & set(dataset.cases[index]), name
+            assert not held_dups & set(dataset.duplicate_groups[index]), name
+        assert not set(dataset.cases[fold.test]) & set(dataset.cases[fold.train])
+        assert not set(dataset.cases[fold.val]) & set(dataset.cases[fold.train])
+
+
+def test_folds_are_stratified(dataset, plan):
+    for fold in plan.folds:
+        assert 0.35 < dataset.labels[fold.test].mean() < 0.6
+        assert 0.2 < len(fold.val) / (len(fold.val) + len(fold.train)) < 0.3
+
+
+def test_seeded_and_reproducible(dataset, plan):
+    again = make_fold_plan(dataset, SplitConfig(), CrossValidationConfig())
+    np.testing.assert_array_equal(plan.folds[3].test, again.folds[3].test)
+    other = make_fold_plan(dataset, SplitConfig(seed=1), CrossValidationConfig())
+    assert not np.array_equal(plan.holdout, other.holdout)
+
+
+def test_image_level_mode_still_joins_duplicates(dataset):
+    plan = make_fold_plan(dataset, SplitConfig(group_by="none"), CrossValidationConfig())
+    for fold in plan.folds:
+        assert not set(dataset.duplicate_groups[fold.test]) & set(dataset.duplicate_groups[fold.train])
+    # image-level folds do put crops of one case on both sides: the leak it demonstrates
+    assert any(set(dataset.cases[f.test]) & set(dataset.cases[f.train]) for f in plan.folds)
+
+
+def test_json_round_trip_checks_the_data(dataset, plan, tmp_path):
+    text = plan.to_json(dataset.paths)
+    restored = FoldPlan.from_json(text, dataset)
+    for a, b in zip(plan.folds, restored.folds):
+        np.testing.assert_array_equal(a.val, b.val)
+    other = load_dataset(__import__("conftest").make_dataset(tmp_path), DataConfig())
+    with pytest.raises(ValueError, match="fold plan was made for data"):
+        FoldPlan.from_json(text, other)

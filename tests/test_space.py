@@ -1,0 +1,51 @@
+from pathlib import Path
+
+import pytest
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.sample import Categorical, Float
+
+from mammo_core.config import SearchConfig, load_experiment
+from tune.space import make_scheduler, make_searcher, param_space
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = load_experiment(ROOT / "experiments" / "microcal.yaml")
+
+
+def test_space_is_read_from_the_yaml():
+    space = param_space(EXPERIMENT)
+    assert isinstance(space["init"], Categorical) and space["init"].categories == [10, 20, 30]
+    assert isinstance(space["learning_rate"], Float)
+    assert space["learning_rate"].lower == pytest.approx(1e-4)
+    assert space["seed"] == EXPERIMENT.search.seed
+
+
+def test_fixed_configs_replace_the_space():
+    space = param_space(EXPERIMENT, fixed={"init": 20, "rate": 0.0, "depth": 1,
+                                           "learning_rate": 1e-3})
+    assert space == {"init": 20, "rate": 0.0, "depth": 1, "learning_rate": 1e-3, "seed": 0}
+
+
+@pytest.mark.parametrize("name, expected", [("optuna", "OptunaSearch"),
+                                            ("hyperopt", "HyperOptSearch"),
+                                            ("random", "BasicVariantGenerator")])
+def test_every_searcher_can_be_built(name, expected):
+    import dataclasses
+    experiment = dataclasses.replace(EXPERIMENT, search=SearchConfig(searcher=name))
+    assert type(make_searcher(experiment, fold=0)).__name__ == expected
+
+
+def test_random_searcher_is_seeded():
+    import dataclasses
+    experiment = dataclasses.replace(EXPERIMENT, search=SearchConfig(searcher="random"))
+    assert isinstance(make_searcher(experiment, 0), BasicVariantGenerator)
+
+
+def test_asha_uses_the_configured_budget():
+    scheduler = make_scheduler(EXPERIMENT)
+    assert isinstance(scheduler, ASHAScheduler)
+    assert scheduler._max_t == EXPERIMENT.search.max_epochs
+    assert scheduler._reduction_factor == EXPERIMENT.search.reduction_factor
+    # the first rung, where ASHA may first stop a trial, is the grace period
+    assert min(scheduler._brackets[0]._rungs)[0] == EXPERIMENT.search.grace_period
+    assert scheduler._metric == "val_auc" and scheduler._mode == "max"
