@@ -44,8 +44,10 @@ def parse_args(argv: list[str] | None):
                         help="parent run id: retrain each fold's best config, no search")
     parser.add_argument("--group-by", default="", choices=["", "case", "roi", "none"],
                         help="override split.group_by (none = image-level, for comparison)")
-    parser.add_argument("--storage", default=str(PROJECT_ROOT / "ray_results"),
-                        help="Ray Tune experiment folder (needed to resume)")
+    parser.add_argument("--storage", default=os.environ.get("MAMMO_RAY_STORAGE",
+                                                            str(PROJECT_ROOT / "ray_results")),
+                        help="Ray Tune experiment folder, kept to resume "
+                             "(default: MAMMO_RAY_STORAGE, else ray_results/)")
     return parser.parse_args(argv)
 
 

@@ -47,6 +47,8 @@ class TrialRuns(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         run_id = self.runs[trial.trial_id]
         step, now = int(result["epoch"]), get_current_time_millis()
+        if step == 1 or trial.trial_id not in self.best:  # where it ran: one tag per trial
+            self.client.set_tag(run_id, "mammo.node_ip", str(result.get("node_ip", "")))
         metrics = [Metric(f"epoch_{k}", float(result[k]), now, step)
                    for k in EPOCH_METRICS if k in result]
         self.client.log_batch(run_id, metrics=metrics)
@@ -54,6 +56,13 @@ class TrialRuns(tune.Callback):
             self.best[trial.trial_id] = result["val_auc"]
             self.client.log_batch(run_id, metrics=[Metric("val_auc", result["val_auc"], now, 0),
                                                    Metric("best_epoch", step, now, 0)])
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        """A trial's worker died and Tune retries it: the same run continues, tagged."""
+        run_id = self.runs.get(trial.trial_id)
+        if run_id:
+            retries = int(self.client.get_run(run_id).data.tags.get("mammo.retries", "0")) + 1
+            self.client.set_tag(run_id, "mammo.retries", str(retries))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._end(trial, "FINISHED")

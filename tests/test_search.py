@@ -1,0 +1,191 @@
+"""The `tune` entry point end to end: real Ray, real SQLite store, the quick config.
+
+Each search here runs 5 folds x 2 trials x up to 3 epochs (about 2-3 minutes).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = "experiments/microcal_quick.yaml"
+pytestmark = pytest.mark.slow
+
+
+def search_env(store: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS")}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONUNBUFFERED="1",
+               MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}",
+               MAMMO_RAY_STORAGE=str(store / "ray_results"))
+    return env
+
+
+def runs_of(store: Path) -> list:
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def artifact_text(store: Path, run_id: str, path: str) -> str:
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    return Path(client.download_artifacts(run_id, path, str(store))).read_text()
+
+
+def kinds(runs) -> Counter:
+    return Counter((r.data.tags.get("mammo.kind"), r.info.status) for r in runs)
+
+
+def start_search(store: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tune.search", "--config", QUICK, *args],
+                            cwd=ROOT, env=search_env(store), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory) -> Path:
+    """A quick search run through the mlflow CLI, as a user would."""
+    store = tmp_path_factory.mktemp("search")
+    result = subprocess.run(
+        ["mlflow", "run", ".", "-e", "tune", "--env-manager", "local",
+         "--experiment-name", "search-test", "-P", f"config={QUICK}"],
+        cwd=ROOT, env=search_env(store), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "fold 5/5 | trials 2/2 done" in result.stdout
+    return store
+
+
+def test_run_tree_is_complete_and_finished(searched):
+    runs = runs_of(searched)
+    assert kinds(runs) == {("search", "FINISHED"): 1, ("fold", "FINISHED"): 5,
+                           ("trial", "FINISHED"): 10}
+    parent = next(r for r in runs if r.data.tags.get("mammo.kind") == "search")
+    folds = [r for r in runs if r.data.tags.get("mammo.kind") == "fold"]
+    trials = [r for r in runs if r.data.tags.get("mammo.kind") == "trial"]
+    assert {f.data.tags["mlflow.parentRunId"] for f in folds} == {parent.info.run_id}
+    fold_ids = {f.info.run_id for f in folds}
+    assert {t.data.tags["mlflow.parentRunId"] for t in trials} == fold_ids
+    # the same names in trials and folds, so the compare view lines up
+    assert {"hyperparameters.init", "hyperparameters.learning_rate"} <= set(trials[0].data.params)
+    assert "epoch_val_auc" in trials[0].data.metrics and "val_auc" in trials[0].data.metrics
+
+
+def test_parent_logs_cv_summary_baselines_and_figures(searched):
+    runs = runs_of(searched)
+    parent = next(r for r in runs if r.data.tags.get("mammo.kind") == "search")
+    metrics = parent.data.metrics
+    for name in ("test_auc", "test_sensitivity", "test_specificity", "test_f2",
+                 "baseline_max_pixel_test_auc", "baseline_logreg_test_auc",
+                 "test_auc_margin_over_logreg"):
+        assert f"cv_{name}_mean" in metrics and f"cv_{name}_std" in metrics
+    client = mlflow.MlflowClient(f"sqlite:///{searched / 'mlflow.db'}")
+    paths = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/cv_roc.png", "figures/cv_confusion.png"} <= paths
+    trial_ids = {r.info.run_id for r in runs if r.data.tags.get("mammo.kind") == "trial"}
+    for k in range(5):
+        assert parent.data.tags[f"mammo.best_trial.fold{k}"] in trial_ids
+    plan = json.loads(artifact_text(searched, parent.info.run_id, "fold_plan.json"))
+    assert len(plan["folds"]) == 5 and plan["group_by"] == "case"
+
+
+def test_fold_runs_hold_the_expert_and_its_test_evaluation(searched):
+    runs = runs_of(searched)
+    client = mlflow.MlflowClient(f"sqlite:///{searched / 'mlflow.db'}")
+    for fold in (r for r in runs if r.data.tags.get("mammo.kind") == "fold"):
+        assert {"test_auc", "test_f2", "baseline_logreg_test_auc"} <= set(fold.data.metrics)
+        figures = {a.path for a in client.list_artifacts(fold.info.run_id, "figures")}
+        assert {"figures/roc_test.png", "figures/confusion_test.png",
+                "figures/learning_curves.png"} <= figures
+        models = client.search_logged_models(
+            [fold.info.experiment_id], filter_string=f"source_run_id = '{fold.info.run_id}'")
+        assert [m.name for m in models] == ["expert"]
+
+
+def test_reuse_configs_retrains_each_folds_best_config(searched):
+    parent = next(r for r in runs_of(searched) if r.data.tags.get("mammo.kind") == "search")
+    out = finish(start_search(searched, "--reuse-configs-from", parent.info.run_id))
+    assert "FINISHED" in out
+    runs = runs_of(searched)
+    reuse = next(r for r in runs if r.data.params.get("mode") == "reuse")
+    folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == reuse.info.run_id]
+    best = json.loads(artifact_text(searched, parent.info.run_id, "search/best_configs.json"))
+    for fold in folds:
+        k = fold.data.tags["mammo.fold"]
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == fold.info.run_id]
+        assert len(trials) == 1
+        assert trials[0].data.params["hyperparameters.init"] == str(best[k]["init"])
+
+
+def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
+    process = start_search(tmp_path)
+    for line in process.stdout:
+        if line.startswith("fold 2/5"):
+            break
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=180)
+    assert process.returncode == 130, out[-2000:]
+    assert "resume" in out
+    interrupted = kinds(runs_of(tmp_path))
+    assert not any(status == "RUNNING" for _, status in interrupted)
+    assert interrupted[("search", "KILLED")] == 1 and interrupted[("fold", "FINISHED")] >= 1
+    first_fold = next(r for r in runs_of(tmp_path) if r.data.tags.get("mammo.fold") == "0"
+                      and r.data.tags.get("mammo.kind") == "fold")
+
+    out = finish(start_search(tmp_path, "--resume", "true"))
+    assert "already finished, reused" in out
+    runs = runs_of(tmp_path)
+    assert kinds(runs) == {("search", "FINISHED"): 1, ("fold", "FINISHED"): 5,
+                           ("trial", "FINISHED"): 10}
+    again = next(r for r in runs if r.info.run_id == first_fold.info.run_id)
+    assert again.info.end_time == first_fold.info.end_time  # fold 1 was not recomputed
+
+
+def test_a_trial_whose_worker_dies_is_retried(tmp_path):
+    # 2 folds of 2 trials that all run 8 epochs: a wide window to kill a worker mid-trial
+    config = yaml.safe_load((ROOT / QUICK).read_text())
+    config["cross_validation"]["n_folds"] = 2
+    config["search"].update(max_epochs=8, grace_period=8)
+    path = tmp_path / "long_trials.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, "-m", "tune.search", "--config", str(path)],
+                               cwd=ROOT, env=search_env(tmp_path), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:  # the first status line: both trials run and have reported
+        if line.startswith("fold 1/2 | trials 0/2 done, 2 running"):
+            break
+    assert kill_one_trial_worker(str(tmp_path).encode()), "no trial worker of this search"
+    finish(process)
+    runs = runs_of(tmp_path)
+    assert kinds(runs) == {("search", "FINISHED"): 1, ("fold", "FINISHED"): 2,
+                           ("trial", "FINISHED"): 4}
+    retried = [r for r in runs if int(r.data.tags.get("mammo.retries", 0)) >= 1]
+    assert len(retried) == 1
+
+
+def kill_one_trial_worker(marker: bytes) -> int | None:
+    """SIGKILLs one running trial process whose environment names this test's store."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"ray::ImplicitFunc.train") and marker in environ:
+            os.kill(int(entry), signal.SIGKILL)
+            return int(entry)
+    return None
