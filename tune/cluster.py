@@ -26,6 +26,7 @@ def start_ray() -> str:
     if address:
         ray.init(address=address, runtime_env={"env_vars": WORKER_ENV}, log_to_driver=False)
         return f"ray: joined cluster at {address} ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)"
-    ray.init(include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
+    # address="local": always a new node of our own, never another Ray left on this machine
+    ray.init(address="local", include_dashboard=False, runtime_env={"env_vars": WORKER_ENV},
              log_to_driver=False, configure_logging=False)
     return f"ray: local node on 127.0.0.1 ({ray.cluster_resources().get('CPU', 0):.0f} CPUs)"
