@@ -19,8 +19,9 @@ from mammo_core.training import predict_proba
 
 
 def evaluate_on_test(model: keras.Model, experiment: Experiment, dataset: Dataset,
-                     images: np.ndarray, parts: dict[str, np.ndarray]) -> dict[str, float]:
-    """Scores `model` on parts["test"]; returns test metrics plus baseline AUCs.
+                     images: np.ndarray,
+                     parts: dict[str, np.ndarray]) -> tuple[dict[str, float], np.ndarray]:
+    """Scores `model` on parts["test"]; returns (test metrics plus baseline AUCs, probabilities).
 
     Logs test_* metrics, baseline_*_test_auc, test_auc_margin_over_logreg,
     figures/roc_test.png, figures/confusion_test.png and predictions/test.csv.
@@ -36,7 +37,7 @@ def evaluate_on_test(model: keras.Model, experiment: Experiment, dataset: Datase
     log_test_figures(experiment, labels, probabilities)
     rows = [f"{i},{l},{p:.6f}" for i, l, p in zip(test, labels, probabilities)]
     mlflow.log_text("index,label,probability\n" + "\n".join(rows) + "\n", "predictions/test.csv")
-    return scores
+    return scores, probabilities
 
 
 def baseline_aucs(dataset: Dataset, parts: dict[str, np.ndarray]) -> dict[str, float]:

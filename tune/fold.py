@@ -21,7 +21,7 @@ from tune.evaluation import evaluate_on_test
 from tune.progress import StatusLine
 from tune.space import METRIC, MODE, make_scheduler, make_searcher, param_space
 from tune.trainable import WEIGHTS, train_trial
-from tune.trial_runs import TrialRuns, close_open_trials
+from tune.trial_runs import TrialRuns, close_open_trials, find_trial_run
 
 CONFIG_ARTIFACT = "expert/config.json"
 
@@ -62,15 +62,15 @@ def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold:
             close_open_trials(mlflow.get_tracking_uri(), run.info.run_id)
         best = best_result(grid, fold.index)
         model = load_expert(best, experiment, images.shape[1:])
-        best_run = trial_run_of(run.info.run_id, best.metrics["trial_id"])
+        best_run = find_trial_run(mlflow.MlflowClient(), run.info.experiment_id,
+                                  run.info.run_id, best.metrics["trial_id"]) or ""
         mlflow.set_tag("mammo.best_trial_run", best_run)
         mlflow.log_params({f"best.{k}": v for k, v in best.config.items()})
         mlflow.log_dict(dict(best.config), CONFIG_ARTIFACT)
         log_best_curves(best)
-        scores = evaluate_on_test(model, experiment, dataset, images, parts)
+        scores, probabilities = evaluate_on_test(model, experiment, dataset, images, parts)
         log_keras_model(model, images[fold.train[:4]], name="expert")
-    return FoldOutcome(fold.index, scores, fold.test, predictions_of(run.info.run_id)[1],
-                       dict(best.config), best_run)
+    return FoldOutcome(fold.index, scores, fold.test, probabilities, dict(best.config), best_run)
 
 
 def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,
@@ -161,12 +161,6 @@ def predictions_of(run_id: str) -> tuple[np.ndarray, np.ndarray]:
     text = mlflow.artifacts.load_text(f"runs:/{run_id}/predictions/test.csv")
     table = np.loadtxt(text.splitlines()[1:], delimiter=",", ndmin=2)
     return table[:, 0].astype(int), table[:, 2]
-
-
-def trial_run_of(fold_run_id: str, trial_id: str) -> str:
-    found = mlflow.search_runs(search_all_experiments=True, output_format="list", filter_string=(
-        f"tags.mammo.trial_id = '{trial_id}' and tags.mlflow.parentRunId = '{fold_run_id}'"))
-    return found[0].info.run_id if found else ""
 
 
 def _fold_runs(parent_id: str, fold: int, status_filter: str) -> list:

@@ -70,7 +70,7 @@ def train_and_evaluate(experiment: Experiment, dataset: Dataset) -> dict[str, fl
     val = metrics.binary_metrics(y["val"], predict_proba(model, x["val"]),
                                  experiment.training.threshold)
     mlflow.log_metrics({f"val_{k}": v for k, v in val.items()})
-    test = evaluate_on_test(model, experiment, dataset, images, parts)
+    test, _ = evaluate_on_test(model, experiment, dataset, images, parts)
     log_keras_model(model, x["train"][:4])
     return test
 

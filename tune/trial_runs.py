@@ -37,7 +37,8 @@ class TrialRuns(tune.Callback):
         return {k: v for k, v in self.__dict__.items() if k != "_client"}
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        run_id = self.runs.get(trial.trial_id) or self._existing(trial.trial_id)
+        run_id = self.runs.get(trial.trial_id) or find_trial_run(
+            self.client, self.experiment_id, self.fold_run_id, trial.trial_id)
         if run_id is None:
             run_id = self._create(trial)
         else:  # restored after a driver restart, or retried after a worker died
@@ -80,12 +81,6 @@ class TrialRuns(tune.Callback):
         self.client.log_batch(run.info.run_id, params=params)
         return run.info.run_id
 
-    def _existing(self, trial_id: str) -> str | None:
-        found = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.mammo.trial_id = '{trial_id}' and tags.mlflow.parentRunId = '{self.fold_run_id}'")
-        return found[0].info.run_id if found else None
-
     def _end(self, trial, status: str) -> None:
         run_id = self.runs.get(trial.trial_id)
         if run_id is None:
@@ -93,6 +88,14 @@ class TrialRuns(tune.Callback):
         stopped = trial.last_result.get("epoch", 0) < self.max_epochs  # ASHA stopped it
         self.client.set_tag(run_id, "mammo.stopped_early", str(stopped).lower())
         self.client.set_terminated(run_id, RunStatus.to_string(getattr(RunStatus, status)))
+
+
+def find_trial_run(client: MlflowClient, experiment_id: str, fold_run_id: str,
+                   trial_id: str) -> str | None:
+    """Returns the MLflow run of Tune trial `trial_id` under the fold run, or None."""
+    found = client.search_runs([experiment_id], f"tags.mammo.trial_id = '{trial_id}' and "
+                                                f"tags.mlflow.parentRunId = '{fold_run_id}'")
+    return found[0].info.run_id if found else None
 
 
 def close_open_trials(tracking_uri: str, fold_run_id: str, status: str = "KILLED") -> None:
