@@ -153,6 +153,20 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """How the registry step combines the fold experts and picks the decision threshold."""
+
+    # fixed: `fixed_threshold`; youden: max sensitivity + specificity - 1; sensitivity: the
+    # highest threshold whose hold-out sensitivity reaches `target_sensitivity`.
+    threshold: Literal["fixed", "youden", "sensitivity"] = "youden"
+    fixed_threshold: float = 0.5
+    target_sensitivity: float = 0.9
+    cross_fit_folds: int = 5  # grouped splits of the hold-out for honest ensemble estimates
+    champion_alias: str = "champion"
+    challenger_alias: str = "challenger"
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     data: DataConfig = DataConfig()
@@ -165,6 +179,7 @@ class Experiment:
     search: SearchConfig = SearchConfig()
     training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
+    registry: RegistryConfig = RegistryConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the resolved configuration as plain YAML-friendly data."""
@@ -327,6 +342,12 @@ def _validate_search(experiment: Experiment) -> None:
         raise ConfigError("'search.grace_period' must not exceed 'search.max_epochs'")
     if search.reduction_factor < 2:
         raise ConfigError("'search.reduction_factor' must be at least 2")
+    registry = experiment.registry
+    if not 0 < registry.fixed_threshold < 1 or not 0 < registry.target_sensitivity <= 1:
+        raise ConfigError("'registry.fixed_threshold' must lie in (0, 1) and "
+                          "'registry.target_sensitivity' in (0, 1]")
+    if registry.cross_fit_folds < 2:
+        raise ConfigError("'registry.cross_fit_folds' must be at least 2")
 
 
 def _validate_space(name: str, space: ParamSpace) -> None:

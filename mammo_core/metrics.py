@@ -24,14 +24,21 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,
     F2 weights recall four times as much as precision: a missed cancer costs more.
     Ratios with an empty denominator are reported as 0.
     """
-    labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=float).ravel()
+    return label_metrics(labels, (probabilities >= threshold).astype(int), probabilities)
+
+
+def label_metrics(labels: np.ndarray, predicted: np.ndarray,
+                  probabilities: np.ndarray) -> dict[str, float]:
+    """Returns binary_metrics' dictionary for given predicted labels (any thresholds)."""
+    labels = np.asarray(labels).astype(int)
     if len(np.unique(labels)) < 2:
         raise ValueError("ROC AUC needs both classes among the labels")
-    tn, fp, fn, tp = confusion(labels, probabilities, threshold).ravel()
+    tn, fp, fn, tp = confusion_matrix(labels, np.asarray(predicted).astype(int).ravel(),
+                                      labels=[0, 1]).ravel()
     sensitivity = _ratio(tp, tp + fn)
     precision = _ratio(tp, tp + fp)
-    return {"auc": float(roc_auc_score(labels, probabilities)),
+    return {"auc": float(roc_auc_score(labels, np.asarray(probabilities, dtype=float).ravel())),
             "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
             "sensitivity": sensitivity,
             "specificity": _ratio(tn, tn + fp),
@@ -151,5 +158,37 @@ def confusion_grid_figure(matrices: Sequence[np.ndarray], class_names: Sequence[
         ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
                xticklabels=class_names, yticklabels=class_names, title=f"fold {k + 1}",
                xlabel="predicted", ylabel="true" if k == 0 else "")
+    fig.tight_layout()
+    return fig
+
+
+def roc_comparison_figure(labels: np.ndarray, curves: Mapping[str, np.ndarray],
+                          title: str = "ROC") -> Figure:
+    """Returns the ROC curves of several scorers of the same images, AUCs in the legend."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, probabilities in curves.items():
+        fpr, tpr, _ = roc_curve(labels, probabilities)
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc_score(labels, probabilities):.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def patch_gallery_figure(images: np.ndarray, captions: Sequence[str], title: str,
+                         columns: int = 8) -> Figure:
+    """Returns a grid of grayscale patches, each with its caption (at most 4 rows' worth)."""
+    images = images[:columns * 4]
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, caption in zip(axes.ravel(), images, captions):
+        ax.imshow(np.squeeze(image), cmap="gray")
+        ax.set_title(caption, fontsize=7)
+    fig.suptitle(title if len(images) else f"{title}: none", fontsize=10)
     fig.tight_layout()
     return fig

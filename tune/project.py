@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,6 +15,10 @@ from mammo_core.tracking import log_yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "experiments/microcal.yaml"
+
+
+class UsageError(Exception):
+    """A request the entry points cannot serve (no search yet, unknown run, bad path)."""
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -58,3 +63,15 @@ def fail(message: str) -> int:
     """Prints an error for the user and returns the exit status for bad input."""
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+def git_commit() -> str:
+    """Returns the project's git commit (with "+dirty" for local changes), or "unknown"."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

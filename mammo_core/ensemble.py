@@ -1,0 +1,115 @@
+"""Combining the fold experts: simplex weights, decision thresholds, honest estimates.
+
+The weights are fitted on the ensemble hold-out, which no expert trained on. Scoring the
+weights on the very images they were fitted on would flatter them, so `cross_fit` scores
+every method (plain average, learned weights, best single expert) on grouped parts of the
+hold-out that its fitting did not see.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.model_selection import StratifiedGroupKFold
+
+from mammo_core.config import RegistryConfig
+
+METHODS = ("average", "learned", "best_single")
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """Non-negative weights summing to 1 and the decision threshold on the combination."""
+
+    weights: np.ndarray
+    threshold: float
+
+    def combine(self, expert_probabilities: np.ndarray) -> np.ndarray:
+        """Returns the ensemble probability per image from an (N, experts) array."""
+        return np.asarray(expert_probabilities, dtype=np.float64) @ self.weights
+
+    def to_dict(self) -> dict:
+        return {"weights": [float(w) for w in self.weights], "threshold": float(self.threshold)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Ensemble:
+        return cls(np.asarray(raw["weights"], dtype=np.float64), float(raw["threshold"]))
+
+
+def fit_weights(expert_probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Returns the simplex weights minimising the log loss of the weighted average.
+
+    Starts from the plain average, so experts that are equally good stay equal.
+    """
+    p = np.clip(np.asarray(expert_probabilities, dtype=np.float64), _EPS, 1 - _EPS)
+    y = np.asarray(labels, dtype=np.float64)
+    k = p.shape[1]
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        q = np.clip(p @ w, _EPS, 1 - _EPS)
+        gradient = -(p.T @ (y / q - (1 - y) / (1 - q))) / len(y)
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))), gradient
+
+    result = minimize(loss, np.full(k, 1.0 / k), jac=True, method="SLSQP",
+                      bounds=[(0.0, 1.0)] * k,
+                      constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}])
+    weights = np.clip(result.x, 0.0, None)
+    return weights / weights.sum()
+
+
+def choose_threshold(labels: np.ndarray, probabilities: np.ndarray,
+                     config: RegistryConfig) -> float:
+    """Returns the decision threshold the config's rule picks on these images.
+
+    fixed: the configured value; youden: the ROC point maximising sensitivity +
+    specificity - 1; sensitivity: the highest threshold reaching the target sensitivity.
+    """
+    if config.threshold == "fixed":
+        return float(config.fixed_threshold)
+    fpr, tpr, thresholds = roc_curve(labels, probabilities)
+    thresholds = np.minimum(thresholds, 1.0)  # roc_curve's first threshold is +inf
+    if config.threshold == "youden":
+        return float(thresholds[np.argmax(tpr - fpr)])
+    return float(thresholds[np.argmax(tpr >= config.target_sensitivity)])
+
+
+def fit_ensemble(expert_probabilities: np.ndarray, labels: np.ndarray, method: str,
+                 config: RegistryConfig) -> Ensemble:
+    """Returns the `method` ensemble (average, learned or best_single) fitted on these images."""
+    k = expert_probabilities.shape[1]
+    if method == "average":
+        weights = np.full(k, 1.0 / k)
+    elif method == "learned":
+        weights = fit_weights(expert_probabilities, labels)
+    elif method == "best_single":
+        aucs = [roc_auc_score(labels, expert_probabilities[:, j]) for j in range(k)]
+        weights = np.eye(k)[int(np.argmax(aucs))]
+    else:
+        raise ValueError(f"unknown ensemble method {method!r} (known: {', '.join(METHODS)})")
+    combined = expert_probabilities @ weights
+    return Ensemble(weights, choose_threshold(labels, combined, config))
+
+
+def cross_fit(expert_probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+              method: str, config: RegistryConfig,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Returns out-of-part (probabilities, thresholds) per image for `method`.
+
+    The hold-out is cut into grouped, stratified parts; each part is scored by weights and
+    a threshold fitted on the other parts, so no image scores a fit it took part in.
+    """
+    n_splits = min(config.cross_fit_folds, len(np.unique(groups)))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    probabilities = np.zeros(len(labels))
+    thresholds = np.zeros(len(labels))
+    for fit_part, score_part in splitter.split(expert_probabilities, labels, groups):
+        if len(np.unique(labels[fit_part])) < 2:
+            raise ValueError("a cross-fitting part holds one class only; lower "
+                             "'registry.cross_fit_folds'")
+        ensemble = fit_ensemble(expert_probabilities[fit_part], labels[fit_part], method, config)
+        probabilities[score_part] = ensemble.combine(expert_probabilities[score_part])
+        thresholds[score_part] = ensemble.threshold
+    return probabilities, thresholds

@@ -1,0 +1,87 @@
+"""The packaged ensemble: fold experts + weights + the training preprocessing, as files.
+
+`write_bundle` turns the pieces into files (experts as `.keras`, weights and threshold as
+JSON, the experiment config as YAML); `load_predictor` turns those files back into an
+`EnsemblePredictor` that scores raw patches exactly as the experts were trained.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import keras
+import numpy as np
+import yaml
+
+import mammo_core.hypermodel  # noqa: F401  (registers the custom layers the experts use)
+from mammo_core.config import Experiment, experiment_from_dict
+from mammo_core.ensemble import Ensemble
+from mammo_core.patches import as_unit_patches
+from mammo_core.preprocessing import preprocess
+
+ENSEMBLE_KEY = "ensemble"
+EXPERIMENT_KEY = "experiment"
+EXPERT_PREFIX = "expert_"
+_BATCH = 256
+
+
+@dataclass
+class EnsemblePredictor:
+    experts: Sequence[keras.Model]
+    ensemble: Ensemble
+    experiment: Experiment
+    bit_depth: int  # of the training images: how raw integer pixels are scaled
+
+    def model_inputs(self, raw: np.ndarray) -> np.ndarray:
+        """Returns raw patches checked and preprocessed as in training, (N, H, W, 1)."""
+        units = as_unit_patches(raw, self.experiment.data.image_size, self.bit_depth)
+        return preprocess(units, self.experiment.preprocessing)
+
+    def expert_probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Returns each expert's probability for preprocessed images, shape (N, experts)."""
+        columns = []
+        for model in self.experts:
+            # Calling the model skips Keras' predict loop, which costs ~20 ms per call:
+            # most of the time of a one-image request.
+            parts = [np.asarray(model(images[i:i + _BATCH], training=False)).ravel()
+                     for i in range(0, len(images), _BATCH)]
+            columns.append(np.concatenate(parts))
+        return np.stack(columns, axis=1).astype(np.float64)
+
+    def predict(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        """Returns {"probability": (N,), "label": (N,), "experts": (N, experts)} for raw patches.
+
+        Raises PatchError (a ValueError) for input that is not a batch of patches.
+        """
+        experts = self.expert_probabilities(self.model_inputs(raw))
+        probability = self.ensemble.combine(experts)
+        label = (probability >= self.ensemble.threshold).astype(np.int64)
+        return {"probability": probability, "label": label, "experts": experts}
+
+
+def write_bundle(folder: Path, experts: Sequence[keras.Model], ensemble: Ensemble,
+                 experiment: Experiment, bit_depth: int) -> dict[str, str]:
+    """Writes the predictor's files into `folder`; returns {artifact name: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for k, model in enumerate(experts):
+        paths[f"{EXPERT_PREFIX}{k}"] = str(folder / f"expert_{k}.keras")
+        model.save(paths[f"{EXPERT_PREFIX}{k}"])
+    paths[ENSEMBLE_KEY] = str(folder / "ensemble.json")
+    Path(paths[ENSEMBLE_KEY]).write_text(json.dumps(ensemble.to_dict() | {"bit_depth": bit_depth},
+                                                    indent=1))
+    paths[EXPERIMENT_KEY] = str(folder / "experiment.yaml")
+    Path(paths[EXPERIMENT_KEY]).write_text(yaml.safe_dump(experiment.to_dict(), sort_keys=False))
+    return paths
+
+
+def load_predictor(paths: Mapping[str, str]) -> EnsemblePredictor:
+    """Returns the predictor stored by `write_bundle` ({artifact name: local path})."""
+    raw = json.loads(Path(paths[ENSEMBLE_KEY]).read_text())
+    experiment = experiment_from_dict(yaml.safe_load(Path(paths[EXPERIMENT_KEY]).read_text()))
+    names = sorted((k for k in paths if k.startswith(EXPERT_PREFIX)),
+                   key=lambda k: int(k[len(EXPERT_PREFIX):]))
+    experts = [keras.saving.load_model(paths[name], compile=False) for name in names]
+    return EnsemblePredictor(experts, Ensemble.from_dict(raw), experiment, int(raw["bit_depth"]))

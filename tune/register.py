@@ -1,0 +1,298 @@
+"""`register` entry point: a search's fold experts + learned weights -> one registered pyfunc.
+
+    python -m tune.register --config experiments/microcal_quick.yaml
+    python -m tune.register --search-run <parent run id>
+
+Reads the search's config, fold plan and experts; scores the experts on the ensemble
+hold-out (images none of them trained on); compares plain average, learned weights and
+best single expert with cross-fitted estimates; registers the learned ensemble under the
+config's model name with a model card; moves the champion alias only if the new version
+is at least as good as the champion on the same hold-out.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types.utils import _infer_schema
+from sklearn.metrics import roc_auc_score
+
+from mammo_core import ensemble as ens
+from mammo_core import metrics
+from mammo_core.config import ConfigError, Experiment, experiment_from_dict
+from mammo_core.data import DataError, Dataset
+from mammo_core.folds import FoldPlan
+from mammo_core.model_card import CardFacts, render_card
+from mammo_core.predictor import EnsemblePredictor, write_bundle
+from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
+                                 use_tracking_store)
+from tune.project import (PROJECT_ROOT, UsageError, base_parser, fail, git_commit,
+                          load_config, load_data)
+
+MODEL_CODE = Path(__file__).with_name("ensemble_pyfunc.py")
+MODEL_ARTIFACT = "ensemble"
+
+
+@dataclass(frozen=True)
+class Registration:
+    run_id: str
+    model_name: str
+    version: str
+    alias: str
+    reason: str
+    holdout_auc: float
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--search-run", default="",
+                        help="search parent run id (default: the latest finished search)")
+    args = parser.parse_args(argv)
+    try:
+        experiment, _ = load_config(args.config)
+        print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
+        registration = register_search(experiment, args.search_run, args.data_dir,
+                                       run_id=os.environ.get("MLFLOW_RUN_ID"))
+    except (ConfigError, DataError, UsageError) as err:
+        return fail(str(err))
+    print(summary_line(registration))
+    return 0
+
+
+def summary_line(r: Registration) -> str:
+    return (f"registered {r.model_name} v{r.version} -> @{r.alias} (hold-out AUC "
+            f"{r.holdout_auc:.4f}): {r.reason}")
+
+
+def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
+                    run_id: str | None = None, parent_run_id: str | None = None) -> Registration:
+    """Registers the ensemble of `search_run` (default: latest finished search); returns it.
+
+    The experts' preprocessing and data settings come from the search's own logged config;
+    `experiment` contributes the registry and tracking settings.
+    """
+    search_run = search_run or latest_search(experiment.tracking.experiment_name)
+    trained = dataclasses.replace(search_config(search_run), registry=experiment.registry,
+                                  tracking=experiment.tracking)
+    dataset, summary = load_data(trained, data_dir)
+    plan = FoldPlan.from_json(_download_text(search_run, "fold_plan.json"), dataset)
+    with tracked_run(experiment.tracking.experiment_name, f"register-{trained.name}",
+                     tags={"mammo.entry_point": "register", "mammo.kind": "register",
+                           "mammo.search_run": search_run},
+                     run_id=run_id, parent_run_id=parent_run_id) as run:
+        mlflow.log_params({"search_run": search_run, "model_name": experiment.tracking
+                           .registered_model_name} | {f"registry.{k}": v for k, v in
+                                                      dataclasses.asdict(experiment.registry).items()})
+        version, alias, reason, auc = build_and_register(trained, dataset, summary, plan, search_run)
+    return Registration(run.info.run_id, experiment.tracking.registered_model_name,
+                        version, alias, reason, auc)
+
+
+def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, plan: FoldPlan,
+                       search_run: str) -> tuple[str, str, str, float]:
+    """Fits, logs, registers and gates the ensemble; returns (version, alias, reason, AUC)."""
+    experts = load_experts(search_run, experiment.cross_validation.n_folds)
+    k = len(experts)
+    predictor = EnsemblePredictor(experts, ens.Ensemble(np.full(k, 1 / k), 0.5), experiment,
+                                  dataset.bit_depth)
+    raw, labels = dataset.images[plan.holdout], dataset.labels[plan.holdout]
+    groups = plan.groups[plan.holdout]
+    print(f"hold-out: {len(raw)} images in {len(np.unique(groups))} groups; scoring {k} experts")
+    experts_p = predictor.expert_probabilities(predictor.model_inputs(raw))
+    comparison = compare_methods(experts_p, labels, groups, experiment)
+    predictor.ensemble = ens.fit_ensemble(experts_p, labels, "learned", experiment.registry)
+    holdout_auc = log_final_ensemble(predictor.ensemble, experts_p, labels)
+    name = experiment.tracking.registered_model_name
+    version = log_and_register(predictor, raw, name)
+    check_round_trip(name, version, raw, predictor.ensemble.combine(experts_p))
+    facts = CardFacts(name, version, experiment, dataset.fingerprint(),
+                      {c: n["images"] for c, n in summary.items() if c != "all"}, len(raw),
+                      len(np.unique(groups)), search_run, git_commit(),
+                      search_metrics(search_run), comparison,
+                      tuple(float(w) for w in predictor.ensemble.weights),
+                      predictor.ensemble.threshold, dataset.bit_depth)
+    card = render_card(facts)
+    mlflow.log_text(card, "model_card.md")
+    client = mlflow.MlflowClient()
+    client.update_model_version(name, version, description=card)
+    for key, value in {"mammo.search_run": search_run, "mammo.git_commit": facts.git_commit,
+                       "mammo.config_hash": experiment.fingerprint(),
+                       "mammo.register_run": mlflow.active_run().info.run_id,
+                       "mammo.holdout_auc": f"{holdout_auc:.6f}",
+                       "mammo.holdout_fingerprint": holdout_fingerprint(dataset, plan)}.items():
+        client.set_model_version_tag(name, version, key, value)
+    alias, reason = promote(experiment, name, version, raw, labels, holdout_auc,
+                            holdout_fingerprint(dataset, plan))
+    return version, alias, reason, holdout_auc
+
+
+def compare_methods(experts_p: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                    experiment: Experiment) -> dict[str, dict[str, float]]:
+    """Returns cross-fitted hold-out metrics per method (average, learned, best single).
+
+    Logs holdout_<method>_<metric>, figures/holdout_roc.png and
+    holdout/cross_fitted.csv (every image's expert and cross-fitted probabilities).
+    """
+    scores, curves = {}, {}
+    table = pd.DataFrame({"label": labels, "group": groups})
+    for k in range(experts_p.shape[1]):
+        table[f"expert_{k}"] = experts_p[:, k]
+    for method in ens.METHODS:
+        probabilities, thresholds = ens.cross_fit(experts_p, labels, groups, method,
+                                                  experiment.registry, experiment.split.seed)
+        scores[method] = metrics.label_metrics(labels, probabilities >= thresholds, probabilities)
+        curves[method.replace("_", " ")] = table[method] = probabilities
+        mlflow.log_metrics({f"holdout_{method}_{m}": v for m, v in scores[method].items()})
+        print(f"hold-out, {method:11s} (cross-fitted): AUC {scores[method]['auc']:.4f}, "
+              f"sensitivity {scores[method]['sensitivity']:.3f}, "
+              f"specificity {scores[method]['specificity']:.3f}")
+    log_figure(metrics.roc_comparison_figure(labels, curves, "Ensemble hold-out, cross-fitted"),
+               "figures/holdout_roc.png")
+    mlflow.log_text(table.to_csv(index=False), "holdout/cross_fitted.csv")
+    return scores
+
+
+def log_final_ensemble(ensemble: ens.Ensemble, experts_p: np.ndarray, labels: np.ndarray) -> float:
+    """Logs the registered weights, threshold and in-sample hold-out AUC; returns that AUC."""
+    mlflow.log_params({f"ensemble.weight.fold{k}": f"{w:.4f}"
+                       for k, w in enumerate(ensemble.weights)})
+    mlflow.log_param("ensemble.threshold", f"{ensemble.threshold:.6f}")
+    combined = ensemble.combine(experts_p)
+    auc = float(roc_auc_score(labels, combined))
+    mlflow.log_metric("holdout_auc", auc)
+    mlflow.log_dict(ensemble.to_dict(), "ensemble.json")
+    return auc
+
+
+def log_and_register(predictor: EnsemblePredictor, raw: np.ndarray, name: str) -> str:
+    """Logs the pyfunc model (code file + mammo_core) and registers it; returns the version."""
+    example = raw[:2]
+    out = predictor.predict(example)
+    frame = pd.DataFrame({"probability": out["probability"], "label": out["label"]}
+                         | {f"expert_{k}": out["experts"][:, k]
+                            for k in range(out["experts"].shape[1])})
+    # No input schema on purpose: MLflow's tensor spec enforces one dtype and rank, and
+    # this model accepts uint8/uint16/int/float patches with or without a channel axis; it
+    # checks its input itself and names what is wrong.
+    signature = ModelSignature(inputs=None, outputs=_infer_schema(frame))
+    rows, cols = predictor.experiment.data.image_size
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_bundle(Path(folder), predictor.experts, predictor.ensemble,
+                             predictor.experiment, predictor.bit_depth)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT, python_model=str(MODEL_CODE), artifacts=paths,
+            code_paths=[str(PROJECT_ROOT / "mammo_core")], signature=signature,
+            input_example=example, pip_requirements=runtime_requirements() + ["pandas"],
+            registered_model_name=name,
+            metadata={"input_shape": f"(N, {rows}, {cols}) or (N, {rows}, {cols}, 1)",
+                      "input_dtypes": "uint8, uint16, integers (raw pixels), float in [0, 1]"})
+    return str(info.registered_model_version)
+
+
+def check_round_trip(name: str, version: str, raw: np.ndarray, expected: np.ndarray) -> None:
+    """Loads the registered version back and checks it reproduces the in-process ensemble."""
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    got = loaded.predict(raw)["probability"].to_numpy()
+    gap = float(np.max(np.abs(got - expected)))
+    mlflow.log_metric("round_trip_max_abs_diff", gap)
+    if gap > 1e-5:
+        raise RuntimeError(f"{name} v{version} predicts differently after loading "
+                           f"(max difference {gap:.2e})")
+
+
+def promote(experiment: Experiment, name: str, version: str, raw: np.ndarray,
+            labels: np.ndarray, auc: float, fingerprint: str) -> tuple[str, str]:
+    """Gives `version` the champion alias if its hold-out AUC >= the champion's, else challenger.
+
+    The champion is scored on these very hold-out images. Returns (alias, reason); tags the
+    version and the active run with the reason (mammo.promotion).
+    """
+    registry, client = experiment.registry, mlflow.MlflowClient()
+    try:
+        champion = client.get_model_version_by_alias(name, registry.champion_alias)
+    except MlflowException:
+        champion = None
+    if champion is None:
+        alias, reason = registry.champion_alias, f"first {registry.champion_alias} of {name}"
+    else:
+        model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
+        champion_auc = float(roc_auc_score(labels, model.predict(raw)["probability"]))
+        promoted = auc >= champion_auc
+        alias = registry.champion_alias if promoted else registry.challenger_alias
+        reason = (f"hold-out AUC {auc:.4f} {'>=' if promoted else '<'} {champion_auc:.4f} of "
+                  f"{registry.champion_alias} v{champion.version} on the same images")
+        if champion.tags.get("mammo.holdout_fingerprint") != fingerprint:
+            reason += (f"; note: v{champion.version} came from another fold plan and may have "
+                       f"trained on some of these images")
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, "mammo.promotion", reason)
+    mlflow.set_tags({"mammo.promotion": reason, "mammo.model_version": version,
+                     "mammo.model_alias": alias})
+    return alias, reason
+
+
+def latest_search(experiment_name: str) -> str:
+    """Returns the newest FINISHED search run of the experiment; raises UsageError if none."""
+    found = mlflow.get_experiment_by_name(experiment_name)
+    runs = [] if found is None else mlflow.MlflowClient().search_runs(
+        [found.experiment_id], "tags.mammo.kind = 'search' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise UsageError(f"no finished search in experiment '{experiment_name}': run the tune "
+                         f"entry point first, or pass --search-run")
+    return runs[0].info.run_id
+
+
+def search_config(search_run: str) -> Experiment:
+    """Returns the experiment config a search logged (what its experts were trained with)."""
+    try:
+        run = mlflow.MlflowClient().get_run(search_run)
+    except MlflowException as err:
+        raise UsageError(f"no run '{search_run}' in the tracking store") from err
+    if run.data.tags.get("mammo.kind") != "search" or run.info.status != "FINISHED":
+        raise UsageError(f"run {search_run} is not a finished search (kind "
+                         f"{run.data.tags.get('mammo.kind')}, status {run.info.status})")
+    return experiment_from_dict(yaml.safe_load(_download_text(search_run, "config/experiment.yaml")))
+
+
+def load_experts(search_run: str, n_folds: int) -> list:
+    """Returns the search's fold experts, ordered by fold."""
+    runs = mlflow.MlflowClient().search_runs(
+        [mlflow.get_run(search_run).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{search_run}' and tags.mammo.kind = 'fold' "
+        "and attributes.status = 'FINISHED'")
+    by_fold = {int(r.data.tags["mammo.fold"]): r.info.run_id for r in runs}
+    if sorted(by_fold) != list(range(n_folds)):
+        raise UsageError(f"search {search_run} has finished folds {sorted(by_fold)} of "
+                         f"{n_folds}: resume it first")
+    return [mlflow.keras.load_model(f"runs:/{by_fold[k]}/expert") for k in range(n_folds)]
+
+
+def search_metrics(search_run: str) -> dict[str, float]:
+    return {k: v for k, v in mlflow.get_run(search_run).data.metrics.items() if k.startswith("cv_")}
+
+
+def holdout_fingerprint(dataset: Dataset, plan: FoldPlan) -> str:
+    """Returns a hash of the data and the hold-out's members: equal means same images."""
+    text = dataset.fingerprint() + ",".join(map(str, sorted(plan.holdout.tolist())))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _download_text(run_id: str, path: str) -> str:
+    with tempfile.TemporaryDirectory() as folder:
+        return Path(mlflow.MlflowClient().download_artifacts(run_id, path, folder)).read_text()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
