@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import mlflow
@@ -62,3 +63,18 @@ def tracking_store(tmp_path: Path, monkeypatch) -> str:
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+
+
+def search_env(store: Path) -> dict[str, str]:
+    """Returns the environment of an entry-point subprocess using the store folder `store`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS")}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONUNBUFFERED="1",
+               MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}",
+               MAMMO_RAY_STORAGE=str(store / "ray_results"))
+    return env
+
+
+def runs_of(store: Path) -> list:
+    """Returns every run of every experiment in the store folder `store`."""
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])

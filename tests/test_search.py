@@ -15,23 +15,11 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from conftest import runs_of, search_env
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = "experiments/microcal_quick.yaml"
 pytestmark = pytest.mark.slow
-
-
-def search_env(store: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS")}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONUNBUFFERED="1",
-               MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}",
-               MAMMO_RAY_STORAGE=str(store / "ray_results"))
-    return env
-
-
-def runs_of(store: Path) -> list:
-    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 def artifact_text(store: Path, run_id: str, path: str) -> str:

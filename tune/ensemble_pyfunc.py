@@ -8,10 +8,9 @@ through `code_paths`, so loading the model needs neither this project nor pickle
 
 Returns a DataFrame: probability, label (at the stored threshold), expert_0 ... expert_k.
 """
-from __future__ import annotations
-
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
@@ -23,9 +22,18 @@ class MammoEnsemble(PythonModel):
     def load_context(self, context) -> None:
         self.predictor = load_predictor(context.artifacts)
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
-        """Returns one row per patch; raises PatchError naming what was wrong with the input."""
-        out = self.predictor.predict(as_array(model_input))
+    # np.ndarray: MLflow neither infers a schema from it nor validates against one (the
+    # input checks are ours, see mammo_core.patches), and it stops MLflow's type-hint warning.
+    def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
+        """Returns one row per patch.
+
+        Bad input raises MlflowException (INVALID_PARAMETER_VALUE) naming the problem, which
+        `mlflow models serve` answers with HTTP 400 rather than 500.
+        """
+        try:
+            out = self.predictor.predict(as_array(model_input))
+        except PatchError as err:
+            raise MlflowException.invalid_parameter_value(str(err)) from err
         frame = pd.DataFrame({"probability": out["probability"], "label": out["label"]})
         for k in range(out["experts"].shape[1]):
             frame[f"expert_{k}"] = out["experts"][:, k]

@@ -4,14 +4,17 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 
-from mammo_core.config import Experiment, load_experiment
-from mammo_core.data import Dataset, format_summary, load_dataset, summarize
+from mammo_core.config import ConfigError, Experiment, load_experiment
+from mammo_core.data import DataError, Dataset, format_summary, load_dataset, summarize
+from mammo_core.patches import PatchError
 from mammo_core.sources import resolve_data_root
-from mammo_core.tracking import log_yaml
+from mammo_core.tracking import log_yaml, was_interrupted
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "experiments/microcal.yaml"
@@ -65,6 +68,25 @@ def fail(message: str) -> int:
     return 2
 
 
+def run_entry(body: Callable[[], None], after_interrupt: str = "") -> int:
+    """Runs an entry point's body; returns its exit status.
+
+    0 on success; 2 with a one-line error for bad input (config, data, patches, an
+    unknown run); 130 after Ctrl-C or SIGTERM, when the open runs are already KILLED.
+    Anything else is a bug and keeps its traceback.
+    """
+    try:
+        body()
+        return 0
+    except (ConfigError, DataError, PatchError, UsageError) as err:
+        return fail(str(err))
+    except BaseException as err:
+        if not was_interrupted(err):
+            raise
+        print(f"interrupted: open runs were marked KILLED{after_interrupt}", file=sys.stderr)
+        return 130
+
+
 def git_commit() -> str:
     """Returns the project's git commit (with "+dirty" for local changes), or "unknown"."""
     def git(*args: str) -> str:
@@ -75,3 +97,9 @@ def git_commit() -> str:
         return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def download_text(run_id: str, path: str) -> str:
+    """Returns a text artifact of a run (any tracking store, local or HTTP)."""
+    with tempfile.TemporaryDirectory() as folder:
+        return Path(mlflow.MlflowClient().download_artifacts(run_id, path, folder)).read_text()

@@ -30,15 +30,15 @@ from sklearn.metrics import roc_auc_score
 
 from mammo_core import ensemble as ens
 from mammo_core import metrics
-from mammo_core.config import ConfigError, Experiment, experiment_from_dict
-from mammo_core.data import DataError, Dataset
+from mammo_core.config import Experiment, experiment_from_dict
+from mammo_core.data import Dataset
 from mammo_core.folds import FoldPlan
 from mammo_core.model_card import CardFacts, render_card
 from mammo_core.predictor import EnsemblePredictor, write_bundle
 from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
                                  use_tracking_store)
-from tune.project import (PROJECT_ROOT, UsageError, base_parser, fail, git_commit,
-                          load_config, load_data)
+from tune.project import (PROJECT_ROOT, UsageError, base_parser, download_text, git_commit,
+                          load_config, load_data, run_entry)
 
 MODEL_CODE = Path(__file__).with_name("ensemble_pyfunc.py")
 MODEL_ARTIFACT = "ensemble"
@@ -59,15 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search-run", default="",
                         help="search parent run id (default: the latest finished search)")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> None:
         experiment, _ = load_config(args.config)
         print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
-        registration = register_search(experiment, args.search_run, args.data_dir,
-                                       run_id=os.environ.get("MLFLOW_RUN_ID"))
-    except (ConfigError, DataError, UsageError) as err:
-        return fail(str(err))
-    print(summary_line(registration))
-    return 0
+        print(summary_line(register_search(experiment, args.search_run, args.data_dir,
+                                           run_id=os.environ.get("MLFLOW_RUN_ID"))))
+
+    return run_entry(body)
 
 
 def summary_line(r: Registration) -> str:
@@ -86,7 +85,7 @@ def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
     trained = dataclasses.replace(search_config(search_run), registry=experiment.registry,
                                   tracking=experiment.tracking)
     dataset, summary = load_data(trained, data_dir)
-    plan = FoldPlan.from_json(_download_text(search_run, "fold_plan.json"), dataset)
+    plan = FoldPlan.from_json(download_text(search_run, "fold_plan.json"), dataset)
     with tracked_run(experiment.tracking.experiment_name, f"register-{trained.name}",
                      tags={"mammo.entry_point": "register", "mammo.kind": "register",
                            "mammo.search_run": search_run},
@@ -263,15 +262,16 @@ def search_config(search_run: str) -> Experiment:
     if run.data.tags.get("mammo.kind") != "search" or run.info.status != "FINISHED":
         raise UsageError(f"run {search_run} is not a finished search (kind "
                          f"{run.data.tags.get('mammo.kind')}, status {run.info.status})")
-    return experiment_from_dict(yaml.safe_load(_download_text(search_run, "config/experiment.yaml")))
+    return experiment_from_dict(yaml.safe_load(download_text(search_run, "config/experiment.yaml")))
 
 
 def load_experts(search_run: str, n_folds: int) -> list:
     """Returns the search's fold experts, ordered by fold."""
-    runs = mlflow.MlflowClient().search_runs(
-        [mlflow.get_run(search_run).info.experiment_id],
-        f"tags.mlflow.parentRunId = '{search_run}' and tags.mammo.kind = 'fold' "
-        "and attributes.status = 'FINISHED'")
+    # All experiments: under `mlflow run` the parent can sit in another experiment.
+    runs = mlflow.search_runs(
+        search_all_experiments=True, output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{search_run}' and tags.mammo.kind = 'fold' "
+                      "and attributes.status = 'FINISHED'")
     by_fold = {int(r.data.tags["mammo.fold"]): r.info.run_id for r in runs}
     if sorted(by_fold) != list(range(n_folds)):
         raise UsageError(f"search {search_run} has finished folds {sorted(by_fold)} of "
@@ -287,11 +287,6 @@ def holdout_fingerprint(dataset: Dataset, plan: FoldPlan) -> str:
     """Returns a hash of the data and the hold-out's members: equal means same images."""
     text = dataset.fingerprint() + ",".join(map(str, sorted(plan.holdout.tolist())))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _download_text(run_id: str, path: str) -> str:
-    with tempfile.TemporaryDirectory() as folder:
-        return Path(mlflow.MlflowClient().download_artifacts(run_id, path, folder)).read_text()
 
 
 if __name__ == "__main__":

@@ -22,15 +22,14 @@ import mlflow
 import ray
 
 from mammo_core import metrics
-from mammo_core.config import ConfigError, Experiment
-from mammo_core.data import DataError, Dataset
+from mammo_core.config import Experiment
+from mammo_core.data import Dataset
 from mammo_core.folds import FoldPlan, make_fold_plan
 from mammo_core.preprocessing import preprocess
-from mammo_core.tracking import (log_experiment_config, log_figure, tracked_run,
-                                 use_tracking_store, was_interrupted)
+from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
 from tune.fold import FoldOutcome, load_outcome, run_fold
-from tune.project import PROJECT_ROOT, base_parser, fail, load_config, load_data, log_data
+from tune.project import PROJECT_ROOT, base_parser, load_config, load_data, log_data, run_entry
 
 PLAN_ARTIFACT = "fold_plan.json"
 CONFIGS_ARTIFACT = "search/best_configs.json"
@@ -51,38 +50,46 @@ def parse_args(argv: list[str] | None):
     return parser.parse_args(argv)
 
 
+RESUME_HINT = "; continue with --resume true (mlflow run: -P resume=true)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    project_run = os.environ.get("MLFLOW_RUN_ID")
+
+    def body() -> None:
+        _, parent_id, summary_line = run_search(args)
+        print(f"search {parent_id} FINISHED: {summary_line}")
+
+    return run_entry(body, RESUME_HINT)
+
+
+def run_search(args, child_of: str | None = None) -> tuple[Experiment, str, str]:
+    """Runs (or resumes, or reuses) a search; returns (experiment, search run id, summary).
+
+    The search run is a child of `child_of` if given; otherwise, under `mlflow run`, the
+    project's run (MLFLOW_RUN_ID) is the search run.
+    """
+    project_run = None if child_of else os.environ.get("MLFLOW_RUN_ID")
+    experiment, config_path = load_config(args.config)
+    if args.group_by:
+        experiment = dataclasses.replace(
+            experiment, split=dataclasses.replace(experiment.split, group_by=args.group_by))
+    print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
+    dataset, summary = load_data(experiment, args.data_dir)
+    parent_id = resumable_search(experiment, dataset) if args.resume == "true" else None
+    if parent_id and (child_of or project_run):
+        mlflow.MlflowClient().set_tag(child_of or project_run, "mammo.resumed_search", parent_id)
     try:
-        experiment, config_path = load_config(args.config)
-        if args.group_by:
-            experiment = dataclasses.replace(
-                experiment, split=dataclasses.replace(experiment.split, group_by=args.group_by))
-        print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
-        dataset, summary = load_data(experiment, args.data_dir)
-        parent_id = resumable_search(experiment, dataset) if args.resume == "true" else None
-        if parent_id and project_run:
-            mlflow.MlflowClient().set_tag(project_run, "mammo.resumed_search", parent_id)
         print(start_ray())
         with tracked_run(experiment.tracking.experiment_name, f"search-{experiment.name}",
                          tags=search_tags(experiment, dataset),
-                         run_id=parent_id or project_run) as parent:
+                         run_id=parent_id or project_run, parent_run_id=child_of) as parent:
             fixed = best_configs(args.reuse_configs_from) if args.reuse_configs_from else None
             summary_line = search(experiment, config_path, dataset, summary, parent.info.run_id,
                                   Path(args.storage), fixed, resumed=bool(parent_id))
-        print(f"search {parent.info.run_id} FINISHED: {summary_line}")
-        return 0
-    except (ConfigError, DataError) as err:
-        return fail(str(err))
-    except BaseException as err:
-        if not was_interrupted(err):
-            raise
-        print("interrupted: open runs were marked KILLED; continue with --resume true "
-              "(mlflow run: -P resume=true)", file=sys.stderr)
-        return 130
     finally:
         ray.shutdown()
+    return experiment, parent.info.run_id, summary_line
 
 
 def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary: dict,

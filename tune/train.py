@@ -15,23 +15,23 @@ import mlflow
 import numpy as np
 
 from mammo_core import metrics, splits
-from mammo_core.config import ConfigError, Experiment
-from mammo_core.data import DataError, Dataset
+from mammo_core.config import Experiment
+from mammo_core.data import Dataset
 from mammo_core.hypermodel import build_model
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import (EpochLogger, log_experiment_config, log_figure,
                                  log_keras_model, log_yaml, tracked_run, use_tracking_store)
 from mammo_core.training import fit, predict_proba, set_seed
 from tune.evaluation import evaluate_on_test
-from tune.project import PROJECT_ROOT, base_parser, fail, load_config, load_data, log_data
+from tune.project import PROJECT_ROOT, base_parser, load_config, load_data, log_data, run_entry
 
 
 def main(argv: list[str] | None = None) -> int:
     args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
-    try:
+
+    def body() -> None:
         experiment, config_path = load_config(args.config)
-        uri = use_tracking_store(PROJECT_ROOT)
-        print(f"tracking: {uri}")
+        print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
         with tracked_run(experiment.tracking.experiment_name, f"train-{experiment.name}",
                          tags={"mammo.entry_point": "train"},
                          run_id=os.environ.get("MLFLOW_RUN_ID")) as run:
@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{test['baseline_max_pixel_test_auc']:.3f}, logistic regression "
               f"{test['baseline_logreg_test_auc']:.3f}), sensitivity "
               f"{test['test_sensitivity']:.3f}, specificity {test['test_specificity']:.3f}")
-        return 0
-    except (ConfigError, DataError) as err:
-        return fail(str(err))
+
+    return run_entry(body)
 
 
 def train_and_evaluate(experiment: Experiment, dataset: Dataset) -> dict[str, float]:

@@ -1,0 +1,51 @@
+"""The packaged ensemble's files: written, loaded back, and scoring raw patches as trained."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mammo_core.config import load_experiment
+from mammo_core.ensemble import Ensemble
+from mammo_core.hypermodel import build_model
+from mammo_core.patches import PatchError
+from mammo_core.predictor import EnsemblePredictor, load_predictor, write_bundle
+from mammo_core.preprocessing import preprocess
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = load_experiment(ROOT / "experiments" / "microcal_quick.yaml")
+
+
+@pytest.fixture(scope="module")
+def predictor() -> EnsemblePredictor:
+    experts = [build_model(QUICK.hyperparameters, (60, 60, 1), QUICK.model, seed=s) for s in (0, 1)]
+    return EnsemblePredictor(experts, Ensemble(np.array([0.3, 0.7]), 0.5), QUICK, bit_depth=8)
+
+
+def patches() -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (5, 60, 60), dtype=np.uint8)
+
+
+def test_predict_combines_experts_on_preprocessed_patches(predictor):
+    out = predictor.predict(patches())
+    images = preprocess(patches(), QUICK.preprocessing)
+    by_hand = np.stack([m.predict(images, verbose=0).ravel() for m in predictor.experts], axis=1)
+    np.testing.assert_allclose(out["experts"], by_hand, atol=1e-5)
+    np.testing.assert_allclose(out["probability"], by_hand @ [0.3, 0.7], atol=1e-5)
+    np.testing.assert_array_equal(out["label"], (out["probability"] >= 0.5).astype(int))
+
+
+def test_bundle_round_trip_reproduces_predictions(predictor, tmp_path):
+    paths = write_bundle(tmp_path, predictor.experts, predictor.ensemble, QUICK, 8)
+    assert sorted(paths) == ["ensemble", "experiment", "expert_0", "expert_1"]
+    assert paths["expert_0"].endswith(".keras")
+    loaded = load_predictor(paths)
+    assert loaded.bit_depth == 8 and loaded.experiment == QUICK
+    np.testing.assert_allclose(loaded.predict(patches())["probability"],
+                               predictor.predict(patches())["probability"], atol=1e-6)
+
+
+def test_bad_patches_are_refused_before_any_expert_runs(predictor):
+    with pytest.raises(PatchError, match="expected patches shaped"):
+        predictor.predict(np.zeros((1, 64, 64), np.uint8))

@@ -1,0 +1,166 @@
+"""`evaluate` entry point: a registered ensemble on any labeled class-folder data set.
+
+    python -m tune.evaluate --data-dir /data/external_test       # champion, external data
+    python -m tune.evaluate --model-uri models:/mammo-microcal/3 --holdout-of <search run>
+
+Logs metrics (eval_*), ROC, confusion matrix, galleries of the misclassified and the
+worst patches and a predictions table; `mlflow.models.evaluate` adds its classifier
+metrics and the data set as a run input, so the run shows in MLflow's evaluation views.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.metrics import MetricValue
+from mlflow.models import make_metric
+from sklearn.metrics import roc_auc_score
+
+from mammo_core import metrics
+from mammo_core.config import Experiment
+from mammo_core.data import Dataset
+from mammo_core.folds import FoldPlan
+from mammo_core.tracking import log_figure, tracked_run, use_tracking_store
+from tune.project import (PROJECT_ROOT, UsageError, base_parser, download_text, load_config,
+                          load_data, run_entry)
+
+WORST_ERROR = 0.8  # |label - probability| above this: confidently wrong
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", default="",
+                        help="pyfunc model URI (default: models:/<registered name>@champion)")
+    parser.add_argument("--holdout-of", default="",
+                        help="search run id: evaluate on that search's ensemble hold-out only")
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        experiment, _ = load_config(args.config)
+        print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
+        scores = evaluate_model(experiment, args.model_uri, args.data_dir, args.holdout_of,
+                                run_id=os.environ.get("MLFLOW_RUN_ID"))
+        print("evaluation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+
+    return run_entry(body)
+
+
+def default_model_uri(experiment: Experiment) -> str:
+    return f"models:/{experiment.tracking.registered_model_name}@{experiment.registry.champion_alias}"
+
+
+def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
+                   holdout_of: str = "", run_id: str | None = None,
+                   parent_run_id: str | None = None) -> dict[str, float]:
+    """Scores `model_uri` on the data set (or a search's hold-out); returns eval metrics."""
+    model_uri = model_uri or default_model_uri(experiment)
+    dataset, _ = load_data(experiment, data_dir)
+    index = np.arange(len(dataset.labels))
+    if holdout_of:
+        index = FoldPlan.from_json(download_text(holdout_of, "fold_plan.json"), dataset).holdout
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except MlflowException as err:
+        raise UsageError(f"cannot load model '{model_uri}': {err.message}") from err
+    with tracked_run(experiment.tracking.experiment_name, f"evaluate-{experiment.name}",
+                     tags={"mammo.entry_point": "evaluate", "mammo.kind": "evaluate",
+                           "mammo.model_uri": model_uri},
+                     run_id=run_id, parent_run_id=parent_run_id):
+        mlflow.log_params({"model_uri": model_uri, "data_root": dataset.root,
+                           "data_fingerprint": dataset.fingerprint(),
+                           "subset": f"holdout of {holdout_of}" if holdout_of else "all",
+                           "images": len(index)} | model_version_params(model_uri))
+        frame = predictions_table(model, dataset, index)
+        return log_evaluation(experiment, frame, dataset.images[index])
+
+
+def model_version_params(model_uri: str) -> dict[str, str]:
+    """Returns {model_name, model_version} for a models:/ URI with an alias or a version."""
+    if not model_uri.startswith("models:/"):
+        return {}
+    name, _, ref = model_uri[len("models:/"):].partition("@")
+    client = mlflow.MlflowClient()
+    if ref:
+        return {"model_name": name, "model_version": client.get_model_version_by_alias(name, ref).version}
+    name, _, version = name.partition("/")
+    return {"model_name": name, "model_version": version}
+
+
+def predictions_table(model, dataset: Dataset, index: np.ndarray) -> pd.DataFrame:
+    """Returns path, label, probability, predicted (and expert columns) per image."""
+    out = model.predict(dataset.images[index])
+    if not isinstance(out, pd.DataFrame) or not {"probability", "label"} <= set(out.columns):
+        raise UsageError("the model must return a table with 'probability' and 'label' columns "
+                         "(a registered ensemble does)")
+    frame = pd.DataFrame({"path": [dataset.paths[i] for i in index],
+                          "label": dataset.labels[index]})
+    frame["probability"] = out["probability"].to_numpy()
+    frame["predicted"] = out["label"].to_numpy()
+    for column in (c for c in out.columns if c.startswith("expert_")):
+        frame[column] = out[column].to_numpy()
+    return frame
+
+
+def log_evaluation(experiment: Experiment, frame: pd.DataFrame,
+                   images: np.ndarray) -> dict[str, float]:
+    """Logs eval_* metrics, figures, galleries and predictions.csv; returns the metrics."""
+    labels, probabilities = frame["label"].to_numpy(), frame["probability"].to_numpy()
+    scores = metrics.label_metrics(labels, frame["predicted"].to_numpy(), probabilities)
+    mlflow.log_metrics({f"eval_{k}": v for k, v in scores.items()})
+    mlflow.log_text(frame.to_csv(index=False), "predictions.csv")
+    names = [experiment.data.class_names.get(k, str(k)) for k in (0, 1)]
+    log_figure(metrics.roc_figure(labels, probabilities, "ROC"), "figures/roc.png")
+    matrix = metrics.confusion(labels, frame["predicted"].to_numpy(), 0.5)
+    log_figure(metrics.confusion_figure(matrix, names, "Confusion matrix"), "figures/confusion.png")
+    log_galleries(frame, images)
+    log_with_mlflow_evaluate(frame)
+    return scores
+
+
+def log_galleries(frame: pd.DataFrame, images: np.ndarray) -> None:
+    """Logs figures/misclassified.png and figures/worst.png (error > WORST_ERROR)."""
+    error = np.abs(frame["label"].to_numpy() - frame["probability"].to_numpy())
+    wrong = np.flatnonzero(frame["label"].to_numpy() != frame["predicted"].to_numpy())
+    worst = np.flatnonzero(error > WORST_ERROR)
+    for name, picked, title in (("misclassified", wrong, "Misclassified at the model's threshold"),
+                                ("worst", worst, f"Worst: |label - p| > {WORST_ERROR}")):
+        picked = picked[np.argsort(-error[picked])]
+        captions = [f"y={frame['label'].iat[i]} p={frame['probability'].iat[i]:.2f}\n"
+                    f"{os.path.basename(frame['path'].iat[i])[:18]}" for i in picked]
+        log_figure(metrics.patch_gallery_figure(images[picked], captions, title),
+                   f"figures/{name}.png")
+        mlflow.log_metric(f"eval_{name}_count", len(picked))
+
+
+def log_with_mlflow_evaluate(frame: pd.DataFrame) -> None:
+    """Runs mlflow.models.evaluate on the precomputed predictions, with the AUC added.
+
+    On a custom pyfunc MLflow would compute label metrics only; evaluating the table of
+    probabilities gives its classifier metrics, confusion plot and the data set lineage.
+    """
+    def roc_auc(predictions, targets, metrics, probability) -> MetricValue:
+        return MetricValue(aggregate_results={"auc": roc_auc_score(targets, probability)})
+
+    table = frame[["label", "predicted", "probability"]]
+    quiet = logging.getLogger("mlflow.models.evaluation")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it guesses the model type from the labels, loudly
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "first row" dry runs warn about one-class AUC
+            mlflow.models.evaluate(
+                data=table, targets="label", predictions="predicted", model_type="classifier",
+                evaluator_config={"log_model_explainability": False},
+                extra_metrics=[make_metric(eval_fn=roc_auc, name="roc_auc", greater_is_better=True)])
+    finally:
+        quiet.setLevel(level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""`predict` entry point: a registered ensemble on image files -> a CSV of probabilities.
+
+    python -m tune.predict --input patch.png
+    python -m tune.predict --input /data/new_patches --output scores.csv \
+        --model-uri models:/mammo-microcal/3
+
+Writes one row per image: path, probability, label, expert_0 ... expert_k. Every file is
+read before the model runs, so a corrupt or wrongly sized image stops the run with its
+name before anything is written.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from mammo_core.data import read_image
+from mammo_core.tracking import use_tracking_store
+from tune.evaluate import default_model_uri
+from tune.project import PROJECT_ROOT, UsageError, base_parser, load_config, run_entry
+
+IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output", default="predictions.csv", help="CSV file to write")
+    parser.add_argument("--model-uri", default="",
+                        help="pyfunc model URI (default: models:/<registered name>@champion)")
+    args = parser.parse_args(argv)
+    return run_entry(lambda: predict_files(args.config, Path(args.input), args.output,
+                                           args.model_uri))
+
+
+def predict_files(config: str, source: Path, output: str, model_uri: str) -> None:
+    """Scores every image of `source` and writes the CSV (path, probability, label, experts)."""
+    experiment, _ = load_config(config)
+    use_tracking_store(PROJECT_ROOT)
+    files = image_files(source)
+    images = np.stack([read_image(f, experiment.data.image_size) for f in files])
+    uri = model_uri or default_model_uri(experiment)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as err:
+        raise UsageError(f"cannot load model '{uri}': {err.message}") from err
+    table = model.predict(images)
+    table.insert(0, "path", [str(f) for f in files])
+    table.to_csv(output, index=False, float_format="%.6f")
+    print(f"{len(files)} images scored with {uri}: {int(table['label'].sum())} labelled 1; "
+          f"wrote {output}")
+
+
+def image_files(path: Path) -> list[Path]:
+    """Returns the image file, or every image under the folder (sorted); raises UsageError."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UsageError(f"no such file or folder: {path}")
+    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+    return files
+
+
+if __name__ == "__main__":
+    sys.exit(main())
