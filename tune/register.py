@@ -16,6 +16,7 @@ import hashlib
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,7 +185,9 @@ def log_and_register(predictor: EnsemblePredictor, raw: np.ndarray, name: str) -
     # No input schema on purpose: MLflow's tensor spec enforces one dtype and rank, and
     # this model accepts uint8/uint16/int/float patches with or without a channel axis; it
     # checks its input itself and names what is wrong.
-    signature = ModelSignature(inputs=None, outputs=_infer_schema(frame))
+    with warnings.catch_warnings():  # a hint about missing values in integer *inputs*
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature = ModelSignature(inputs=None, outputs=_infer_schema(frame))
     rows, cols = predictor.experiment.data.image_size
     with tempfile.TemporaryDirectory() as folder:
         paths = write_bundle(Path(folder), predictor.experts, predictor.ensemble,
@@ -276,7 +279,10 @@ def load_experts(search_run: str, n_folds: int) -> list:
     if sorted(by_fold) != list(range(n_folds)):
         raise UsageError(f"search {search_run} has finished folds {sorted(by_fold)} of "
                          f"{n_folds}: resume it first")
-    return [mlflow.keras.load_model(f"runs:/{by_fold[k]}/expert") for k in range(n_folds)]
+    with warnings.catch_warnings():
+        # The files also hold the trials' optimizer slots; an expert only predicts.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return [mlflow.keras.load_model(f"runs:/{by_fold[k]}/expert") for k in range(n_folds)]
 
 
 def search_metrics(search_run: str) -> dict[str, float]:

@@ -1,0 +1,243 @@
+"""`main` end to end (tune -> register -> evaluate) and the registered model from outside.
+
+One quick pipeline through the mlflow CLI (about 3 minutes), then: the run tree, the
+model card, predictions in a fresh process, input dtypes and errors, the promotion gate,
+`mlflow models predict` and `mlflow models serve` over HTTP on 127.0.0.1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import runs_of, search_env
+from mlflow.exceptions import MlflowException
+
+from mammo_core.config import load_experiment
+from mammo_core.data import load_dataset, read_image
+from mammo_core.ensemble import Ensemble
+from mammo_core.folds import FoldPlan
+from mammo_core.predictor import EnsemblePredictor
+from mammo_core.sources import resolve_data_root
+from tune.project import PROJECT_ROOT, download_text
+from tune.register import load_experts, promote, register_search, search_config
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = "experiments/microcal_quick.yaml"
+NAME = "mammo-microcal"
+CHAMPION = f"models:/{NAME}@champion"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """A store after `mlflow run . -P config=<quick>`, exactly as the README says."""
+    folder = tmp_path_factory.mktemp("pipeline")
+    result = subprocess.run(["mlflow", "run", ".", "--env-manager", "local",
+                             "-P", f"config={QUICK}"], cwd=ROOT, env=search_env(folder),
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert f"{NAME} v1 @champion" in result.stdout
+    return folder
+
+
+@pytest.fixture
+def client(store, monkeypatch) -> mlflow.MlflowClient:
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    yield mlflow.MlflowClient(uri)
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture(scope="module")
+def patches(shared_data) -> np.ndarray:
+    files = sorted((shared_data / "0").glob("*.png"))[:4] + sorted((shared_data / "1").glob("*.png"))[:4]
+    return np.stack([read_image(f, (60, 60)) for f in files])
+
+
+def test_pipeline_is_one_finished_run_tree(store):
+    runs = runs_of(store)
+    assert Counter((r.data.tags.get("mammo.kind"), r.info.status) for r in runs) == {
+        ("pipeline", "FINISHED"): 1, ("search", "FINISHED"): 1, ("fold", "FINISHED"): 5,
+        ("trial", "FINISHED"): 10, ("register", "FINISHED"): 1, ("evaluate", "FINISHED"): 1}
+    pipeline = next(r for r in runs if r.data.tags["mammo.kind"] == "pipeline")
+    for kind in ("search", "register", "evaluate"):
+        child = next(r for r in runs if r.data.tags["mammo.kind"] == kind)
+        assert child.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+
+
+def test_registry_run_compares_methods_and_the_evaluate_run_logs_figures(store, client):
+    runs = runs_of(store)
+    register = next(r for r in runs if r.data.tags["mammo.kind"] == "register")
+    for method in ("average", "learned", "best_single"):
+        for metric in ("auc", "accuracy", "sensitivity", "specificity", "f1", "f2"):
+            assert 0 <= register.data.metrics[f"holdout_{method}_{metric}"] <= 1
+    assert register.data.metrics["round_trip_max_abs_diff"] < 1e-5
+    weights = [float(register.data.params[f"ensemble.weight.fold{k}"]) for k in range(5)]
+    assert min(weights) >= 0 and sum(weights) == pytest.approx(1, abs=1e-3)
+    evaluate = next(r for r in runs if r.data.tags["mammo.kind"] == "evaluate")
+    figures = {a.path for a in client.list_artifacts(evaluate.info.run_id, "figures")}
+    assert figures >= {"figures/roc.png", "figures/confusion.png",
+                       "figures/misclassified.png", "figures/worst.png"}
+    assert evaluate.data.metrics["eval_auc"] == pytest.approx(register.data.metrics["holdout_auc"])
+    assert "roc_auc/auc" in evaluate.data.metrics  # from mlflow.models.evaluate
+
+
+def test_champion_carries_a_model_card_and_provenance(client):
+    version = client.get_model_version_by_alias(NAME, "champion")
+    card = version.description
+    assert "not for diagnosis" in card and "| learned |" in card and "threshold" in card
+    for tag in ("mammo.search_run", "mammo.git_commit", "mammo.config_hash",
+                "mammo.holdout_auc", "mammo.promotion"):
+        assert version.tags[tag]
+
+
+def test_a_fresh_process_predicts_like_the_in_process_ensemble(client, store, patches, tmp_path):
+    version = client.get_model_version_by_alias(NAME, "champion")
+    search_run = version.tags["mammo.search_run"]
+    weights = json.loads(download_text(version.tags["mammo.register_run"], "ensemble.json"))
+    in_process = EnsemblePredictor(load_experts(search_run, 5), Ensemble.from_dict(weights),
+                                   search_config(search_run), bit_depth=8).predict(patches)
+    np.save(tmp_path / "x.npy", patches)
+    script = ("import sys, mlflow, numpy as np; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+              "m.predict(np.load(sys.argv[2])).to_csv(sys.argv[3], index=False)")
+    subprocess.run([sys.executable, "-c", script, CHAMPION, str(tmp_path / "x.npy"),
+                    str(tmp_path / "out.csv")], check=True, cwd=tmp_path, env=search_env(store))
+    table = np.genfromtxt(tmp_path / "out.csv", delimiter=",", names=True)
+    np.testing.assert_allclose(table["probability"], in_process["probability"], atol=1e-6)
+    np.testing.assert_array_equal(table["label"], in_process["label"])
+    for k in range(5):
+        np.testing.assert_allclose(table[f"expert_{k}"], in_process["experts"][:, k], atol=1e-6)
+
+
+def test_uint8_float_and_channel_inputs_agree_and_bad_shapes_are_refused(client, patches):
+    model = mlflow.pyfunc.load_model(CHAMPION)
+    expected = model.predict(patches)["probability"].to_numpy()
+    for variant in (patches / 255.0, patches[..., None], patches.astype(np.int64)):
+        np.testing.assert_allclose(model.predict(variant)["probability"], expected, atol=1e-6)
+    with pytest.raises(MlflowException, match=r"expected patches shaped \(N, 60, 60\)"):
+        model.predict(np.zeros((2, 64, 64), np.uint8))
+    with pytest.raises(MlflowException, match=r"float pixels must be intensities in \[0, 1\]"):
+        model.predict(patches.astype(np.float64))
+
+
+def test_promotion_gate_moves_the_champion_only_for_an_equal_or_better_model(client, store):
+    experiment = load_experiment(ROOT / QUICK)
+    first = client.get_model_version_by_alias(NAME, "champion")
+    # The same search registered again scores exactly the champion's hold-out AUC: promoted.
+    again = register_search(experiment, first.tags["mammo.search_run"])
+    assert (again.version, again.alias) == ("2", "champion")
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+    assert ">=" in again.reason
+    # A candidate below the champion on the same images only becomes the challenger.
+    raw, labels = holdout_of(first.tags["mammo.search_run"])
+    alias, reason = promote(experiment, NAME, "1", raw, labels, again.holdout_auc - 0.05,
+                            first.tags["mammo.holdout_fingerprint"])
+    assert alias == "challenger" and " < " in reason
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
+    assert client.get_model_version(NAME, "1").tags["mammo.promotion"] == reason
+
+
+def holdout_of(search_run: str) -> tuple[np.ndarray, np.ndarray]:
+    experiment = search_config(search_run)
+    dataset = load_dataset(resolve_data_root(experiment.data, PROJECT_ROOT), experiment.data)
+    plan = FoldPlan.from_json(download_text(search_run, "fold_plan.json"), dataset)
+    return dataset.images[plan.holdout], dataset.labels[plan.holdout]
+
+
+def test_mlflow_models_predict_cli_scores_a_json_input(client, store, patches, tmp_path):
+    (tmp_path / "input.json").write_text(json.dumps({"inputs": patches.tolist()}))
+    subprocess.run(["mlflow", "models", "predict", "-m", CHAMPION, "-i", str(tmp_path / "input.json"),
+                    "-t", "json", "-o", str(tmp_path / "out.json"), "--env-manager", "local"],
+                   check=True, env=search_env(store), capture_output=True, timeout=300)
+    rows = json.loads((tmp_path / "out.json").read_text())["predictions"]
+    expected = mlflow.pyfunc.load_model(CHAMPION).predict(patches)
+    np.testing.assert_allclose([r["probability"] for r in rows], expected["probability"], atol=1e-6)
+
+
+def test_mlflow_models_serve_answers_invocations_on_loopback(client, store, patches):
+    port = free_port()
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", CHAMPION, "-h", "127.0.0.1",
+                               "-p", str(port), "--env-manager", "local"], env=search_env(store),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/ping", server)
+        status, body = post(f"http://127.0.0.1:{port}/invocations", {"inputs": patches.tolist()})
+        assert status == 200
+        expected = mlflow.pyfunc.load_model(CHAMPION).predict(patches)["probability"]
+        np.testing.assert_allclose([r["probability"] for r in body["predictions"]], expected,
+                                   atol=1e-6)
+        status, body = post(f"http://127.0.0.1:{port}/invocations",
+                            {"inputs": np.zeros((1, 32, 32)).tolist()})
+        assert status == 400 and "expected patches shaped" in body["message"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def test_predict_entry_point_writes_a_csv_and_names_a_corrupt_file(store, shared_data, tmp_path):
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    for f in sorted((shared_data / "1").glob("*.png"))[:3]:
+        (folder / f.name).write_bytes(f.read_bytes())
+    command = [sys.executable, "-m", "tune.predict", "--config", QUICK, "--input", str(folder),
+               "--output", str(tmp_path / "out.csv")]
+    subprocess.run(command, check=True, cwd=ROOT, env=search_env(store), capture_output=True)
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0].startswith("path,probability,label,expert_0") and len(lines) == 4
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    result = subprocess.run(command, cwd=ROOT, env=search_env(store), capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "broken.png" in result.stderr
+
+
+def test_register_without_a_search_says_so(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tune.register", "--config", QUICK],
+                            cwd=ROOT, env=search_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "no finished search in experiment 'mammo-microcal-quick'" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, "mlflow models serve exited"
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def post(url: str, payload: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(payload).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
