@@ -7,6 +7,7 @@ fold plan's job, grouped by case, so a partition is kept only as metadata.
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -86,15 +87,38 @@ def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     grayscale or has another size.
     """
     try:
-        with Image.open(path) as img:
-            img.load()  # decodes now, so truncated files fail here
-            array = _gray_array(img, path)
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        data = Path(path).read_bytes()
+    except OSError as err:
         raise DataError(f"cannot read image {path}: {err}") from err
-    if array.shape != tuple(size):
-        raise DataError(f"image {path} has size {array.shape[0]}x{array.shape[1]} "
-                        f"(rows x columns), the experiment expects {size[0]}x{size[1]}")
-    return array
+    return decode_image(data, size, str(path))
+
+
+def decode_image(data: bytes, size: tuple[int, int], name: str,
+                 resize: bool = False) -> np.ndarray:
+    """Returns encoded image bytes (PNG, PGM, TIFF) as a uint8 or uint16 array of `size`.
+
+    With `resize`, an image of another size is resampled (bilinear) instead of refused.
+    Raises DataError naming `name` when the bytes are not a complete grayscale image.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()  # decodes now, so truncated files fail here
+            array = _gray_array(img, name)
+    except UnidentifiedImageError as err:
+        raise DataError(f"cannot read image {name}: not a PNG, PGM or TIFF image") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"cannot read image {name}: {err}") from err
+    if array.shape == tuple(size):
+        return array
+    if resize:
+        resampled = Image.fromarray(array.astype(np.float32)).resize(
+            (size[1], size[0]), Image.Resampling.BILINEAR)
+        top = np.iinfo(array.dtype).max
+        return np.clip(np.rint(np.asarray(resampled)), 0, top).astype(array.dtype)
+    raise DataError(f"image {name} has size {array.shape[0]}x{array.shape[1]} "
+                    f"(rows x columns), the experiment expects {size[0]}x{size[1]}")
 
 
 def duplicate_groups(images: np.ndarray) -> np.ndarray:
@@ -163,7 +187,7 @@ def _class_files(base: Path, partition: str, config: DataConfig) -> list[tuple[P
     return entries
 
 
-def _gray_array(img: Image.Image, path: Path) -> np.ndarray:
+def _gray_array(img: Image.Image, path: Path | str) -> np.ndarray:
     if img.mode == "L":
         return np.asarray(img, dtype=np.uint8)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

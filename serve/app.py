@@ -1,0 +1,128 @@
+"""The Ray Serve application: FastAPI ingress, one batched inference method, hot reload.
+
+    app = build_app(ServeSettings(model_uri="models:/mammo-microcal@champion"))
+    serve.run(app, name="mammo", route_prefix="/")
+
+Inference lives in `score` (a @serve.batch method: concurrent requests become one model
+call); HTTP parsing lives in the route handlers and `serve.payload`; settings come in as
+one typed `ServeSettings`. Bad input is answered with a 4xx JSON {"error": ...} before it
+reaches the model, so a bad request never costs a replica.
+"""
+
+import asyncio
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve import Application
+from starlette.exceptions import HTTPException
+
+from mammo_core.patches import PatchError, as_unit_patches
+from serve.model import load_model
+from serve.payload import BadRequest, read_patches
+from serve.settings import ServeSettings
+
+api = FastAPI(title="mammo-microcal scoring",
+              description="Scores 60x60 mammogram patches: normal tissue (0) or "
+                          "microcalcification cluster (1). Research only; not for diagnosis.")
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+@api.exception_handler(BadRequest)
+async def _bad_request(request: Request, err: BadRequest) -> JSONResponse:
+    return error(err.status, err.message)
+
+
+@api.exception_handler(PatchError)
+async def _bad_patches(request: Request, err: PatchError) -> JSONResponse:
+    return error(422, str(err))
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+    return error(422, str(err.errors()))
+
+
+@api.exception_handler(HTTPException)
+async def _http(request: Request, err: HTTPException) -> JSONResponse:
+    return error(err.status_code, str(err.detail))
+
+
+@serve.deployment
+@serve.ingress(api)
+class PatchScorer:
+    def __init__(self, settings: dict):
+        import tensorflow as tf
+
+        self.settings = ServeSettings(**settings)
+        tf.config.threading.set_intra_op_parallelism_threads(self.settings.tf_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(self.settings.tf_threads)
+        self.score.set_max_batch_size(self.settings.max_batch_size)
+        self.score.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self.reload_token = None
+        self.model = load_model(self.settings.model_uri, self.settings.tracking_uri)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """Reloads the model (alias resolved again) when `reload_token` changes.
+
+        Requests in flight finish on the model they started with; new ones get the new.
+        """
+        token = user_config.get("reload_token")
+        if self.reload_token is not None and token != self.reload_token:
+            self.model = load_model(user_config.get("model_uri") or self.settings.model_uri,
+                                    self.settings.tracking_uri)
+        self.reload_token = token
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def score(self, batches: list[np.ndarray]) -> list[tuple[dict, dict]]:
+        """Scores many requests' patches in one model call; returns (outputs, model info) each."""
+        model = self.model
+        sizes = np.cumsum([len(b) for b in batches])[:-1]
+        out = await asyncio.to_thread(model.predictor.predict, np.concatenate(batches))
+        parts = {k: np.split(v, sizes) for k, v in out.items()}
+        return [({k: parts[k][i] for k in parts}, model.info) for i in range(len(batches))]
+
+    @api.post("/predict")
+    async def predict(self, request: Request) -> dict:
+        """Scores patches: JSON {"images": [base64]}, {"inputs": [[[...]]]} or multipart files."""
+        raw = await read_patches(request, self.settings, self.model.info["image_size"])
+        units = as_unit_patches(raw, tuple(self.model.info["image_size"]),
+                                self.model.predictor.bit_depth)
+        out, info = await self.score(units)
+        predictions = [{"probability": float(p), "label": int(label),
+                        "experts": [float(e) for e in experts]}
+                       for p, label, experts in zip(out["probability"], out["label"],
+                                                    out["experts"])]
+        return {"predictions": predictions,
+                "model": {"name": info["name"], "version": info["version"]}}
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok", "model": self.model.info["name"],
+                "version": self.model.info["version"]}
+
+    @api.get("/model")
+    async def describe(self) -> dict:
+        """Name, version, alias, model-card metrics and the input specification."""
+        return self.model.info
+
+
+def build_app(settings: ServeSettings, reload_token: int = 0) -> Application:
+    """Returns the bound application (also the `serve run` import path: serve.app:build_app).
+
+    Deploying it again with another `reload_token` reloads the model in place.
+    """
+    if isinstance(settings, dict):
+        settings = ServeSettings(**settings)
+    return PatchScorer.options(
+        num_replicas=settings.num_replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        max_queued_requests=settings.max_queued_requests,
+        ray_actor_options={"num_cpus": settings.replica_cpus},
+        user_config={"reload_token": reload_token},
+    ).bind(settings.model_dump())

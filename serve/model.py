@@ -1,0 +1,61 @@
+"""Loading the registered ensemble for serving, with what `/model` reports about it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import mlflow
+
+from mammo_core.predictor import EnsemblePredictor
+from mammo_core.tracking import tracking_uri
+from tune.project import PROJECT_ROOT
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What one replica serves; replaced as a whole on reload, so requests see one version."""
+
+    predictor: EnsemblePredictor
+    info: dict
+
+
+def load_model(model_uri: str, store: str = "") -> LoadedModel:
+    """Loads `model_uri` (an alias is resolved to its version first); returns it with its info."""
+    mlflow.set_tracking_uri(store or tracking_uri(PROJECT_ROOT))
+    mlflow.set_registry_uri(store or tracking_uri(PROJECT_ROOT))
+    info = {"name": "", "version": "", "alias": "", "model_uri": model_uri}
+    resolved = model_uri
+    if model_uri.startswith("models:/") and "@" in model_uri:
+        name, alias = model_uri[len("models:/"):].split("@", 1)
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+        info.update(name=name, alias=alias, version=str(version.version))
+        resolved = f"models:/{name}/{version.version}"
+    elif model_uri.startswith("models:/"):
+        name, _, number = model_uri[len("models:/"):].partition("/")
+        info.update(name=name, version=number)
+    predictor = mlflow.pyfunc.load_model(resolved).unwrap_python_model().predictor
+    info.update(card_facts(info), image_size=list(predictor.experiment.data.image_size),
+                threshold=predictor.ensemble.threshold,
+                weights=[float(w) for w in predictor.ensemble.weights],
+                input={"shape": "(N, rows, cols) per request, N <= max_images_per_request",
+                       "formats": ["JSON images: base64 PNG/PGM", "JSON inputs: nested array",
+                                   "multipart image files"],
+                       "integer_pixels": f"{predictor.bit_depth}-bit",
+                       "float_pixels": "[0, 1]"},
+                intended_use="research only; not for diagnosis", pid=os.getpid())
+    return LoadedModel(predictor, info)
+
+
+def card_facts(info: dict) -> dict:
+    """Returns the registry version's description and hold-out metrics, if registered."""
+    if not info["version"]:
+        return {}
+    client = mlflow.MlflowClient()
+    version = client.get_model_version(info["name"], info["version"])
+    metrics = {}
+    register_run = version.tags.get("mammo.register_run")
+    if register_run:
+        metrics = {k: v for k, v in client.get_run(register_run).data.metrics.items()
+                   if k.startswith("holdout_")}
+    return {"model_card": version.description, "metrics": metrics,
+            "search_run": version.tags.get("mammo.search_run", "")}

@@ -1,0 +1,70 @@
+"""`serve` entry point: the scoring service, until Ctrl-C.
+
+    python -m serve.server                                   # champion on 127.0.0.1:8000
+    python -m serve.server --model-uri models:/mammo-microcal/3 --port 8080 --replicas 2
+    kill -HUP <pid>     # reload: resolve the alias again and swap models, no downtime
+
+Starts a local Ray node on loopback (or joins RAY_ADDRESS), deploys `serve.app` and
+prints the URL. API docs at http://127.0.0.1:8000/docs.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+
+import ray
+from ray import serve
+
+from serve.app import build_app
+from serve.settings import ServeSettings
+from tune.cluster import start_ray
+from tune.project import run_entry
+
+APP_NAME = "mammo"
+
+
+def parse_settings(argv: list[str] | None) -> ServeSettings:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = ServeSettings()
+    for name, field in ServeSettings.model_fields.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name),
+                            type=type(getattr(defaults, name)), help=field.description)
+    return ServeSettings(**vars(parser.parse_args(argv)))
+
+
+def deploy(settings: ServeSettings, reload_token: int = 0) -> None:
+    """Deploys (or redeploys, reloading the model) the application on the running Serve."""
+    serve.run(build_app(settings, reload_token), name=APP_NAME, route_prefix="/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(argv)
+    reloads = []
+    signal.signal(signal.SIGHUP, lambda *_: reloads.append(1))
+
+    def body() -> None:
+        print(start_ray(), flush=True)
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        try:
+            deploy(settings)
+            print(f"serving {settings.model_uri} on http://{settings.host}:{settings.port} "
+                  f"(POST /predict, GET /model, /healthz, /docs); Ctrl-C stops, "
+                  f"kill -HUP reloads", flush=True)
+            while True:
+                time.sleep(0.5)
+                if reloads:
+                    reloads.clear()
+                    token = int(time.time())
+                    deploy(settings, token)
+                    print(f"reloaded {settings.model_uri}", flush=True)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+    return run_entry(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

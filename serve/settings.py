@@ -1,0 +1,27 @@
+"""The Serve application's typed arguments (`serve run` config, CLI, tests)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ServeSettings(BaseModel):
+    """Everything an operator may set; unknown keys are errors, like the experiment YAML."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_uri: str = "models:/mammo-microcal@champion"
+    tracking_uri: str = ""            # "" = MLFLOW_TRACKING_URI, else the project's mlflow.db
+    host: str = "127.0.0.1"           # loopback by default; 0.0.0.0 only on purpose
+    port: int = Field(8000, ge=1, le=65535)
+    num_replicas: int = Field(1, ge=1)
+    replica_cpus: float = Field(1.0, gt=0)
+    tf_threads: int = Field(1, ge=1)  # TensorFlow intra/inter-op threads per replica
+    max_batch_size: int = Field(32, ge=1)       # images per @serve.batch call, summed
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)  # per replica, in flight
+    max_queued_requests: int = Field(256, ge=1)  # beyond this: 503 at once (backpressure)
+    max_images_per_request: int = Field(256, ge=1)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    wrong_size: Literal["reject", "resize"] = "reject"
