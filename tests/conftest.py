@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,3 +79,29 @@ def runs_of(store: Path) -> list:
     """Returns every run of every experiment in the store folder `store`."""
     client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.fixture(scope="session")
+def pipeline_store(tmp_path_factory) -> Path:
+    """A store after `mlflow run . -P config=<quick>` (tune -> register -> evaluate, ~3 min).
+
+    Shared by the registry and serving tests; the registry tests add versions to it.
+    """
+    folder = tmp_path_factory.mktemp("pipeline")
+    result = subprocess.run(["mlflow", "run", ".", "--env-manager", "local",
+                             "-P", "config=experiments/microcal_quick.yaml"],
+                            cwd=PROJECT_ROOT, env=search_env(folder), capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "mammo-microcal v1 @champion" in result.stdout
+    return folder
+
+
+def use_store(folder: Path, monkeypatch) -> mlflow.MlflowClient:
+    """Points this process's MLflow (tracking and registry) at the store in `folder`."""
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(uri)

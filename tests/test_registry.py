@@ -21,7 +21,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import runs_of, search_env
+from conftest import runs_of, search_env, use_store
 from mlflow.exceptions import MlflowException
 
 from mammo_core.config import load_experiment
@@ -40,26 +40,14 @@ CHAMPION = f"models:/{NAME}@champion"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """A store after `mlflow run . -P config=<quick>`, exactly as the README says."""
-    folder = tmp_path_factory.mktemp("pipeline")
-    result = subprocess.run(["mlflow", "run", ".", "--env-manager", "local",
-                             "-P", f"config={QUICK}"], cwd=ROOT, env=search_env(folder),
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert f"{NAME} v1 @champion" in result.stdout
-    return folder
+@pytest.fixture
+def store(pipeline_store) -> Path:
+    return pipeline_store
 
 
 @pytest.fixture
 def client(store, monkeypatch) -> mlflow.MlflowClient:
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    yield mlflow.MlflowClient(uri)
+    yield use_store(store, monkeypatch)
     while mlflow.active_run():
         mlflow.end_run()
 

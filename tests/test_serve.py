@@ -1,0 +1,184 @@
+"""The Ray Serve application over real HTTP on 127.0.0.1, serving the registered model.
+
+A real Ray node and Serve: predictions equal the pyfunc's, 200 concurrent requests,
+the bad-input matrix (each a 4xx JSON error, the service still answering), a reload
+after the alias moves with requests in flight, backpressure, and a clean shutdown.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import ray
+from conftest import use_store
+from ray import serve
+
+from mammo_core.config import load_experiment
+from mammo_core.data import read_image
+from serve.client import ServiceError, score_files
+from serve.server import deploy
+from serve.settings import ServeSettings
+from tune.cluster import start_ray
+from tune.register import register_search
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "mammo-microcal"
+LIMITS = dict(max_images_per_request=8, max_body_bytes=200_000)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service(pipeline_store):
+    """Yields (base URL, settings) of a running application; shuts Serve and Ray down after."""
+    mp = pytest.MonkeyPatch()
+    use_store(pipeline_store, mp)
+    port = free_port()
+    settings = ServeSettings(tracking_uri=f"sqlite:///{pipeline_store / 'mlflow.db'}",
+                             port=port, **LIMITS)
+    start_ray()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deploy(settings)
+    yield f"http://127.0.0.1:{port}", settings
+    serve.shutdown()
+    ray.shutdown()
+    mp.undo()
+    with pytest.raises(OSError):  # nothing listens any more
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+
+
+@pytest.fixture(scope="module")
+def files(shared_data) -> list[Path]:
+    return sorted((shared_data / "0").glob("*.png"))[:3] + sorted((shared_data / "1").glob("*.png"))[:3]
+
+
+def request(url: str, data: bytes | None = None, content_type: str = "application/json",
+            timeout: float = 60) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data, {"Content-Type": content_type} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def multipart(files: list[Path]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\""
+             f"{f.name}\"\r\nContent-Type: image/png\r\n\r\n".encode() + f.read_bytes() + b"\r\n"
+             for f in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_http_predictions_equal_pyfunc_predictions_in_every_input_format(service, files):
+    url, _ = service
+    patches = np.stack([read_image(f, (60, 60)) for f in files])
+    champion = mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion")
+    expected = mlflow.pyfunc.load_model(f"models:/{NAME}/{champion.version}").predict(patches)
+    images = [base64.b64encode(f.read_bytes()).decode() for f in files]
+    answers = [request(f"{url}/predict", json.dumps({"images": images}).encode()),
+               request(f"{url}/predict", json.dumps({"inputs": patches.tolist()}).encode()),
+               request(f"{url}/predict", *multipart(files))]
+    for status, body in answers:
+        assert status == 200, body
+        assert body["model"] == {"name": NAME, "version": str(champion.version)}
+        got = [p["probability"] for p in body["predictions"]]
+        np.testing.assert_allclose(got, expected["probability"], atol=1e-6)
+        assert [p["label"] for p in body["predictions"]] == expected["label"].tolist()
+        assert len(body["predictions"][0]["experts"]) == 5
+    assert [r["label"] for r in score_files(files, url)] == expected["label"].tolist()
+
+
+def test_200_requests_from_16_concurrent_clients_all_succeed(service, files):
+    url, _ = service
+    payload = json.dumps({"images": [base64.b64encode(files[-1].read_bytes()).decode()]}).encode()
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(lambda _: request(f"{url}/predict", payload)[0], range(200)))
+    assert statuses == [200] * 200
+
+
+def bad_bodies(files: list[Path]) -> list[tuple[bytes, str, int, str]]:
+    png = files[0].read_bytes()
+    b64 = base64.b64encode(png).decode()
+    zeros = np.zeros((60, 60), int).tolist()
+    return [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (json.dumps({"images": [b64], "model": "x"}).encode(), "application/json", 400, "unknown keys"),
+        (json.dumps({"images": [base64.b64encode(b"text").decode()]}).encode(), "application/json", 400, "not a PNG"),
+        (json.dumps({"images": [base64.b64encode(png[:80]).decode()]}).encode(), "application/json", 400, "cannot read image"),
+        (json.dumps({"inputs": [np.zeros((40, 40), int).tolist()]}).encode(), "application/json", 422, "expected patches shaped"),
+        (json.dumps({"inputs": [[["x"] * 60] * 60]}).encode(), "application/json", 422, "numbers only"),
+        (json.dumps({"inputs": [zeros]}).replace("0", "NaN", 1).encode(), "application/json", 422, "NaN"),
+        (json.dumps({"inputs": [np.full((60, 60), 2.5).tolist()]}).encode(), "application/json", 422, "[0, 1]"),
+        (json.dumps({"images": []}).encode(), "application/json", 400, "non-empty list"),
+        (json.dumps({"inputs": [zeros] * 9}).encode(), "application/json", 413, "limit is 8"),
+        (json.dumps({"images": ["A" * 300_000]}).encode(), "application/json", 413, "exceeds the limit"),
+    ]
+
+
+def test_bad_input_gets_a_4xx_json_error_and_the_service_keeps_answering(service, files):
+    url, _ = service
+    for data, content_type, status, message in bad_bodies(files):
+        got_status, body = request(f"{url}/predict", data, content_type)
+        assert (got_status, message in body.get("error", "")) == (status, True), (message, body)
+    status, body = request(f"{url}/nowhere")
+    assert status == 404 and "error" in body
+    status, _ = request(f"{url}/healthz")
+    assert status == 200
+    with pytest.raises(ServiceError, match="HTTP 400"):
+        score_files([Path(__file__)], url)
+
+
+def test_model_endpoint_and_openapi_docs(service):
+    url, _ = service
+    status, info = request(f"{url}/model")
+    assert status == 200 and info["name"] == NAME and info["alias"] == "champion"
+    assert "not for diagnosis" in info["model_card"] and "holdout_learned_auc" in info["metrics"]
+    assert info["image_size"] == [60, 60] and len(info["weights"]) == 5
+    with urllib.request.urlopen(f"{url}/openapi.json", timeout=10) as response:
+        assert "/predict" in json.loads(response.read())["paths"]
+
+
+def test_reload_after_the_alias_moves_serves_the_new_version_without_failed_requests(
+        service, files):
+    url, settings = service
+    before = request(f"{url}/model")[1]
+    # The register step moves the alias: the same search again ties the champion's AUC.
+    registration = register_search(load_experiment(ROOT / "experiments/microcal_quick.yaml"),
+                                   before["search_run"])
+    assert registration.alias == "champion" and registration.version != before["version"]
+    payload = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()
+    statuses, stop = [], threading.Event()
+
+    def keep_asking() -> None:
+        while not stop.is_set():
+            statuses.append(request(f"{url}/predict", payload)[0])
+
+    workers = [threading.Thread(target=keep_asking) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        deploy(settings, reload_token=1)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join()
+    assert statuses and set(statuses) == {200}
+    assert request(f"{url}/model")[1]["version"] == registration.version
+    status, body = request(f"{url}/predict", payload)
+    assert status == 200 and body["model"]["version"] == registration.version
