@@ -112,11 +112,14 @@ class PatchScorer:
         return self.model.info
 
 
-def build_app(settings: ServeSettings, reload_token: int = 0) -> Application:
-    """Returns the bound application (also the `serve run` import path: serve.app:build_app).
+def build_app(settings: ServeSettings) -> Application:
+    """Returns the application; `serve run` imports it as serve.app:build_app."""
+    return bind_app(settings)
 
-    Deploying it again with another `reload_token` reloads the model in place.
-    """
+
+def bind_app(settings: ServeSettings | dict, reload_token: int = 0) -> Application:
+    """Returns the bound application; deploying it again with another `reload_token`
+    reloads the model in place (the alias is resolved again)."""
     if isinstance(settings, dict):
         settings = ServeSettings(**settings)
     return PatchScorer.options(

@@ -17,7 +17,7 @@ import time
 import ray
 from ray import serve
 
-from serve.app import build_app
+from serve.app import bind_app
 from serve.settings import ServeSettings
 from tune.cluster import start_ray
 from tune.project import run_entry
@@ -36,7 +36,7 @@ def parse_settings(argv: list[str] | None) -> ServeSettings:
 
 def deploy(settings: ServeSettings, reload_token: int = 0) -> None:
     """Deploys (or redeploys, reloading the model) the application on the running Serve."""
-    serve.run(build_app(settings, reload_token), name=APP_NAME, route_prefix="/")
+    serve.run(bind_app(settings, reload_token), name=APP_NAME, route_prefix="/")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,163 @@
+"""REST scoring throughput and latency: Ray Serve app vs `mlflow models serve` vs in-process.
+
+    python benchmarks/serve_bench.py                       # champion of the benchmark store
+    python benchmarks/serve_bench.py --store mlflow.db --seconds 20
+
+Same registered model, same single-image requests (`{"inputs": [60x60 ints]}`), measured
+in one run on one machine: (a) the Ray Serve app (serve/), (b) `mlflow models serve
+--env-manager local`, at concurrency 1, 8 and 32 (closed loop: each client sends its next
+request when the last one is answered), and (c) in-process batched pyfunc prediction, the
+ceiling with no HTTP at all. The load generator runs on the same 2 cores, as a client on
+the same host would.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import mlflow  # noqa: E402
+from ray import serve  # noqa: E402
+
+import tune  # noqa: E402,F401  (loopback Ray environment before ray starts)
+from mammo_core.data import read_image  # noqa: E402
+from serve.server import deploy  # noqa: E402
+from serve.settings import ServeSettings  # noqa: E402
+from tune.cluster import start_ray  # noqa: E402
+
+CONCURRENCY = (1, 8, 32)
+
+
+def load(port: int, path: str, body: bytes, clients: int, seconds: float) -> dict:
+    """Runs `clients` closed-loop clients for `seconds`; returns throughput and latencies."""
+    latencies, failures, stop = [], [], time.monotonic() + seconds
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.monotonic() < stop:
+            start = time.perf_counter()
+            connection.request("POST", path, body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            (latencies if response.status == 200 else failures).append(
+                time.perf_counter() - start)
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - began
+    ms = np.array(latencies) * 1000
+    return {"rps": len(latencies) / elapsed, "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)), "ok": len(latencies), "failed": len(failures)}
+
+
+def wait_ready(port: int, path: str, body: bytes, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("POST", path, body, {"Content-Type": "application/json"})
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"nothing answered on port {port}")
+
+
+def bench_ray_serve(args, uri: str, body: bytes) -> list[dict]:
+    settings = ServeSettings(tracking_uri=args.tracking_uri, port=args.port,
+                             num_replicas=args.replicas, tf_threads=args.tf_threads)
+    start_ray()
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    try:
+        deploy(settings)
+        wait_ready(args.port, "/predict", body)
+        load(args.port, "/predict", body, 8, 3)  # warm-up
+        return [load(args.port, "/predict", body, c, args.seconds) for c in CONCURRENCY]
+    finally:
+        serve.shutdown()
+
+
+def bench_mlflow_serve(args, uri: str, body: bytes, workers: int) -> list[dict]:
+    port = args.port + 1
+    env = dict(os.environ, MLFLOW_TRACKING_URI=args.tracking_uri,
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", uri, "-h", "127.0.0.1",
+                               "-p", str(port), "-w", str(workers), "--env-manager", "local"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        wait_ready(port, "/invocations", body)
+        load(port, "/invocations", body, 8, 3)
+        return [load(port, "/invocations", body, c, args.seconds) for c in CONCURRENCY]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def bench_in_process(uri: str, patch: np.ndarray, seconds: float) -> dict:
+    """Returns images/s of pyfunc.predict on batches of 32 (the serving batch size)."""
+    model = mlflow.pyfunc.load_model(uri)
+    batch = np.repeat(patch[None], 32, axis=0)
+    model.predict(batch)
+    count, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        model.predict(batch)
+        count += len(batch)
+    return {"rps": count / (time.monotonic() - start)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", default=str(ROOT / "benchmarks/results/search.db"))
+    parser.add_argument("--model-uri", default="models:/mammo-microcal@champion")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--port", type=int, default=8300)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--tf-threads", type=int, default=1)
+    parser.add_argument("--mlflow-workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args()
+    args.tracking_uri = f"sqlite:///{Path(args.store).resolve()}"
+    mlflow.set_tracking_uri(args.tracking_uri)
+    mlflow.set_registry_uri(args.tracking_uri)
+    name, alias = args.model_uri[len("models:/"):].split("@")
+    version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+    uri = f"models:/{name}/{version}"
+    patch = read_image(sorted((ROOT.parent / "shared/data/microcal/1").glob("*.png"))[0], (60, 60))
+    body = json.dumps({"inputs": [patch.tolist()]}).encode()
+    print(f"model {uri}; {args.seconds:.0f} s per level; single-image requests")
+    rows = {f"Ray Serve ({args.replicas} replica, {args.tf_threads} TF thread)":
+            bench_ray_serve(args, uri, body)}
+    for workers in args.mlflow_workers:
+        rows[f"mlflow models serve ({workers} worker{'s' if workers > 1 else ''})"] = \
+            bench_mlflow_serve(args, uri, body, workers)
+    ceiling = bench_in_process(uri, patch, args.seconds)
+    print("\n| server | " + " | ".join(f"c={c}: req/s, p50, p99 (ms)" for c in CONCURRENCY)
+          + " | failed |")
+    print("|---" * (len(CONCURRENCY) + 2) + "|")
+    for label, results in rows.items():
+        print(f"| {label} | " + " | ".join(f"{r['rps']:.0f}, {r['p50']:.0f}, {r['p99']:.0f}"
+                                           for r in results)
+              + f" | {sum(r['failed'] for r in results)} |")
+    print(f"| in-process pyfunc, batches of 32 (ceiling) | {ceiling['rps']:.0f} images/s | | | |")
+
+
+if __name__ == "__main__":
+    main()
