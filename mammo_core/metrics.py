@@ -139,12 +139,7 @@ def cv_roc_figure(curves: Sequence[tuple[np.ndarray, np.ndarray]],
             label=f"mean (AUC {np.mean(aucs):.3f} ± {np.std(aucs, ddof=1):.3f})")
     ax.fill_between(grid, np.clip(mean - std, 0, 1), np.clip(mean + std, 0, 1),
                     color="grey", alpha=0.25, label="± 1 std")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title,
-           xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish_roc(fig, ax, title)
 
 
 def confusion_grid_figure(matrices: Sequence[np.ndarray], class_names: Sequence[str]) -> Figure:
@@ -169,12 +164,7 @@ def roc_comparison_figure(labels: np.ndarray, curves: Mapping[str, np.ndarray],
     for name, probabilities in curves.items():
         fpr, tpr, _ = roc_curve(labels, probabilities)
         ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc_score(labels, probabilities):.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title,
-           xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish_roc(fig, ax, title)
 
 
 def patch_gallery_figure(images: np.ndarray, captions: Sequence[str], title: str,
@@ -190,5 +180,15 @@ def patch_gallery_figure(images: np.ndarray, captions: Sequence[str], title: str
         ax.imshow(np.squeeze(image), cmap="gray")
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title if len(images) else f"{title}: none", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _finish_roc(fig: Figure, ax, title: str) -> Figure:
+    """Adds the chance diagonal, axis labels and legend every ROC figure shares."""
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set(xlabel="1 - specificity (FPR)", ylabel="sensitivity (TPR)", title=title,
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig

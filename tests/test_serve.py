@@ -10,6 +10,7 @@ import base64
 import json
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -182,3 +183,22 @@ def test_reload_after_the_alias_moves_serves_the_new_version_without_failed_requ
     assert request(f"{url}/model")[1]["version"] == registration.version
     status, body = request(f"{url}/predict", payload)
     assert status == 200 and body["model"]["version"] == registration.version
+
+
+def test_overload_is_answered_with_503_at_once_not_queued(service, files):
+    url, settings = service
+    deploy(settings.model_copy(update={"max_ongoing_requests": 1, "max_queued_requests": 1,
+                                       "max_batch_size": 1}), reload_token=2)
+    payload = json.dumps({"images": [base64.b64encode(f.read_bytes()).decode()
+                                     for f in files]}).encode()
+
+    def timed(_) -> tuple[int, float]:
+        start = time.monotonic()
+        return request(f"{url}/predict", payload)[0], time.monotonic() - start
+
+    with ThreadPoolExecutor(24) as pool:
+        answers = list(pool.map(timed, range(24)))
+    statuses = [status for status, _ in answers]
+    assert set(statuses) <= {200, 503} and statuses.count(503) > 0 and 200 in statuses
+    refused = [seconds for status, seconds in answers if status == 503]
+    assert max(refused) < max(seconds for status, seconds in answers if status == 200)
