@@ -15,6 +15,7 @@ import sys
 import time
 
 import ray
+from pydantic import ValidationError
 from ray import serve
 
 from serve.app import bind_app
@@ -31,7 +32,11 @@ def parse_settings(argv: list[str] | None) -> ServeSettings:
     for name, field in ServeSettings.model_fields.items():
         parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name),
                             type=type(getattr(defaults, name)), help=field.description)
-    return ServeSettings(**vars(parser.parse_args(argv)))
+    try:
+        return ServeSettings(**vars(parser.parse_args(argv)))
+    except ValidationError as err:
+        parser.error("; ".join(f"--{e['loc'][0].replace('_', '-')}: {e['msg']}"
+                               for e in err.errors()))
 
 
 def deploy(settings: ServeSettings, reload_token: int = 0) -> None:
