@@ -18,22 +18,32 @@ import ray
 from pydantic import ValidationError
 from ray import serve
 
+from mammo_core.config import ConfigError
 from serve.app import bind_app
 from serve.settings import ServeSettings
 from tune.cluster import start_ray
-from tune.project import run_entry
+from tune.evaluate import default_model_uri
+from tune.project import DEFAULT_CONFIG, load_config, run_entry
 
 APP_NAME = "mammo"
 
 
 def parse_settings(argv: list[str] | None) -> ServeSettings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="experiment YAML; its registered model name makes the default URI")
     defaults = ServeSettings()
     for name, field in ServeSettings.model_fields.items():
         parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name),
                             type=type(getattr(defaults, name)), help=field.description)
+    parser.set_defaults(model_uri="")
+    args = vars(parser.parse_args(argv))
     try:
-        return ServeSettings(**vars(parser.parse_args(argv)))
+        experiment, _ = load_config(args.pop("config"))
+        args["model_uri"] = args["model_uri"] or default_model_uri(experiment)
+        return ServeSettings(**args)
+    except ConfigError as err:
+        parser.error(str(err))
     except ValidationError as err:
         parser.error("; ".join(f"--{e['loc'][0].replace('_', '-')}: {e['msg']}"
                                for e in err.errors()))
