@@ -122,19 +122,24 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
                       search_metrics(search_run), comparison,
                       tuple(float(w) for w in predictor.ensemble.weights),
                       predictor.ensemble.threshold, dataset.bit_depth)
+    fingerprint = holdout_fingerprint(dataset, plan)
+    describe_version(facts, holdout_auc, fingerprint)
+    alias, reason = promote(experiment, name, version, raw, labels, holdout_auc, fingerprint)
+    return version, alias, reason, holdout_auc
+
+
+def describe_version(facts: CardFacts, holdout_auc: float, fingerprint: str) -> None:
+    """Sets the version's model card (description) and provenance tags; logs model_card.md."""
     card = render_card(facts)
     mlflow.log_text(card, "model_card.md")
     client = mlflow.MlflowClient()
-    client.update_model_version(name, version, description=card)
-    for key, value in {"mammo.search_run": search_run, "mammo.git_commit": facts.git_commit,
-                       "mammo.config_hash": experiment.fingerprint(),
+    client.update_model_version(facts.model_name, facts.version, description=card)
+    for key, value in {"mammo.search_run": facts.search_run, "mammo.git_commit": facts.git_commit,
+                       "mammo.config_hash": facts.experiment.fingerprint(),
                        "mammo.register_run": mlflow.active_run().info.run_id,
                        "mammo.holdout_auc": f"{holdout_auc:.6f}",
-                       "mammo.holdout_fingerprint": holdout_fingerprint(dataset, plan)}.items():
-        client.set_model_version_tag(name, version, key, value)
-    alias, reason = promote(experiment, name, version, raw, labels, holdout_auc,
-                            holdout_fingerprint(dataset, plan))
-    return version, alias, reason, holdout_auc
+                       "mammo.holdout_fingerprint": fingerprint}.items():
+        client.set_model_version_tag(facts.model_name, facts.version, key, value)
 
 
 def compare_methods(experts_p: np.ndarray, labels: np.ndarray, groups: np.ndarray,
