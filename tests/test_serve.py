@@ -75,7 +75,11 @@ def request(url: str, data: bytes | None = None, content_type: str = "applicatio
         with urllib.request.urlopen(req, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+        text = err.read().decode(errors="replace")
+        try:
+            return err.code, json.loads(text)
+        except json.JSONDecodeError:  # Ray's proxy answers overload (503) in plain text
+            return err.code, {"text": text}
 
 
 def multipart(files: list[Path]) -> tuple[bytes, str]:
