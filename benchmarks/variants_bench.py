@@ -53,7 +53,7 @@ def run_variant(name: str, change: dict, base: dict) -> dict[str, float]:
 def main() -> None:
     STORE.parent.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load((ROOT / "experiments" / "microcal.yaml").read_text())
-    print("| variant | test AUC | best val AUC | epochs trained |")
+    print("| variant | test AUC | val AUC (final model) | epochs trained |")
     print("|---|---:|---:|---:|")
     for name, change in VARIANTS.items():
         m = run_variant(name, change, base)
