@@ -127,6 +127,21 @@ def log_keras_model(model: keras.Model, example: np.ndarray, name: str = "model"
     return info.model_uri
 
 
+def registry_reference(model_uri: str) -> dict[str, str]:
+    """Returns {"name", "version", "alias"} of a `models:/name@alias` or `models:/name/N` URI.
+
+    An alias is resolved to the version it points at now; other URIs give empty strings.
+    """
+    if not model_uri.startswith("models:/"):
+        return {"name": "", "version": "", "alias": ""}
+    name, _, alias = model_uri[len("models:/"):].partition("@")
+    if alias:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+        return {"name": name, "version": str(version), "alias": alias}
+    name, _, version = name.partition("/")
+    return {"name": name, "version": version, "alias": ""}
+
+
 def runtime_requirements() -> list[str]:
     """Returns pinned pip requirements for loading a logged model elsewhere.
 

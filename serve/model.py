@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import mlflow
 
 from mammo_core.predictor import EnsemblePredictor
-from mammo_core.tracking import tracking_uri
+from mammo_core.tracking import registry_reference, tracking_uri
 from tune.project import PROJECT_ROOT
 
 
@@ -23,16 +23,9 @@ def load_model(model_uri: str, store: str = "") -> LoadedModel:
     """Loads `model_uri` (an alias is resolved to its version first); returns it with its info."""
     mlflow.set_tracking_uri(store or tracking_uri(PROJECT_ROOT))
     mlflow.set_registry_uri(store or tracking_uri(PROJECT_ROOT))
-    info = {"name": "", "version": "", "alias": "", "model_uri": model_uri}
-    resolved = model_uri
-    if model_uri.startswith("models:/") and "@" in model_uri:
-        name, alias = model_uri[len("models:/"):].split("@", 1)
-        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias)
-        info.update(name=name, alias=alias, version=str(version.version))
-        resolved = f"models:/{name}/{version.version}"
-    elif model_uri.startswith("models:/"):
-        name, _, number = model_uri[len("models:/"):].partition("/")
-        info.update(name=name, version=number)
+    info = registry_reference(model_uri) | {"model_uri": model_uri}
+    # Load the version the alias points at now, so /model reports what is really served.
+    resolved = f"models:/{info['name']}/{info['version']}" if info["name"] else model_uri
     predictor = mlflow.pyfunc.load_model(resolved).unwrap_python_model().predictor
     info.update(card_facts(info), image_size=list(predictor.experiment.data.image_size),
                 threshold=predictor.ensemble.threshold,

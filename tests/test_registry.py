@@ -27,10 +27,9 @@ from mlflow.exceptions import MlflowException
 from mammo_core.config import load_experiment
 from mammo_core.data import load_dataset, read_image
 from mammo_core.ensemble import Ensemble
-from mammo_core.folds import FoldPlan
 from mammo_core.predictor import EnsemblePredictor
 from mammo_core.sources import resolve_data_root
-from tune.project import PROJECT_ROOT, download_text
+from tune.project import PROJECT_ROOT, download_text, load_fold_plan
 from tune.register import load_experts, promote, register_search, search_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +144,7 @@ def test_promotion_gate_moves_the_champion_only_for_an_equal_or_better_model(cli
 def holdout_of(search_run: str) -> tuple[np.ndarray, np.ndarray]:
     experiment = search_config(search_run)
     dataset = load_dataset(resolve_data_root(experiment.data, PROJECT_ROOT), experiment.data)
-    plan = FoldPlan.from_json(download_text(search_run, "fold_plan.json"), dataset)
+    plan = load_fold_plan(search_run, dataset)
     return dataset.images[plan.holdout], dataset.labels[plan.holdout]
 
 

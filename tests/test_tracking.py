@@ -106,3 +106,11 @@ def test_runtime_requirements_are_pinned():
     pins = runtime_requirements()
     assert any(p.startswith("keras==") for p in pins)
     assert any(p.startswith("tensorflow") for p in pins)
+
+
+def test_registry_reference_parses_version_uris_and_ignores_others():
+    from mammo_core.tracking import registry_reference
+
+    assert registry_reference("models:/mammo-microcal/3") == {
+        "name": "mammo-microcal", "version": "3", "alias": ""}
+    assert registry_reference("runs:/abc/ensemble") == {"name": "", "version": "", "alias": ""}

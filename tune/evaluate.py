@@ -25,10 +25,9 @@ from sklearn.metrics import roc_auc_score
 from mammo_core import metrics
 from mammo_core.config import Experiment
 from mammo_core.data import Dataset
-from mammo_core.folds import FoldPlan
-from mammo_core.tracking import log_figure, tracked_run, use_tracking_store
-from tune.project import (PROJECT_ROOT, UsageError, base_parser, download_text, load_config,
-                          load_data, run_entry)
+from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
+from tune.project import (PROJECT_ROOT, UsageError, base_parser, load_config, load_data,
+                          load_fold_plan, run_entry)
 
 WORST_ERROR = 0.8  # |label - probability| above this: confidently wrong
 
@@ -63,7 +62,7 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
     dataset, _ = load_data(experiment, data_dir)
     index = np.arange(len(dataset.labels))
     if holdout_of:
-        index = FoldPlan.from_json(download_text(holdout_of, "fold_plan.json"), dataset).holdout
+        index = load_fold_plan(holdout_of, dataset).holdout
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as err:
@@ -82,14 +81,8 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
 
 def model_version_params(model_uri: str) -> dict[str, str]:
     """Returns {model_name, model_version} for a models:/ URI with an alias or a version."""
-    if not model_uri.startswith("models:/"):
-        return {}
-    name, _, ref = model_uri[len("models:/"):].partition("@")
-    client = mlflow.MlflowClient()
-    if ref:
-        return {"model_name": name, "model_version": client.get_model_version_by_alias(name, ref).version}
-    name, _, version = name.partition("/")
-    return {"model_name": name, "model_version": version}
+    ref = registry_reference(model_uri)
+    return {"model_name": ref["name"], "model_version": ref["version"]} if ref["name"] else {}
 
 
 def predictions_table(model, dataset: Dataset, index: np.ndarray) -> pd.DataFrame:

@@ -12,12 +12,14 @@ import mlflow
 
 from mammo_core.config import ConfigError, Experiment, load_experiment
 from mammo_core.data import DataError, Dataset, format_summary, load_dataset, summarize
+from mammo_core.folds import FoldPlan
 from mammo_core.patches import PatchError
 from mammo_core.sources import resolve_data_root
 from mammo_core.tracking import log_yaml, was_interrupted
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "experiments/microcal.yaml"
+PLAN_ARTIFACT = "fold_plan.json"  # logged by every search; read by every later step
 
 
 class UsageError(Exception):
@@ -97,6 +99,11 @@ def git_commit() -> str:
         return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def load_fold_plan(run_id: str, dataset: Dataset) -> FoldPlan:
+    """Returns the fold plan a search logged; raises ValueError if made for other data."""
+    return FoldPlan.from_json(download_text(run_id, PLAN_ARTIFACT), dataset)
 
 
 def download_text(run_id: str, path: str) -> str:

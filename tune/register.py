@@ -39,7 +39,7 @@ from mammo_core.predictor import EnsemblePredictor, write_bundle
 from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
                                  use_tracking_store)
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, download_text, git_commit,
-                          load_config, load_data, run_entry)
+                          load_config, load_data, load_fold_plan, run_entry)
 
 MODEL_CODE = Path(__file__).with_name("ensemble_pyfunc.py")
 MODEL_ARTIFACT = "ensemble"
@@ -86,7 +86,7 @@ def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
     trained = dataclasses.replace(search_config(search_run), registry=experiment.registry,
                                   tracking=experiment.tracking)
     dataset, summary = load_data(trained, data_dir)
-    plan = FoldPlan.from_json(download_text(search_run, "fold_plan.json"), dataset)
+    plan = load_fold_plan(search_run, dataset)
     with tracked_run(experiment.tracking.experiment_name, f"register-{trained.name}",
                      tags={"mammo.entry_point": "register", "mammo.kind": "register",
                            "mammo.search_run": search_run},

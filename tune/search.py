@@ -24,14 +24,14 @@ import ray
 from mammo_core import metrics
 from mammo_core.config import Experiment
 from mammo_core.data import Dataset
-from mammo_core.folds import FoldPlan, make_fold_plan
+from mammo_core.folds import make_fold_plan
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
 from tune.fold import FoldOutcome, load_outcome, run_fold
-from tune.project import PROJECT_ROOT, base_parser, load_config, load_data, log_data, run_entry
+from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, base_parser, load_config, load_data,
+                          load_fold_plan, log_data, run_entry)
 
-PLAN_ARTIFACT = "fold_plan.json"
 CONFIGS_ARTIFACT = "search/best_configs.json"
 
 
@@ -96,8 +96,7 @@ def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary:
            parent_id: str, storage: Path, fixed: dict[int, dict] | None, resumed: bool) -> str:
     """Runs (or resumes) every fold in the active parent run; returns a one-line summary."""
     if resumed:
-        plan = FoldPlan.from_json(mlflow.artifacts.load_text(
-            f"runs:/{parent_id}/{PLAN_ARTIFACT}"), dataset)
+        plan = load_fold_plan(parent_id, dataset)
     else:
         log_experiment_config(experiment, config_path)
         log_data(dataset, summary)
