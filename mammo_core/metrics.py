@@ -167,6 +167,28 @@ def roc_comparison_figure(labels: np.ndarray, curves: Mapping[str, np.ndarray],
     return _finish_roc(fig, ax, title)
 
 
+def ranking_figure(per_fold_auc: Mapping[str, Sequence[float]], highlight: Sequence[str] = (),
+                   title: str = "Mean CV test AUC (± 1 std), same folds") -> Figure:
+    """Returns horizontal bars of mean AUC with ±1 std error bars, best on top.
+
+    Each fold's AUC is drawn as a dot on its bar; names in `highlight` (the CNN) get
+    their own colour.
+    """
+    order = sorted(per_fold_auc, key=lambda name: np.mean(per_fold_auc[name]))
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(order) + 1.2))
+    for row, name in enumerate(order):
+        values = np.asarray(per_fold_auc[name], dtype=float)
+        std = values.std(ddof=1) if len(values) > 1 else 0.0
+        colour = "tab:red" if name in highlight else "tab:blue"
+        ax.barh(row, values.mean(), xerr=std, color=colour, alpha=0.6, capsize=3)
+        ax.plot(values, np.full(len(values), row), "k.", ms=3)
+        ax.text(0.505, row, f"{values.mean():.3f} ± {std:.3f}", va="center", fontsize=8)
+    ax.set(yticks=range(len(order)), yticklabels=order, xlim=(0.5, 1.0),
+           xlabel="ROC AUC on the outer test folds", title=title)
+    fig.tight_layout()
+    return fig
+
+
 def patch_gallery_figure(images: np.ndarray, captions: Sequence[str], title: str,
                          columns: int = 8) -> Figure:
     """Returns a grid of grayscale patches, each with its caption (at most 4 rows' worth)."""

@@ -48,11 +48,12 @@ class StatusLine(tune.Callback):
         later_folds = self.n_folds - self.fold - 1
         eta = elapsed / share * (1 - share + later_folds) if share else float("nan")
         print(f"fold {self.fold + 1}/{self.n_folds} | trials {self.finished}/{self.trials} done, "
-              f"{running} running | best val AUC {self.best:.3f} | fold {_clock(elapsed)}, "
-              f"search ETA {_clock(eta)}", file=sys.stdout, flush=True)
+              f"{running} running | best val AUC {self.best:.3f} | fold {clock(elapsed)}, "
+              f"search ETA {clock(eta)}", file=sys.stdout, flush=True)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """Returns `3m05s` for 185 seconds, `?` for NaN (nothing to estimate from yet)."""
     if seconds != seconds:  # NaN: nothing finished yet
         return "?"
     minutes, secs = divmod(int(seconds), 60)

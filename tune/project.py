@@ -6,11 +6,11 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import mlflow
 
-from mammo_core.config import ConfigError, Experiment, load_experiment
+from mammo_core.config import BaselinesExperiment, ConfigError, Experiment, load_experiment
 from mammo_core.data import DataError, Dataset, format_summary, load_dataset, summarize
 from mammo_core.folds import FoldPlan
 from mammo_core.patches import PatchError
@@ -36,13 +36,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(path: str) -> tuple[Experiment, Path]:
-    """Returns the experiment and the absolute path of its YAML file."""
+def load_config(path: str, loader: Callable[[Path], Any] = load_experiment) -> tuple[Any, Path]:
+    """Returns the experiment `loader` reads and the absolute path of its YAML file."""
     resolved = Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
-    return load_experiment(resolved), resolved
+    return loader(resolved), resolved
 
 
-def load_data(experiment: Experiment, data_dir: str) -> tuple[Dataset, dict]:
+def load_data(experiment: Experiment | BaselinesExperiment, data_dir: str) -> tuple[Dataset, dict]:
     """Returns the data set and its per-class summary; prints the summary table."""
     root = resolve_data_root(experiment.data, PROJECT_ROOT, explicit=data_dir or None)
     dataset = load_dataset(root, experiment.data)
@@ -99,6 +99,18 @@ def git_commit() -> str:
         return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def latest_search(experiment_name: str) -> str:
+    """Returns the newest FINISHED search run of the experiment; raises UsageError if none."""
+    found = mlflow.get_experiment_by_name(experiment_name)
+    runs = [] if found is None else mlflow.MlflowClient().search_runs(
+        [found.experiment_id], "tags.mammo.kind = 'search' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise UsageError(f"no finished search in experiment '{experiment_name}': run the tune "
+                         f"entry point first, or pass --search-run")
+    return runs[0].info.run_id
 
 
 def load_fold_plan(run_id: str, dataset: Dataset) -> FoldPlan:

@@ -39,7 +39,7 @@ from mammo_core.predictor import EnsemblePredictor, write_bundle
 from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
                                  use_tracking_store)
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, download_text, git_commit,
-                          load_config, load_data, load_fold_plan, run_entry)
+                          latest_search, load_config, load_data, load_fold_plan, run_entry)
 
 MODEL_CODE = Path(__file__).with_name("ensemble_pyfunc.py")
 MODEL_ARTIFACT = "ensemble"
@@ -247,18 +247,6 @@ def promote(experiment: Experiment, name: str, version: str, raw: np.ndarray,
     mlflow.set_tags({"mammo.promotion": reason, "mammo.model_version": version,
                      "mammo.model_alias": alias})
     return alias, reason
-
-
-def latest_search(experiment_name: str) -> str:
-    """Returns the newest FINISHED search run of the experiment; raises UsageError if none."""
-    found = mlflow.get_experiment_by_name(experiment_name)
-    runs = [] if found is None else mlflow.MlflowClient().search_runs(
-        [found.experiment_id], "tags.mammo.kind = 'search' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise UsageError(f"no finished search in experiment '{experiment_name}': run the tune "
-                         f"entry point first, or pass --search-run")
-    return runs[0].info.run_id
 
 
 def search_config(search_run: str) -> Experiment:

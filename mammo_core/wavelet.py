@@ -1,0 +1,42 @@
+"""Wavelet-coefficient features: each patch as its flattened 2-D wavelet coefficients.
+
+The representation of the earlier study (`db5`, level 4, details of levels 2-4) for the
+classic classifiers. Computing it learns nothing from the data, so it is done once for
+all images; any scaling that does learn (standardisation) belongs inside the folds.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pywt
+
+from mammo_core.config import WaveletFeaturesConfig
+from mammo_core.preprocessing import scale_to_unit
+
+
+def wavelet_features(images: np.ndarray, config: WaveletFeaturesConfig) -> np.ndarray:
+    """Returns float32 features shaped (N, D): the kept coefficients of each image, flattened.
+
+    `images` is a batch (N, H, W) of integer or [0, 1] float patches. The order is the
+    approximation (if kept), then detail levels from coarsest to finest, each as its
+    horizontal, vertical and diagonal sub-bands.
+    """
+    if images.ndim != 3:
+        raise ValueError(f"expected a batch shaped (N, H, W), got {images.shape}")
+    parts = [band.reshape(len(images), -1) for band in _kept_bands(scale_to_unit(images), config)]
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _kept_bands(images: np.ndarray, config: WaveletFeaturesConfig) -> list[np.ndarray]:
+    with warnings.catch_warnings():
+        # The study decomposes 60 px patches to level 4 on purpose; pywt warns that the
+        # coarsest levels are dominated by boundary effects.
+        warnings.filterwarnings("ignore", message="Level value of")
+        coeffs = pywt.wavedec2(images, config.family, level=config.level, axes=(-2, -1))
+    bands = [coeffs[0]] if config.keep_approximation else []
+    for index in range(1, len(coeffs)):  # coeffs[1] is level `config.level`, coeffs[-1] level 1
+        if config.level - index + 1 in config.keep_levels:
+            bands += list(coeffs[index])
+    return bands
+
