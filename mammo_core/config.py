@@ -167,6 +167,17 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class ExplanationsConfig:
+    """Grad-CAM and SHAP maps: what the register step stores and its runs show."""
+
+    background_size: int = 50  # training patches per expert stored for SHAP's expectation
+    partition_max_evals: int = 500  # model evaluations per patch of the model-agnostic SHAP
+    patches_per_class: int = 3  # random patches of each class in the logged figures
+    max_misclassified: int = 6  # misclassified patches in the logged figures, worst first
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     data: DataConfig = DataConfig()
@@ -180,6 +191,7 @@ class Experiment:
     training: TrainingConfig = TrainingConfig()
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
+    explanations: ExplanationsConfig = ExplanationsConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the resolved configuration as plain YAML-friendly data."""
@@ -414,6 +426,10 @@ def _validate_search(experiment: Experiment) -> None:
                           "'registry.target_sensitivity' in (0, 1]")
     if registry.cross_fit_folds < 2:
         raise ConfigError("'registry.cross_fit_folds' must be at least 2")
+    explain = experiment.explanations
+    if min(explain.background_size, explain.partition_max_evals, explain.patches_per_class) < 1:
+        raise ConfigError("'explanations.background_size', 'partition_max_evals' and "
+                          "'patches_per_class' must be at least 1")
 
 
 def _validate_space(name: str, space: ParamSpace) -> None:

@@ -16,6 +16,8 @@ from keras import layers, ops
 
 from mammo_core.config import AugmentationConfig, ModelConfig
 
+AUGMENTATION = "augmentation"  # the training-only stack; explanations remove it
+
 
 @keras.saving.register_keras_serializable(package="mammo")
 class RandomRot90(layers.Layer):
@@ -77,7 +79,7 @@ def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
         stack.append(RandomRot90(seed=seed + 1))
     if config.contrast > 0:
         stack.append(RandomContrastAroundMean(config.contrast, seed=seed + 2))
-    return keras.Sequential(stack, name="augmentation")
+    return keras.Sequential(stack, name=AUGMENTATION)
 
 
 def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],

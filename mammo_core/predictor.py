@@ -24,6 +24,7 @@ from mammo_core.preprocessing import preprocess
 ENSEMBLE_KEY = "ensemble"
 EXPERIMENT_KEY = "experiment"
 EXPERT_PREFIX = "expert_"
+BACKGROUND_KEY = "background"
 _BATCH = 256
 
 
@@ -33,6 +34,8 @@ class EnsemblePredictor:
     ensemble: Ensemble
     experiment: Experiment
     bit_depth: int  # of the training images: how raw integer pixels are scaled
+    # per expert, preprocessed patches from its own training part: SHAP's reference
+    backgrounds: Sequence[np.ndarray] = ()
 
     def model_inputs(self, raw: np.ndarray) -> np.ndarray:
         """Returns raw patches checked and preprocessed as in training, (N, H, W, 1)."""
@@ -61,19 +64,23 @@ class EnsemblePredictor:
         return {"probability": probability, "label": label, "experts": experts}
 
 
-def write_bundle(folder: Path, experts: Sequence[keras.Model], ensemble: Ensemble,
-                 experiment: Experiment, bit_depth: int) -> dict[str, str]:
+def write_bundle(folder: Path, predictor: EnsemblePredictor) -> dict[str, str]:
     """Writes the predictor's files into `folder`; returns {artifact name: path}."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for k, model in enumerate(experts):
+    for k, model in enumerate(predictor.experts):
         paths[f"{EXPERT_PREFIX}{k}"] = str(folder / f"expert_{k}.keras")
         model.save(paths[f"{EXPERT_PREFIX}{k}"])
     paths[ENSEMBLE_KEY] = str(folder / "ensemble.json")
-    Path(paths[ENSEMBLE_KEY]).write_text(json.dumps(ensemble.to_dict() | {"bit_depth": bit_depth},
-                                                    indent=1))
+    Path(paths[ENSEMBLE_KEY]).write_text(json.dumps(
+        predictor.ensemble.to_dict() | {"bit_depth": predictor.bit_depth}, indent=1))
     paths[EXPERIMENT_KEY] = str(folder / "experiment.yaml")
-    Path(paths[EXPERIMENT_KEY]).write_text(yaml.safe_dump(experiment.to_dict(), sort_keys=False))
+    Path(paths[EXPERIMENT_KEY]).write_text(yaml.safe_dump(predictor.experiment.to_dict(),
+                                                          sort_keys=False))
+    if predictor.backgrounds:
+        paths[BACKGROUND_KEY] = str(folder / "background.npz")
+        np.savez_compressed(paths[BACKGROUND_KEY], *[np.asarray(b, np.float32)
+                                                     for b in predictor.backgrounds])
     return paths
 
 
@@ -84,4 +91,9 @@ def load_predictor(paths: Mapping[str, str]) -> EnsemblePredictor:
     names = sorted((k for k in paths if k.startswith(EXPERT_PREFIX)),
                    key=lambda k: int(k[len(EXPERT_PREFIX):]))
     experts = [keras.saving.load_model(paths[name], compile=False) for name in names]
-    return EnsemblePredictor(experts, Ensemble.from_dict(raw), experiment, int(raw["bit_depth"]))
+    backgrounds = ()
+    if BACKGROUND_KEY in paths:  # models registered before explanations have none
+        with np.load(paths[BACKGROUND_KEY]) as stored:
+            backgrounds = tuple(stored[f"arr_{k}"] for k in range(len(experts)))
+    return EnsemblePredictor(experts, Ensemble.from_dict(raw), experiment, int(raw["bit_depth"]),
+                             backgrounds)

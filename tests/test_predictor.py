@@ -1,6 +1,8 @@
 """The packaged ensemble's files: written, loaded back, and scoring raw patches as trained."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +39,21 @@ def test_predict_combines_experts_on_preprocessed_patches(predictor):
 
 
 def test_bundle_round_trip_reproduces_predictions(predictor, tmp_path):
-    paths = write_bundle(tmp_path, predictor.experts, predictor.ensemble, QUICK, 8)
+    paths = write_bundle(tmp_path, predictor)
     assert sorted(paths) == ["ensemble", "experiment", "expert_0", "expert_1"]
     assert paths["expert_0"].endswith(".keras")
     loaded = load_predictor(paths)
-    assert loaded.bit_depth == 8 and loaded.experiment == QUICK
+    assert loaded.bit_depth == 8 and loaded.experiment == QUICK and loaded.backgrounds == ()
     np.testing.assert_allclose(loaded.predict(patches())["probability"],
                                predictor.predict(patches())["probability"], atol=1e-6)
+
+
+def test_bundle_keeps_the_shap_backgrounds_per_expert(predictor, tmp_path):
+    backgrounds = (np.full((3, 60, 60, 1), 0.1, np.float32), np.full((3, 60, 60, 1), 0.2, np.float32))
+    with_background = dataclasses.replace(predictor, backgrounds=backgrounds)
+    loaded = load_predictor(write_bundle(tmp_path, with_background))
+    for stored, original in zip(loaded.backgrounds, backgrounds, strict=True):
+        np.testing.assert_array_equal(stored, original)
 
 
 def test_bad_patches_are_refused_before_any_expert_runs(predictor):

@@ -195,8 +195,7 @@ def log_and_register(predictor: EnsemblePredictor, raw: np.ndarray, name: str) -
         signature = ModelSignature(inputs=None, outputs=_infer_schema(frame))
     rows, cols = predictor.experiment.data.image_size
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_bundle(Path(folder), predictor.experts, predictor.ensemble,
-                             predictor.experiment, predictor.bit_depth)
+        paths = write_bundle(Path(folder), predictor)
         info = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT, python_model=str(MODEL_CODE), artifacts=paths,
             code_paths=[str(PROJECT_ROOT / "mammo_core")], signature=signature,

@@ -1,0 +1,207 @@
+"""Explanations: which pixels drove a patch's probability.
+
+Three methods, all returning one map per patch with the patch's shape (H, W):
+
+- Grad-CAM on an expert's last convolution layer: where the evidence for class 1 sits,
+  in [0, 1] (upsampled from the layer's grid).
+- Deep SHAP (`shap.DeepExplainer`) per expert, against a background of that expert's own
+  training patches: signed pixel attributions that add up to the probability minus the
+  expected probability over the background.
+- Partition SHAP (`shap.Explainer` with an image masker) on any function of raw patches,
+  e.g. the whole registered pyfunc: model-agnostic, slower.
+
+The ensemble's maps combine the experts' maps with the ensemble weights. For SHAP this
+is exact: the ensemble probability is the weighted sum of the experts', so the weighted
+attributions add up to it.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from mammo_core.hypermodel import AUGMENTATION
+from mammo_core.patches import as_unit_patches
+from mammo_core.predictor import EnsemblePredictor
+
+METHODS = ("gradcam", "shap", "partition")
+
+
+@dataclass(frozen=True)
+class Explanation:
+    method: str
+    maps: np.ndarray  # (N, H, W)
+    probability: np.ndarray  # (N,) of what was explained (the ensemble or one expert)
+    expected_value: float | None  # SHAP's base value; None for Grad-CAM
+    experts: tuple[int, ...]  # the experts whose maps were combined
+
+
+def inference_model(model: keras.Model, tap: str | None = None) -> keras.Model:
+    """Returns the same layers (shared weights) without the training-only augmentation stack.
+
+    DeepExplainer follows the graph op by op and cannot pass the random layers' graph,
+    even though they are the identity at inference (measured: attributions then miss the
+    output by 0.5). The hypermodel is a plain chain, so the rest is re-applied in order.
+    With `tap`, the model outputs [that layer's output, the probability] (for Grad-CAM).
+    """
+    inputs = keras.Input(model.input_shape[1:])
+    x, tapped = inputs, None
+    for layer in model.layers[1:]:
+        if layer.name != AUGMENTATION:
+            x = layer(x)
+            tapped = x if layer.name == tap else tapped
+    if tap and tapped is None:
+        raise ValueError(f"model '{model.name}' has no layer '{tap}'")
+    return keras.Model(inputs, [tapped, x] if tap else x, name=f"{model.name}_inference")
+
+
+def last_conv_layer(model: keras.Model) -> str:
+    """Returns the name of the model's last 2-D convolution layer."""
+    for layer in reversed(model.layers):
+        if isinstance(layer, keras.layers.Conv2D):
+            return layer.name
+    raise ValueError(f"model '{model.name}' has no Conv2D layer for Grad-CAM")
+
+
+def gradcam(model: keras.Model, images: np.ndarray, layer: str | None = None) -> np.ndarray:
+    """Returns Grad-CAM maps (N, H, W) in [0, 1] for preprocessed images (N, H, W, 1).
+
+    Channel weights are the spatial mean of d(probability)/d(activation); the weighted
+    sum of channels is rectified, upsampled bilinearly and scaled to a maximum of 1 per
+    image (all zeros where nothing speaks for class 1).
+    """
+    probe = inference_model(model, tap=layer or last_conv_layer(model))
+    x = tf.convert_to_tensor(images, tf.float32)
+    with tf.GradientTape() as tape:
+        activations, output = probe(x, training=False)
+        score = output[:, 0]
+    grads = tape.gradient(score, activations)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))[..., tf.newaxis]
+    cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0].numpy()
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+
+
+def deep_shap(model: keras.Model, images: np.ndarray,
+              background: np.ndarray) -> tuple[np.ndarray, float]:
+    """Returns (attributions (N, H, W), expected probability over `background`).
+
+    Attributions of each image add up to its probability minus the expected value.
+    """
+    import shap  # heavy import (numba): only where SHAP is used
+
+    with warnings.catch_warnings():
+        # "graph support has been removed in eager mode": the plain CNN needs none of it.
+        warnings.filterwarnings("ignore", message="Your TensorFlow version is newer")
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        explainer = shap.DeepExplainer(inference_model(model), background.astype(np.float32))
+        values = explainer.shap_values(images.astype(np.float32), check_additivity=False)
+    values = np.asarray(values, dtype=np.float64).reshape(images.shape[:3])
+    return values, float(np.ravel(explainer.expected_value)[0])
+
+
+def partition_shap(predict: Callable[[np.ndarray], np.ndarray], units: np.ndarray,
+                   max_evals: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (attributions (N, H, W), base values (N,)) of `predict` on [0, 1] patches.
+
+    Hidden regions are filled with the patch's own mean intensity: a numeric mask keeps
+    the input in [0, 1] (SHAP's blur/inpaint masks need OpenCV and cast to uint8), and
+    the mean removes structure without inventing a brightness change.
+    """
+    import shap
+
+    maps, bases = [], []
+    for image in units.astype(np.float64)[..., np.newaxis]:  # the masker wants (H, W, C)
+        masker = shap.maskers.Image(np.full(image.shape, image.mean()), image.shape)
+        explainer = shap.Explainer(lambda x: np.asarray(predict(x), dtype=np.float64),
+                                   masker, algorithm="partition")
+        result = explainer(image[np.newaxis], max_evals=max_evals, silent=True)
+        maps.append(np.asarray(result.values[0]).reshape(image.shape[:2]))
+        bases.append(float(np.ravel(result.base_values)[0]))
+    return np.stack(maps), np.array(bases)
+
+
+def explain(predictor: EnsemblePredictor, raw: np.ndarray, method: str,
+            expert: int | None = None, max_evals: int = 500) -> Explanation:
+    """Returns the ensemble's explanation of raw patches (or one expert's, if `expert`).
+
+    Experts with zero ensemble weight do not contribute and are skipped. Deep SHAP needs
+    the backgrounds stored with the model; raises ValueError without them. Raises
+    PatchError for input that is not a batch of patches.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown explanation method '{method}' (known: {', '.join(METHODS)})")
+    chosen, weights = _chosen_experts(predictor, expert)
+    if method == "partition":
+        return _partition(predictor, raw, chosen, weights, max_evals)
+    images = predictor.model_inputs(raw)
+    probability = predictor.expert_probabilities(images)[:, chosen] @ weights
+    if method == "gradcam":
+        maps = sum(w * gradcam(predictor.experts[k], images) for k, w in zip(chosen, weights))
+        return Explanation(method, maps, probability, None, tuple(chosen))
+    if len(predictor.backgrounds) != len(predictor.experts):
+        raise ValueError("this model has no stored SHAP background (registered before "
+                         "explanations existed): use gradcam or partition")
+    maps, expected = np.zeros(images.shape[:3]), 0.0
+    for k, w in zip(chosen, weights):
+        values, base = deep_shap(predictor.experts[k], images, predictor.backgrounds[k])
+        maps, expected = maps + w * values, expected + w * base
+    return Explanation(method, maps, probability, expected, tuple(chosen))
+
+
+def most_reliable_expert(predictor: EnsemblePredictor) -> int:
+    """Returns the index of the expert with the largest ensemble weight."""
+    return int(np.argmax(predictor.ensemble.weights))
+
+
+def _chosen_experts(predictor: EnsemblePredictor,
+                    expert: int | None) -> tuple[list[int], np.ndarray]:
+    if expert is not None:
+        if not 0 <= expert < len(predictor.experts):
+            raise ValueError(f"expert must lie in 0..{len(predictor.experts) - 1}, got {expert}")
+        return [expert], np.ones(1)
+    weights = np.asarray(predictor.ensemble.weights, dtype=np.float64)
+    chosen = [k for k, w in enumerate(weights) if w > 0]
+    return chosen, weights[chosen]
+
+
+def _partition(predictor: EnsemblePredictor, raw: np.ndarray, chosen: Sequence[int],
+               weights: np.ndarray, max_evals: int) -> Explanation:
+    units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return predictor.expert_probabilities(predictor.model_inputs(batch))[:, chosen] @ weights
+
+    maps, bases = partition_shap(predict, units, max_evals)
+    return Explanation("partition", maps, predict(units), float(bases.mean()), tuple(chosen))
+
+
+def overlay_png(patch: np.ndarray, heatmap: np.ndarray, signed: bool, scale: int = 4) -> bytes:
+    """Returns a PNG of the patch in grey with the heatmap blended over it, `scale`x larger.
+
+    Unsigned maps (Grad-CAM, [0, 1]) use the `jet` colours; signed maps (SHAP) use
+    blue (against class 1) to red (for class 1), symmetric around 0.
+    """
+    from matplotlib import colormaps
+
+    grey = np.clip(patch, 0, 1)
+    if signed:
+        bound = float(np.abs(heatmap).max()) or 1.0
+        colours = colormaps["bwr"]((heatmap / bound + 1) / 2)[..., :3]
+        alpha = np.clip(np.abs(heatmap) / bound, 0, 1)[..., None] * 0.8
+    else:
+        colours = colormaps["jet"](np.clip(heatmap, 0, 1))[..., :3]
+        alpha = np.full(heatmap.shape + (1,), 0.45)
+    blended = (1 - alpha) * grey[..., None] + alpha * colours
+    image = Image.fromarray((blended * 255).astype(np.uint8)).resize(
+        (patch.shape[1] * scale, patch.shape[0] * scale), Image.NEAREST)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
