@@ -26,9 +26,11 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from mammo_core.config import PreprocessingConfig
 from mammo_core.hypermodel import AUGMENTATION
 from mammo_core.patches import as_unit_patches
 from mammo_core.predictor import EnsemblePredictor
+from mammo_core.preprocessing import preprocess
 
 METHODS = ("gradcam", "shap", "partition")
 
@@ -154,6 +156,16 @@ def explain(predictor: EnsemblePredictor, raw: np.ndarray, method: str,
         values, base = deep_shap(predictor.experts[k], images, predictor.backgrounds[k])
         maps, expected = maps + w * values, expected + w * base
     return Explanation(method, maps, probability, expected, tuple(chosen))
+
+
+def shap_backgrounds(images: np.ndarray, train_parts: Sequence[np.ndarray],
+                     preprocessing: PreprocessingConfig, size: int,
+                     seed: int) -> tuple[np.ndarray, ...]:
+    """Returns, per expert, `size` preprocessed patches drawn from that expert's own
+    training part (seeded): the reference its Deep SHAP values are measured against."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(part, min(size, len(part)), replace=False) for part in train_parts]
+    return tuple(preprocess(images[np.sort(pick)], preprocessing) for pick in picks)
 
 
 def most_reliable_expert(predictor: EnsemblePredictor) -> int:

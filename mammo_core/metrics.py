@@ -189,6 +189,37 @@ def ranking_figure(per_fold_auc: Mapping[str, Sequence[float]], highlight: Seque
     return fig
 
 
+def explanation_figure(patches: np.ndarray, columns: Mapping[str, tuple[np.ndarray, bool]],
+                       captions: Sequence[str], title: str) -> Figure:
+    """Returns one row per patch: the patch, then each heatmap blended over it.
+
+    `columns` maps a column title to (maps (N, H, W), signed). Unsigned maps (Grad-CAM)
+    use `jet` in [0, 1]; signed maps (SHAP) use blue-white-red, symmetric around 0 per row.
+    """
+    n, width = len(patches), len(columns) + 1
+    fig, axes = plt.subplots(n, width, figsize=(2.1 * width, 2.1 * n + 0.5), squeeze=False)
+    for row in range(n):
+        axes[row, 0].imshow(patches[row], cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].set_ylabel(captions[row], fontsize=8)
+        for col, (name, (maps, signed)) in enumerate(columns.items(), 1):
+            ax = axes[row, col]
+            ax.imshow(patches[row], cmap="gray", vmin=0, vmax=1)
+            bound = float(np.abs(maps[row]).max()) or 1.0
+            # signed maps fade out where they are near 0, so the tissue stays visible
+            alpha = np.clip(np.abs(maps[row]) / bound, 0, 1) * 0.9 if signed else 0.55
+            ax.imshow(maps[row], cmap="bwr" if signed else "jet", alpha=alpha,
+                      vmin=-bound if signed else 0, vmax=bound if signed else 1)
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+        if row == 0:
+            axes[0, 0].set_title("patch", fontsize=8)
+    for ax in axes.ravel():
+        ax.set(xticks=[], yticks=[])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def patch_gallery_figure(images: np.ndarray, captions: Sequence[str], title: str,
                          columns: int = 8) -> Figure:
     """Returns a grid of grayscale patches, each with its caption (at most 4 rows' worth)."""

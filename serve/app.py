@@ -10,6 +10,7 @@ reaches the model, so a bad request never costs a replica.
 """
 
 import asyncio
+import base64
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -19,6 +20,7 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException
 
+from mammo_core.explanations import explain, overlay_png
 from mammo_core.patches import PatchError, as_unit_patches
 from serve.model import load_model
 from serve.payload import BadRequest, read_patches
@@ -66,6 +68,7 @@ class PatchScorer:
         self.score.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.reload_token = None
         self.model = load_model(self.settings.model_uri, self.settings.tracking_uri)
+        self.explaining = asyncio.Lock()
 
     def reconfigure(self, user_config: dict) -> None:
         """Reloads the model (alias resolved again) when `reload_token` changes.
@@ -101,6 +104,33 @@ class PatchScorer:
         return {"predictions": predictions,
                 "model": {"name": info["name"], "version": info["version"]}}
 
+    @api.post("/explain")
+    async def explain_patch(self, request: Request, method: str = "gradcam",
+                            expert: int | None = None) -> dict:
+        """Explains one patch (same bodies as /predict): `?method=gradcam|shap`, optionally
+        `&expert=k` for one fold expert instead of the weighted ensemble.
+
+        Returns the heatmap as a raw array and as a base64 PNG overlay. 503 while another
+        explanation runs on this replica; 504 past `explain_timeout_s`.
+        """
+        if method not in ("gradcam", "shap"):
+            raise BadRequest(422, f"method must be 'gradcam' or 'shap', got '{method}'")
+        model = self.model
+        raw = await read_patches(request, self.settings, model.info["image_size"])
+        if len(raw) != 1:
+            raise BadRequest(422, f"/explain takes exactly one image, got {len(raw)}")
+        if self.explaining.locked():
+            return error(503, "an explanation is already running on this replica; retry later")
+        async with self.explaining:
+            try:
+                result = await asyncio.wait_for(asyncio.to_thread(
+                    explain, model.predictor, raw, method, expert), self.settings.explain_timeout_s)
+            except asyncio.TimeoutError:
+                return error(504, f"explanation took longer than {self.settings.explain_timeout_s} s")
+            except ValueError as err:  # no stored background, expert out of range
+                raise BadRequest(422, str(err)) from err
+        return explanation_body(result, raw, model, ensemble=expert is None)
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "model": self.model.info["name"],
@@ -110,6 +140,21 @@ class PatchScorer:
     async def describe(self) -> dict:
         """Name, version, alias, model-card metrics and the input specification."""
         return self.model.info
+
+
+def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
+    """Returns the /explain response for a one-patch Explanation (label: ensemble only,
+    since the decision threshold belongs to the ensemble)."""
+    units = as_unit_patches(raw, tuple(model.info["image_size"]), model.predictor.bit_depth)
+    heatmap = result.maps[0]
+    png = overlay_png(units[0], heatmap, signed=result.method != "gradcam")
+    probability = float(result.probability[0])
+    return {"method": result.method, "probability": probability,
+            "label": int(probability >= model.predictor.ensemble.threshold) if ensemble else None,
+            "expected_value": result.expected_value, "experts": list(result.experts),
+            "heatmap": np.round(heatmap, 6).tolist(),
+            "overlay_png": base64.b64encode(png).decode("ascii"),
+            "model": {"name": model.info["name"], "version": model.info["version"]}}
 
 
 def build_app(settings: ServeSettings) -> Application:

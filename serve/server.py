@@ -22,8 +22,7 @@ from mammo_core.config import ConfigError
 from serve.app import bind_app
 from serve.settings import ServeSettings
 from tune.cluster import start_ray
-from tune.evaluate import default_model_uri
-from tune.project import DEFAULT_CONFIG, load_config, run_entry
+from tune.project import DEFAULT_CONFIG, default_model_uri, load_config, run_entry
 
 APP_NAME = "mammo"
 

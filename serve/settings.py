@@ -25,3 +25,6 @@ class ServeSettings(BaseModel):
     max_images_per_request: int = Field(256, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     wrong_size: Literal["reject", "resize"] = "reject"
+    # /explain: one explanation at a time per replica; past the deadline the client gets
+    # 504 (the computation finishes in the background and is dropped).
+    explain_timeout_s: float = Field(30.0, gt=0)

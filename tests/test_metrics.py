@@ -45,3 +45,12 @@ def test_figures_render():
     assert isinstance(confusion_figure(confusion(labels, probs), ["n", "m"]), Figure)
     curves = learning_curves_figure({"loss": [1, 0.5], "val_loss": [1, 0.7], "auc": [0.6, 0.8]})
     assert isinstance(curves, Figure)
+
+
+def test_explanation_figure_has_a_row_per_patch_and_a_column_per_method():
+    from mammo_core.metrics import explanation_figure
+
+    patches = np.random.default_rng(0).random((2, 60, 60))
+    maps = {"Grad-CAM": (patches, False), "SHAP": (patches - 0.5, True)}
+    figure = explanation_figure(patches, maps, ["a", "b"], "title")
+    assert len(figure.axes) == 6

@@ -85,6 +85,15 @@ def test_registry_run_compares_methods_and_the_evaluate_run_logs_figures(store, 
     assert "roc_auc/auc" in evaluate.data.metrics  # from mlflow.models.evaluate
 
 
+def test_register_and_evaluate_runs_log_explanation_figures(store, client):
+    runs = runs_of(store)
+    for kind in ("register", "evaluate"):
+        run = next(r for r in runs if r.data.tags["mammo.kind"] == kind)
+        figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures/explanations")}
+        assert {"figures/explanations/normal.png",
+                "figures/explanations/microcalcification.png"} <= figures, (kind, figures)
+
+
 def test_champion_carries_a_model_card_and_provenance(client):
     version = client.get_model_version_by_alias(NAME, "champion")
     card = version.description
@@ -193,6 +202,31 @@ def test_predict_entry_point_writes_a_csv_and_names_a_corrupt_file(store, shared
     result = subprocess.run(command, cwd=ROOT, env=search_env(store), capture_output=True,
                             text=True)
     assert result.returncode == 2 and "broken.png" in result.stderr
+
+
+def test_explain_entry_point_writes_maps_and_overlays_for_every_method(store, shared_data,
+                                                                       tmp_path):
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    names = [f.name for f in sorted((shared_data / "1").glob("*.png"))[:2]]
+    for name in names:
+        (folder / name).write_bytes((shared_data / "1" / name).read_bytes())
+    out = tmp_path / "explained"
+    command = [sys.executable, "-m", "tune.explain", "--config", QUICK, "--input", str(folder),
+               "--output", str(out), "--method", "all"]
+    result = subprocess.run(command, cwd=ROOT, env=search_env(store), capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for name in names:
+        for method in ("gradcam", "shap", "partition"):
+            heatmap = np.load(out / f"{Path(name).stem}_{method}.npy")
+            assert heatmap.shape == (60, 60) and np.all(np.isfinite(heatmap))
+            assert (out / f"{Path(name).stem}_{method}.png").stat().st_size > 0
+    rows = (out / "explanations.csv").read_text().splitlines()
+    assert rows[0].startswith("file,method,probability,expected_value") and len(rows) == 7
+    explain_run = next(r for r in runs_of(store) if r.data.tags.get("mammo.kind") == "explain")
+    assert explain_run.info.status == "FINISHED"
+    assert "gradcam_seconds_per_image" in explain_run.data.metrics
 
 
 def test_register_without_a_search_says_so(tmp_path):

@@ -7,6 +7,7 @@ after the alias moves with requests in flight, backpressure, and a clean shutdow
 from __future__ import annotations
 
 import base64
+import io
 import json
 import socket
 import threading
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 import ray
 from conftest import use_store
+from PIL import Image
 from ray import serve
 
 from mammo_core.config import load_experiment
@@ -159,6 +161,38 @@ def test_model_endpoint_and_openapi_docs(service):
         assert "/predict" in json.loads(response.read())["paths"]
 
 
+def test_explain_returns_a_heatmap_and_an_overlay_for_both_methods(service, files):
+    url, _ = service
+    body = json.dumps({"images": [base64.b64encode(files[-1].read_bytes()).decode()]}).encode()
+    probability = request(f"{url}/predict", body)[1]["predictions"][0]["probability"]
+    for method in ("gradcam", "shap"):
+        status, answer = request(f"{url}/explain?method={method}", body)
+        assert status == 200, answer
+        heatmap = np.array(answer["heatmap"])
+        assert heatmap.shape == (60, 60) and np.all(np.isfinite(heatmap))
+        assert answer["probability"] == pytest.approx(probability, abs=1e-5)
+        overlay = Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"])))
+        assert overlay.size == (240, 240) and answer["model"]["name"] == NAME
+    # Deep SHAP of the weighted ensemble adds up to its probability minus the base value.
+    assert heatmap.sum() == pytest.approx(answer["probability"] - answer["expected_value"], abs=5e-3)
+    status, answer = request(f"{url}/explain?method=gradcam&expert=0", body)
+    assert status == 200 and answer["experts"] == [0] and answer["label"] is None
+
+
+def test_explain_refuses_bad_requests_with_the_reason(service, files):
+    url, _ = service
+    one = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()
+    two = json.dumps({"inputs": [np.zeros((60, 60), int).tolist()] * 2}).encode()
+    for path, data, status, message in [
+            ("/explain?method=lime", one, 422, "method must be"),
+            ("/explain", two, 422, "exactly one image"),
+            ("/explain?method=shap&expert=9", one, 422, "expert must lie in 0..4"),
+            ("/explain?expert=x", one, 422, "expert"),
+            ("/explain", b"{not json", 400, "not valid JSON")]:
+        got, body = request(url + path, data)
+        assert (got, message in json.dumps(body)) == (status, True), (path, body)
+
+
 def test_reload_after_the_alias_moves_serves_the_new_version_without_failed_requests(
         service, files):
     url, settings = service
@@ -187,6 +221,15 @@ def test_reload_after_the_alias_moves_serves_the_new_version_without_failed_requ
     assert request(f"{url}/model")[1]["version"] == registration.version
     status, body = request(f"{url}/predict", payload)
     assert status == 200 and body["model"]["version"] == registration.version
+
+
+def test_explain_past_its_deadline_answers_504_and_the_service_stays_up(service, files):
+    url, settings = service
+    deploy(settings.model_copy(update={"explain_timeout_s": 0.001}), reload_token=3)
+    body = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()
+    status, answer = request(f"{url}/explain?method=shap", body)
+    assert status == 504 and "longer than 0.001 s" in answer["error"]
+    assert request(f"{url}/predict", body)[0] == 200
 
 
 def test_overload_is_answered_with_503_at_once_not_queued(service, files):

@@ -25,9 +25,11 @@ from sklearn.metrics import roc_auc_score
 from mammo_core import metrics
 from mammo_core.config import Experiment
 from mammo_core.data import Dataset
+from mammo_core.predictor import EnsemblePredictor
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
-from tune.project import (PROJECT_ROOT, UsageError, base_parser, load_config, load_data,
-                          load_fold_plan, run_entry)
+from tune.explain import log_explanation_figures
+from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri,
+                          load_config, load_data, load_fold_plan, run_entry)
 
 WORST_ERROR = 0.8  # |label - probability| above this: confidently wrong
 
@@ -48,10 +50,6 @@ def main(argv: list[str] | None = None) -> int:
         print("evaluation: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
 
     return run_entry(body)
-
-
-def default_model_uri(experiment: Experiment) -> str:
-    return f"models:/{experiment.tracking.registered_model_name}@{experiment.registry.champion_alias}"
 
 
 def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
@@ -76,7 +74,13 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
                            "subset": f"holdout of {holdout_of}" if holdout_of else "all",
                            "images": len(index)} | model_version_params(model_uri))
         frame = predictions_table(model, dataset, index)
-        return log_evaluation(experiment, frame, dataset.images[index])
+        scores = log_evaluation(experiment, frame, dataset.images[index])
+        predictor = getattr(model.unwrap_python_model(), "predictor", None)
+        if isinstance(predictor, EnsemblePredictor):  # any pyfunc may be evaluated
+            log_explanation_figures(predictor, dataset.images[index], frame["label"].to_numpy(),
+                                    frame["probability"].to_numpy(), experiment.explanations,
+                                    experiment.data.class_names)
+        return scores
 
 
 def model_version_params(model_uri: str) -> dict[str, str]:

@@ -19,8 +19,8 @@ from mlflow.exceptions import MlflowException
 
 from mammo_core.data import read_image
 from mammo_core.tracking import use_tracking_store
-from tune.evaluate import default_model_uri
-from tune.project import PROJECT_ROOT, UsageError, base_parser, load_config, run_entry
+from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
+                          run_entry)
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff")
 

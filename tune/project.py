@@ -101,6 +101,11 @@ def git_commit() -> str:
         return "unknown"
 
 
+def default_model_uri(experiment: Experiment) -> str:
+    """Returns models:/<registered name>@<champion alias> of the experiment."""
+    return f"models:/{experiment.tracking.registered_model_name}@{experiment.registry.champion_alias}"
+
+
 def latest_search(experiment_name: str) -> str:
     """Returns the newest FINISHED search run of the experiment; raises UsageError if none."""
     found = mlflow.get_experiment_by_name(experiment_name)

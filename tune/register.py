@@ -35,9 +35,11 @@ from mammo_core.config import Experiment, experiment_from_dict
 from mammo_core.data import Dataset
 from mammo_core.folds import FoldPlan
 from mammo_core.model_card import CardFacts, render_card
+from mammo_core.explanations import shap_backgrounds
 from mammo_core.predictor import EnsemblePredictor, write_bundle
 from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
                                  use_tracking_store)
+from tune.explain import log_explanation_figures
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, download_text, git_commit,
                           latest_search, load_config, load_data, load_fold_plan, run_entry)
 
@@ -103,9 +105,11 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
                        search_run: str) -> tuple[str, str, str, float]:
     """Fits, logs, registers and gates the ensemble; returns (version, alias, reason, AUC)."""
     experts = load_experts(search_run, experiment.cross_validation.n_folds)
-    k = len(experts)
+    k, explain = len(experts), experiment.explanations
+    backgrounds = shap_backgrounds(dataset.images, [f.train for f in plan.folds],
+                                   experiment.preprocessing, explain.background_size, explain.seed)
     predictor = EnsemblePredictor(experts, ens.Ensemble(np.full(k, 1 / k), 0.5), experiment,
-                                  dataset.bit_depth)
+                                  dataset.bit_depth, backgrounds)
     raw, labels = dataset.images[plan.holdout], dataset.labels[plan.holdout]
     groups = plan.groups[plan.holdout]
     print(f"hold-out: {len(raw)} images in {len(np.unique(groups))} groups; scoring {k} experts")
@@ -125,6 +129,8 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     fingerprint = holdout_fingerprint(dataset, plan)
     describe_version(facts, holdout_auc, fingerprint)
     alias, reason = promote(experiment, name, version, raw, labels, holdout_auc, fingerprint)
+    log_explanation_figures(predictor, raw, labels, predictor.ensemble.combine(experts_p),
+                            explain, experiment.data.class_names)
     return version, alias, reason, holdout_auc
 
 

@@ -1,0 +1,149 @@
+"""`explain` entry point: Grad-CAM / SHAP maps of a registered ensemble for image files.
+
+    python -m tune.explain --input patch.png --output explanations/
+    python -m tune.explain --input /data/patches --method all --model-uri models:/mammo-microcal/3
+    mlflow run . --env-manager local -e explain -P input=/data/patches
+
+Writes, per image and method, `<name>_<method>.png` (heatmap over the patch) and
+`<name>_<method>.npy` (the raw map, H x W), plus `explanations.csv` (probability, SHAP
+base value); the same files become artifacts of an `explain` run. Also home of
+`log_explanation_figures`, which the register and evaluate runs call.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+from mammo_core import metrics
+from mammo_core.config import ExplanationsConfig
+from mammo_core.data import read_image
+from mammo_core.explanations import METHODS, explain, most_reliable_expert, overlay_png
+from mammo_core.patches import as_unit_patches
+from mammo_core.predictor import EnsemblePredictor
+from mammo_core.tracking import log_figure, tracked_run, use_tracking_store
+from tune.predict import image_files
+from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
+                          run_entry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output", default="explanations", help="folder to write into")
+    parser.add_argument("--method", default="gradcam", choices=[*METHODS, "all"])
+    parser.add_argument("--expert", type=int, default=None,
+                        help="explain one fold expert instead of the weighted ensemble")
+    parser.add_argument("--model-uri", default="",
+                        help="pyfunc model URI (default: models:/<registered name>@champion)")
+    args = parser.parse_args(argv)
+    methods = METHODS if args.method == "all" else (args.method,)
+    return run_entry(lambda: explain_files(args.config, Path(args.input), Path(args.output),
+                                           methods, args.expert, args.model_uri))
+
+
+def explain_files(config: str, source: Path, output: Path, methods: tuple[str, ...],
+                  expert: int | None, model_uri: str) -> None:
+    """Explains every image of `source` with each method; writes and logs the files."""
+    experiment, _ = load_config(config)
+    use_tracking_store(PROJECT_ROOT)
+    files = image_files(source)
+    raw = np.stack([read_image(f, experiment.data.image_size) for f in files])  # all first
+    uri = model_uri or default_model_uri(experiment)
+    predictor = load_ensemble(uri)
+    output.mkdir(parents=True, exist_ok=True)
+    units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
+    rows = []
+    with tracked_run(experiment.tracking.experiment_name, f"explain-{experiment.name}",
+                     tags={"mammo.entry_point": "explain", "mammo.kind": "explain",
+                           "mammo.model_uri": uri}):
+        mlflow.log_params({"model_uri": uri, "methods": ",".join(methods), "images": len(files),
+                           "expert": "ensemble" if expert is None else expert})
+        for method in methods:
+            rows += explain_method(predictor, raw, units, files, method, expert, output,
+                                   experiment.explanations.partition_max_evals)
+        write_summary(output / "explanations.csv", rows)
+        mlflow.log_artifacts(str(output), "explanations")
+    print(f"{len(files)} images explained with {', '.join(methods)} ({uri}); wrote {output}/")
+
+
+def explain_method(predictor: EnsemblePredictor, raw: np.ndarray, units: np.ndarray,
+                   files: list[Path], method: str, expert: int | None, output: Path,
+                   max_evals: int) -> list[dict]:
+    """Writes one method's PNG and .npy per image; returns summary rows; logs seconds/image."""
+    started = time.monotonic()
+    try:
+        result = explain(predictor, raw, method, expert=expert, max_evals=max_evals)
+    except ValueError as err:  # a method this model cannot do, or a bad expert index
+        raise UsageError(str(err)) from err
+    seconds = (time.monotonic() - started) / len(files)
+    mlflow.log_metric(f"{method}_seconds_per_image", seconds)
+    print(f"{method}: {seconds:.2f} s per image")
+    rows = []
+    for i, path in enumerate(files):
+        stem = output / f"{path.stem}_{method}"
+        np.save(stem.with_suffix(".npy"), result.maps[i])
+        stem.with_suffix(".png").write_bytes(overlay_png(units[i], result.maps[i],
+                                                         signed=method != "gradcam"))
+        rows.append({"file": str(path), "method": method,
+                     "probability": f"{result.probability[i]:.6f}",
+                     "expected_value": "" if result.expected_value is None
+                     else f"{result.expected_value:.6f}",
+                     "experts": " ".join(map(str, result.experts))})
+    return rows
+
+
+def write_summary(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def load_ensemble(uri: str) -> EnsemblePredictor:
+    """Returns the EnsemblePredictor inside a registered pyfunc ensemble."""
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as err:
+        raise UsageError(f"cannot load model '{uri}': {err.message}") from err
+    predictor = getattr(model.unwrap_python_model(), "predictor", None)
+    if not isinstance(predictor, EnsemblePredictor):
+        raise UsageError(f"'{uri}' is not a registered mammo ensemble")
+    return predictor
+
+
+def log_explanation_figures(predictor: EnsemblePredictor, raw: np.ndarray, labels: np.ndarray,
+                            probability: np.ndarray, config: ExplanationsConfig,
+                            class_names: dict[int, str]) -> None:
+    """Logs figures/explanations/<class>.png (random patches of each class) and
+    misclassified.png (worst first): each patch with the Grad-CAM of the most reliable
+    expert and, if the model stores backgrounds, the ensemble's Deep SHAP map."""
+    rng = np.random.default_rng(config.seed)
+    predicted = (probability >= predictor.ensemble.threshold).astype(int)
+    wrong = np.flatnonzero(predicted != labels)
+    groups = {class_names.get(c, str(c)): rng.permutation(np.flatnonzero(labels == c))
+              [:config.patches_per_class] for c in np.unique(labels)}
+    groups["misclassified"] = wrong[np.argsort(-np.abs(labels[wrong] - probability[wrong]))][
+        :config.max_misclassified]
+    best = most_reliable_expert(predictor)
+    units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
+    for name, picked in groups.items():
+        if len(picked) == 0:
+            continue
+        columns = {f"Grad-CAM, expert {best} (largest weight)":
+                   (explain(predictor, raw[picked], "gradcam", expert=best).maps, False)}
+        if predictor.backgrounds:
+            columns["Deep SHAP, ensemble"] = (explain(predictor, raw[picked], "shap").maps, True)
+        captions = [f"y={labels[i]} p={probability[i]:.2f}" for i in picked]
+        log_figure(metrics.explanation_figure(units[picked], columns, captions,
+                                              f"Explanations: {name}"),
+                   f"figures/explanations/{name}.png")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
