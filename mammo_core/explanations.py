@@ -99,12 +99,18 @@ def deep_shap(model: keras.Model, images: np.ndarray,
     """
     import shap  # heavy import (numba): only where SHAP is used
 
-    with warnings.catch_warnings():
-        # "graph support has been removed in eager mode": the plain CNN needs none of it.
-        warnings.filterwarnings("ignore", message="Your TensorFlow version is newer")
-        warnings.filterwarnings("ignore", message="The structure of `inputs`")
-        explainer = shap.DeepExplainer(inference_model(model), background.astype(np.float32))
-        values = explainer.shap_values(images.astype(np.float32), check_additivity=False)
+    logger, level = tf.get_logger(), tf.get_logger().level
+    # Each explainer traces its own gradient graph; TF's "retracing" warning says so.
+    logger.setLevel("ERROR")
+    try:
+        with warnings.catch_warnings():
+            # "graph support has been removed in eager mode": the plain CNN needs none of it.
+            warnings.filterwarnings("ignore", message="Your TensorFlow version is newer")
+            warnings.filterwarnings("ignore", message="The structure of `inputs`")
+            explainer = shap.DeepExplainer(inference_model(model), background.astype(np.float32))
+            values = explainer.shap_values(images.astype(np.float32), check_additivity=False)
+    finally:
+        logger.setLevel(level)
     values = np.asarray(values, dtype=np.float64).reshape(images.shape[:3])
     return values, float(np.ravel(explainer.expected_value)[0])
 
