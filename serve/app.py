@@ -55,6 +55,24 @@ async def _http(request: Request, err: HTTPException) -> JSONResponse:
     return error(err.status_code, str(err.detail))
 
 
+def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
+    """Returns the /explain response for a one-patch Explanation (label: ensemble only,
+    since the decision threshold belongs to the ensemble)."""
+    units = as_unit_patches(raw, tuple(model.info["image_size"]), model.predictor.bit_depth)
+    heatmap = result.maps[0]
+    png = overlay_png(units[0], heatmap, signed=result.method != "gradcam")
+    probability = float(result.probability[0])
+    return {"method": result.method, "probability": probability,
+            "label": int(probability >= model.predictor.ensemble.threshold) if ensemble else None,
+            "expected_value": result.expected_value, "experts": list(result.experts),
+            "heatmap": np.round(heatmap, 6).tolist(),
+            "overlay_png": base64.b64encode(png).decode("ascii"),
+            "model": {"name": model.info["name"], "version": model.info["version"]}}
+
+
+# Module-level helpers used by the deployment must come before it: @serve.deployment
+# serialises the class when this module runs, and a replica sees only the globals that
+# existed then (measured: a helper defined below it raised NameError in the replica).
 @serve.deployment
 @serve.ingress(api)
 class PatchScorer:
@@ -140,21 +158,6 @@ class PatchScorer:
     async def describe(self) -> dict:
         """Name, version, alias, model-card metrics and the input specification."""
         return self.model.info
-
-
-def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
-    """Returns the /explain response for a one-patch Explanation (label: ensemble only,
-    since the decision threshold belongs to the ensemble)."""
-    units = as_unit_patches(raw, tuple(model.info["image_size"]), model.predictor.bit_depth)
-    heatmap = result.maps[0]
-    png = overlay_png(units[0], heatmap, signed=result.method != "gradcam")
-    probability = float(result.probability[0])
-    return {"method": result.method, "probability": probability,
-            "label": int(probability >= model.predictor.ensemble.threshold) if ensemble else None,
-            "expected_value": result.expected_value, "experts": list(result.experts),
-            "heatmap": np.round(heatmap, 6).tolist(),
-            "overlay_png": base64.b64encode(png).decode("ascii"),
-            "model": {"name": model.info["name"], "version": model.info["version"]}}
 
 
 def build_app(settings: ServeSettings) -> Application:

@@ -32,8 +32,9 @@ from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, 
 from mammo_core.wavelet import wavelet_features
 from tune.cluster import start_ray
 from tune.progress import clock
-from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, UsageError, base_parser, latest_search,
-                          load_config, load_data, load_fold_plan, log_data, run_entry)
+from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, UsageError, base_parser,
+                          finished_fold_runs, latest_search, load_config, load_data,
+                          load_fold_plan, log_data, run_entry)
 
 DEFAULT_CONFIG = "experiments/wavelet_baselines.yaml"
 METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1", "f2")
@@ -219,13 +220,7 @@ def _csv(header: list[str], rows: list[list]) -> str:
 
 def search_rows(search_run: str, n_folds: int) -> dict[str, list[float]]:
     """Returns the CNN's and the brightness baselines' test AUC per fold, from the search."""
-    runs = mlflow.search_runs(
-        search_all_experiments=True, output_format="list",
-        filter_string=f"tags.mlflow.parentRunId = '{search_run}' and tags.mammo.kind = 'fold' "
-                      "and attributes.status = 'FINISHED'")
-    by_fold = {int(r.data.tags["mammo.fold"]): r.data.metrics for r in runs}
-    if sorted(by_fold) != list(range(n_folds)):
-        raise UsageError(f"search {search_run} has finished folds {sorted(by_fold)} of {n_folds}")
+    by_fold = {k: run.data.metrics for k, run in finished_fold_runs(search_run, n_folds).items()}
     names = {CNN: "test_auc", "intensity logistic regression (search)": "baseline_logreg_test_auc",
              "max pixel (search)": "baseline_max_pixel_test_auc"}
     return {label: [by_fold[k][key] for k in range(n_folds)] for label, key in names.items()}

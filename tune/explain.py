@@ -86,10 +86,10 @@ def explain_method(predictor: EnsemblePredictor, raw: np.ndarray, units: np.ndar
     print(f"{method}: {seconds:.2f} s per image")
     rows = []
     for i, path in enumerate(files):
-        stem = output / f"{path.stem}_{method}"
-        np.save(stem.with_suffix(".npy"), result.maps[i])
-        stem.with_suffix(".png").write_bytes(overlay_png(units[i], result.maps[i],
-                                                         signed=method != "gradcam"))
+        # names like 0006s1.pgm_1.png hold dots: no with_suffix, which would cut at them
+        np.save(output / f"{path.stem}_{method}.npy", result.maps[i])
+        (output / f"{path.stem}_{method}.png").write_bytes(
+            overlay_png(units[i], result.maps[i], signed=method != "gradcam"))
         rows.append({"file": str(path), "method": method,
                      "probability": f"{result.probability[i]:.6f}",
                      "expected_value": "" if result.expected_value is None

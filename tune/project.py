@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import mlflow
+from mlflow.entities import Run
 
 from mammo_core.config import BaselinesExperiment, ConfigError, Experiment, load_experiment
 from mammo_core.data import DataError, Dataset, format_summary, load_dataset, summarize
@@ -116,6 +117,20 @@ def latest_search(experiment_name: str) -> str:
         raise UsageError(f"no finished search in experiment '{experiment_name}': run the tune "
                          f"entry point first, or pass --search-run")
     return runs[0].info.run_id
+
+
+def finished_fold_runs(search_run: str, n_folds: int) -> dict[int, Run]:
+    """Returns {fold: finished fold run} of a search; raises UsageError if any is missing."""
+    # All experiments: under `mlflow run` the parent can sit in another experiment.
+    runs = mlflow.search_runs(
+        search_all_experiments=True, output_format="list",
+        filter_string=f"tags.mlflow.parentRunId = '{search_run}' and tags.mammo.kind = 'fold' "
+                      "and attributes.status = 'FINISHED'")
+    by_fold = {int(r.data.tags["mammo.fold"]): r for r in runs}
+    if sorted(by_fold) != list(range(n_folds)):
+        raise UsageError(f"search {search_run} has finished folds {sorted(by_fold)} of "
+                         f"{n_folds}: resume it first")
+    return by_fold
 
 
 def load_fold_plan(run_id: str, dataset: Dataset) -> FoldPlan:

@@ -40,8 +40,9 @@ from mammo_core.predictor import EnsemblePredictor, write_bundle
 from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
                                  use_tracking_store)
 from tune.explain import log_explanation_figures
-from tune.project import (PROJECT_ROOT, UsageError, base_parser, download_text, git_commit,
-                          latest_search, load_config, load_data, load_fold_plan, run_entry)
+from tune.project import (PROJECT_ROOT, UsageError, base_parser, download_text,
+                          finished_fold_runs, git_commit, latest_search, load_config, load_data,
+                          load_fold_plan, run_entry)
 
 MODEL_CODE = Path(__file__).with_name("ensemble_pyfunc.py")
 MODEL_ARTIFACT = "ensemble"
@@ -268,19 +269,12 @@ def search_config(search_run: str) -> Experiment:
 
 def load_experts(search_run: str, n_folds: int) -> list:
     """Returns the search's fold experts, ordered by fold."""
-    # All experiments: under `mlflow run` the parent can sit in another experiment.
-    runs = mlflow.search_runs(
-        search_all_experiments=True, output_format="list",
-        filter_string=f"tags.mlflow.parentRunId = '{search_run}' and tags.mammo.kind = 'fold' "
-                      "and attributes.status = 'FINISHED'")
-    by_fold = {int(r.data.tags["mammo.fold"]): r.info.run_id for r in runs}
-    if sorted(by_fold) != list(range(n_folds)):
-        raise UsageError(f"search {search_run} has finished folds {sorted(by_fold)} of "
-                         f"{n_folds}: resume it first")
+    by_fold = finished_fold_runs(search_run, n_folds)
     with warnings.catch_warnings():
         # The files also hold the trials' optimizer slots; an expert only predicts.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-        return [mlflow.keras.load_model(f"runs:/{by_fold[k]}/expert") for k in range(n_folds)]
+        return [mlflow.keras.load_model(f"runs:/{by_fold[k].info.run_id}/expert")
+                for k in range(n_folds)]
 
 
 def search_metrics(search_run: str) -> dict[str, float]:
