@@ -214,6 +214,9 @@ class WaveletFeaturesConfig:
     level: int = 4
     keep_levels: tuple[int, ...] = (2, 3, 4)  # detail levels kept; 1 is the finest
     keep_approximation: bool = False
+    # |c| instead of c: a calcification is a large coefficient of either sign, which a
+    # linear model of the signed values cannot use
+    magnitude: bool = False
     standardize: bool = True  # a scaler fitted on each training fold only
 
 

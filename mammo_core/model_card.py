@@ -103,4 +103,8 @@ def _input_section(facts: CardFacts) -> list[str]:
             f"{facts.bit_depth}-bit pixels, floats must already lie in [0, 1]",
             f"- preprocessing inside the model: {', '.join(steps)}",
             f"- output per patch: `probability`, `label` ({labels}), `expert_0` ... "
-            f"`expert_{len(facts.weights) - 1}`"]
+            f"`expert_{len(facts.weights) - 1}`",
+            f"- explanations: Grad-CAM, Deep SHAP against {e.explanations.background_size} "
+            f"preprocessed training patches per expert (stored in the model as "
+            f"`background.npz`), partition SHAP; see the register run's "
+            f"`figures/explanations/`"]

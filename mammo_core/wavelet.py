@@ -20,12 +20,13 @@ def wavelet_features(images: np.ndarray, config: WaveletFeaturesConfig) -> np.nd
 
     `images` is a batch (N, H, W) of integer or [0, 1] float patches. The order is the
     approximation (if kept), then detail levels from coarsest to finest, each as its
-    horizontal, vertical and diagonal sub-bands.
+    horizontal, vertical and diagonal sub-bands. With `config.magnitude`, absolute values.
     """
     if images.ndim != 3:
         raise ValueError(f"expected a batch shaped (N, H, W), got {images.shape}")
     parts = [band.reshape(len(images), -1) for band in _kept_bands(scale_to_unit(images), config)]
-    return np.concatenate(parts, axis=1).astype(np.float32)
+    features = np.concatenate(parts, axis=1).astype(np.float32)
+    return np.abs(features) if config.magnitude else features
 
 
 def _kept_bands(images: np.ndarray, config: WaveletFeaturesConfig) -> list[np.ndarray]:

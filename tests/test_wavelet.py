@@ -49,3 +49,12 @@ def test_features_are_per_image_and_equal_pywavelets_on_one_image():
 def test_rejects_a_single_image_without_batch_axis():
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         wavelet_features(patches(1)[0], WaveletFeaturesConfig())
+
+
+def test_magnitude_option_is_the_absolute_value_of_the_same_coefficients():
+    config = WaveletFeaturesConfig(family="haar", level=2, keep_levels=(1, 2))
+    signed = wavelet_features(patches(), config)
+    magnitude = wavelet_features(patches(), WaveletFeaturesConfig(
+        family="haar", level=2, keep_levels=(1, 2), magnitude=True))
+    np.testing.assert_array_equal(magnitude, np.abs(signed))
+    assert (signed < 0).any()
