@@ -40,15 +40,20 @@ from tune.cluster import start_ray  # noqa: E402
 CONCURRENCY = (1, 8, 32)
 
 
-def load(port: int, path: str, body: bytes, clients: int, seconds: float) -> dict:
-    """Runs `clients` closed-loop clients for `seconds`; returns throughput and latencies."""
+def load(port: int, path: str, body: bytes | None, clients: int, seconds: float) -> dict:
+    """Runs `clients` closed-loop clients for `seconds`; returns throughput and latencies.
+
+    POSTs `body`; with body None it GETs `path` (the no-model transport floor)."""
     latencies, failures, stop = [], [], time.monotonic() + seconds
 
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         while time.monotonic() < stop:
             start = time.perf_counter()
-            connection.request("POST", path, body, {"Content-Type": "application/json"})
+            if body is None:
+                connection.request("GET", path)
+            else:
+                connection.request("POST", path, body, {"Content-Type": "application/json"})
             response = connection.getresponse()
             response.read()
             (latencies if response.status == 200 else failures).append(
@@ -90,7 +95,10 @@ def bench_ray_serve(args, uri: str, body: bytes) -> list[dict]:
         deploy(settings)
         wait_ready(args.port, "/predict", body)
         load(args.port, "/predict", body, 8, 3)  # warm-up
-        return [load(args.port, "/predict", body, c, args.seconds) for c in CONCURRENCY]
+        scoring = [load(args.port, "/predict", body, c, args.seconds) for c in CONCURRENCY]
+        # The same proxy -> replica path without the model: what HTTP alone costs here.
+        floor = [load(args.port, "/healthz", None, c, args.seconds) for c in CONCURRENCY]
+        return scoring, floor
     finally:
         serve.shutdown()
 
@@ -143,8 +151,9 @@ def main() -> None:
     patch = read_image(sorted((ROOT.parent / "shared/data/microcal/1").glob("*.png"))[0], (60, 60))
     body = json.dumps({"inputs": [patch.tolist()]}).encode()
     print(f"model {uri}; {args.seconds:.0f} s per level; single-image requests")
-    rows = {f"Ray Serve ({args.replicas} replica, {args.tf_threads} TF thread)":
-            bench_ray_serve(args, uri, body)}
+    scoring, floor = bench_ray_serve(args, uri, body)
+    rows = {f"Ray Serve ({args.replicas} replica, {args.tf_threads} TF thread)": scoring,
+            "Ray Serve, GET /healthz (no model: proxy + replica + client only)": floor}
     for workers in args.mlflow_workers:
         rows[f"mlflow models serve ({workers} worker{'s' if workers > 1 else ''})"] = \
             bench_mlflow_serve(args, uri, body, workers)
