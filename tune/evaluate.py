@@ -17,7 +17,6 @@ import warnings
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
 from mlflow.metrics import MetricValue
 from mlflow.models import make_metric
 from sklearn.metrics import roc_auc_score
@@ -25,11 +24,10 @@ from sklearn.metrics import roc_auc_score
 from mammo_core import metrics
 from mammo_core.config import Experiment
 from mammo_core.data import Dataset
-from mammo_core.predictor import EnsemblePredictor
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
-from tune.explain import log_explanation_figures
+from tune.explain import ensemble_inside, log_explanation_figures
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri,
-                          load_config, load_data, load_fold_plan, run_entry)
+                          load_config, load_data, load_fold_plan, load_pyfunc, run_entry)
 
 WORST_ERROR = 0.8  # |label - probability| above this: confidently wrong
 
@@ -61,10 +59,7 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
     index = np.arange(len(dataset.labels))
     if holdout_of:
         index = load_fold_plan(holdout_of, dataset).holdout
-    try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except MlflowException as err:
-        raise UsageError(f"cannot load model '{model_uri}': {err.message}") from err
+    model = load_pyfunc(model_uri)
     with tracked_run(experiment.tracking.experiment_name, f"evaluate-{experiment.name}",
                      tags={"mammo.entry_point": "evaluate", "mammo.kind": "evaluate",
                            "mammo.model_uri": model_uri},
@@ -75,8 +70,8 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
                            "images": len(index)} | model_version_params(model_uri))
         frame = predictions_table(model, dataset, index)
         scores = log_evaluation(experiment, frame, dataset.images[index])
-        predictor = getattr(model.unwrap_python_model(), "predictor", None)
-        if isinstance(predictor, EnsemblePredictor):  # any pyfunc may be evaluated
+        predictor = ensemble_inside(model)
+        if predictor is not None:  # any pyfunc may be evaluated
             log_explanation_figures(predictor, dataset.images[index], frame["label"].to_numpy(),
                                     frame["probability"].to_numpy(), experiment.explanations,
                                     experiment.data.class_names)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-from mlflow.exceptions import MlflowException
 
 from mammo_core import metrics
 from mammo_core.config import ExplanationsConfig
@@ -29,7 +28,7 @@ from mammo_core.predictor import EnsemblePredictor
 from mammo_core.tracking import log_figure, tracked_run, use_tracking_store
 from tune.predict import image_files
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
-                          run_entry)
+                          load_pyfunc, run_entry)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,14 +106,16 @@ def write_summary(path: Path, rows: list[dict]) -> None:
 
 def load_ensemble(uri: str) -> EnsemblePredictor:
     """Returns the EnsemblePredictor inside a registered pyfunc ensemble."""
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except MlflowException as err:
-        raise UsageError(f"cannot load model '{uri}': {err.message}") from err
-    predictor = getattr(model.unwrap_python_model(), "predictor", None)
-    if not isinstance(predictor, EnsemblePredictor):
+    predictor = ensemble_inside(load_pyfunc(uri))
+    if predictor is None:
         raise UsageError(f"'{uri}' is not a registered mammo ensemble")
     return predictor
+
+
+def ensemble_inside(model: mlflow.pyfunc.PyFuncModel) -> EnsemblePredictor | None:
+    """Returns the EnsemblePredictor a loaded pyfunc wraps, or None for any other model."""
+    predictor = getattr(model.unwrap_python_model(), "predictor", None)
+    return predictor if isinstance(predictor, EnsemblePredictor) else None
 
 
 def log_explanation_figures(predictor: EnsemblePredictor, raw: np.ndarray, labels: np.ndarray,

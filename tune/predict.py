@@ -13,14 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import mlflow
 import numpy as np
-from mlflow.exceptions import MlflowException
 
 from mammo_core.data import read_image
 from mammo_core.tracking import use_tracking_store
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
-                          run_entry)
+                          load_pyfunc, run_entry)
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff")
 
@@ -43,10 +41,7 @@ def predict_files(config: str, source: Path, output: str, model_uri: str) -> Non
     files = image_files(source)
     images = np.stack([read_image(f, experiment.data.image_size) for f in files])
     uri = model_uri or default_model_uri(experiment)
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except MlflowException as err:
-        raise UsageError(f"cannot load model '{uri}': {err.message}") from err
+    model = load_pyfunc(uri)
     table = model.predict(images)
     table.insert(0, "path", [str(f) for f in files])
     table.to_csv(output, index=False, float_format="%.6f")

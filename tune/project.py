@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 
 from mammo_core.config import BaselinesExperiment, ConfigError, Experiment, load_experiment
 from mammo_core.data import DataError, Dataset, format_summary, load_dataset, summarize
@@ -105,6 +106,14 @@ def git_commit() -> str:
 def default_model_uri(experiment: Experiment) -> str:
     """Returns models:/<registered name>@<champion alias> of the experiment."""
     return f"models:/{experiment.tracking.registered_model_name}@{experiment.registry.champion_alias}"
+
+
+def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
+    """Returns the pyfunc model at `uri`; raises UsageError naming it if it cannot be loaded."""
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except MlflowException as err:
+        raise UsageError(f"cannot load model '{uri}': {err.message}") from err
 
 
 def latest_search(experiment_name: str) -> str:
