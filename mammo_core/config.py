@@ -249,8 +249,6 @@ class BaselinesExperiment:
     fingerprint = Experiment.fingerprint
 
 
-
-
 def load_experiment(path: str | Path) -> Experiment:
     """Returns the Experiment described by the YAML file at `path`.
 

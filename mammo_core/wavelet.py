@@ -40,4 +40,3 @@ def _kept_bands(images: np.ndarray, config: WaveletFeaturesConfig) -> list[np.nd
         if config.level - index + 1 in config.keep_levels:
             bands += list(coeffs[index])
     return bands
-

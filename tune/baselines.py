@@ -37,7 +37,6 @@ from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, UsageError, base_parser,
                           load_fold_plan, log_data, run_entry)
 
 DEFAULT_CONFIG = "experiments/wavelet_baselines.yaml"
-METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1", "f2")
 CNN = "CNN (search)"
 
 
@@ -146,9 +145,8 @@ def run_fits(experiment: BaselinesExperiment, features: np.ndarray, labels: np.n
                 status_line(done, total, len(running), last - started, eta)
     finally:
         ray.shutdown()
-    fits = {name: sorted((f for f in done if f.classifier == name), key=lambda f: f.fold)
+    return {name: sorted((f for f in done if f.classifier == name), key=lambda f: f.fold)
             for name in experiment.classifiers}
-    return fits
 
 
 def remaining_seconds(done: list[FoldFit], pending: list[str], workers: int) -> float:

@@ -33,9 +33,9 @@ from mammo_core import ensemble as ens
 from mammo_core import metrics
 from mammo_core.config import Experiment, experiment_from_dict
 from mammo_core.data import Dataset
+from mammo_core.explanations import shap_backgrounds
 from mammo_core.folds import FoldPlan
 from mammo_core.model_card import CardFacts, render_card
-from mammo_core.explanations import shap_backgrounds
 from mammo_core.predictor import EnsemblePredictor, write_bundle
 from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
                                  use_tracking_store)
