@@ -37,6 +37,10 @@ class DataConfig:
     # None gives every image its own case and ROI.
     filename_pattern: str | None = r"(?P<roi>(?P<case>\d{4})[^.]*)\.pgm_\d+"
     download_url: str = "https://www.pi.infn.it/~boccali/DL_class_data.tar.gz"
+    # SHA-256 the downloaded tarball must have before anything is extracted; null refuses
+    # the download and prints the digest it got, to be checked and pinned here.
+    download_sha256: str | None = None
+    download_max_bytes: int = 512 * 2**20  # a larger download is stopped while it streams
     # folder inside the tarball that holds the {Train,Test}/{0,1} tree
     archive_subdir: str = "IMAGES/Mammography_micro"
 

@@ -7,32 +7,30 @@ fold plan's job, grouped by case, so a partition is kept only as metadata.
 from __future__ import annotations
 
 import hashlib
-import io
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from mammo_core.config import DataConfig
-
-
-class DataError(ValueError):
-    """The data set is unusable; the message names the file or folder at fault."""
+from mammo_core.errors import DataError, ImageError  # noqa: F401  (re-exported)
+from mammo_core.images import decode_image, quantize, read, read_image  # noqa: F401
 
 
 @dataclass(frozen=True)
 class Dataset:
     """Images with labels and grouping keys, one row per file.
 
-    images: (N, H, W) uint8 or uint16 array, as stored on disk.
+    images: (N, H, W) float32 intensities in [0, 1], each scaled by its own bit depth.
+    bit_depths: (N,) the bits per pixel each file was stored with (8 or 16).
     cases, rois: grouping keys parsed from the file names.
     duplicate_groups: equal ids for images with identical pixels (and shape).
     """
 
     images: np.ndarray
+    bit_depths: np.ndarray
     labels: np.ndarray
     paths: tuple[str, ...]
     cases: np.ndarray
@@ -43,13 +41,24 @@ class Dataset:
 
     @property
     def bit_depth(self) -> int:
-        """Returns the bits per pixel of the stored images (8 or 16)."""
-        return 8 * self.images.dtype.itemsize
+        """Returns the deepest stored bit depth (8 or 16): how raw integers are read."""
+        return int(self.bit_depths.max())
+
+    def stored_pixels(self) -> np.ndarray:
+        """Returns the images as integers of `bit_depth` (uint8 or uint16).
+
+        For a data set of one depth these are the stored values exactly.
+        """
+        return quantize(self.images, self.bit_depth)
 
     def fingerprint(self) -> str:
-        """Returns a hash of every image's pixels and label (identifies the data set)."""
+        """Returns a hash of every image's pixels and label (identifies the data set).
+
+        Hashes the stored integers, so the fingerprint of a data set of one bit depth is
+        the same as before images were kept as intensities.
+        """
         digest = hashlib.sha256()
-        for image, label in zip(self.images, self.labels):
+        for image, label in zip(self.stored_pixels(), self.labels):
             digest.update(image.tobytes())
             digest.update(int(label).to_bytes(2, "little"))
         return digest.hexdigest()[:16]
@@ -70,55 +79,16 @@ def load_dataset(root: str | Path, config: DataConfig) -> Dataset:
     # Every class folder must exist and hold files, and the config maps them to two or
     # more labels, so a single-class data set is caught by the folder checks.
     labels = np.array([label for _, label, _ in entries], dtype=np.int64)
-    images = np.stack([read_image(path, config.image_size) for path, _, _ in entries])
+    decoded = [read(path, config.image_size) for path, _, _ in entries]
+    images = np.stack([d.pixels for d in decoded])  # each already scaled by its own depth
+    depths = np.array([d.bit_depth for d in decoded], dtype=np.int64)
     names = [path.name for path, _, _ in entries]
     cases, rois = _group_keys(names, entries, config.filename_pattern)
-    return Dataset(images=images, labels=labels,
+    return Dataset(images=images, bit_depths=depths, labels=labels,
                    paths=tuple(str(path) for path, _, _ in entries),
                    cases=cases, rois=rois,
-                   duplicate_groups=duplicate_groups(images),
+                   duplicate_groups=duplicate_groups(quantize(images, int(depths.max()))),
                    partitions=np.array([p for _, _, p in entries]), root=str(root))
-
-
-def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Returns one grayscale image as uint8 or uint16, shape `size` (rows, columns).
-
-    Raises DataError naming the file when it cannot be decoded, is truncated, is not
-    grayscale or has another size.
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read image {path}: {err}") from err
-    return decode_image(data, size, str(path))
-
-
-def decode_image(data: bytes, size: tuple[int, int], name: str,
-                 resize: bool = False) -> np.ndarray:
-    """Returns encoded image bytes (PNG, PGM, TIFF) as a uint8 or uint16 array of `size`.
-
-    With `resize`, an image of another size is resampled (bilinear) instead of refused.
-    Raises DataError naming `name` when the bytes are not a complete grayscale image.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # decodes now, so truncated files fail here
-            array = _gray_array(img, name)
-    except UnidentifiedImageError as err:
-        raise DataError(f"cannot read image {name}: not a PNG, PGM or TIFF image") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        if isinstance(err, DataError):
-            raise
-        raise DataError(f"cannot read image {name}: {err}") from err
-    if array.shape == tuple(size):
-        return array
-    if resize:
-        resampled = Image.fromarray(array.astype(np.float32)).resize(
-            (size[1], size[0]), Image.Resampling.BILINEAR)
-        top = np.iinfo(array.dtype).max
-        return np.clip(np.rint(np.asarray(resampled)), 0, top).astype(array.dtype)
-    raise DataError(f"image {name} has size {array.shape[0]}x{array.shape[1]} "
-                    f"(rows x columns), the experiment expects {size[0]}x{size[1]}")
 
 
 def duplicate_groups(images: np.ndarray) -> np.ndarray:
@@ -185,17 +155,6 @@ def _class_files(base: Path, partition: str, config: DataConfig) -> list[tuple[P
                             f"(no {'/'.join(config.extensions)} files)")
         entries += [(path, label, partition) for path in files]
     return entries
-
-
-def _gray_array(img: Image.Image, path: Path | str) -> np.ndarray:
-    if img.mode == "L":
-        return np.asarray(img, dtype=np.uint8)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(img)
-        if array.min() < 0 or array.max() > np.iinfo(np.uint16).max:
-            raise DataError(f"image {path} has values outside the 16-bit range")
-        return array.astype(np.uint16)
-    raise DataError(f"image {path} has mode {img.mode}; expected 8- or 16-bit grayscale")
 
 
 def _group_keys(names: list[str], entries: list, pattern: str | None) -> tuple[np.ndarray, np.ndarray]:

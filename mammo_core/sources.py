@@ -5,8 +5,8 @@ and ``data/microcal`` next to the project, then the cache (downloading if needed
 """
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import sys
 import tarfile
 import tempfile
@@ -51,30 +51,58 @@ def resolve_data_root(config: DataConfig, project_root: Path, explicit: str | No
         return extracted
     if not download:
         raise DataError("no data found; pass a folder, set MAMMO_DATA_DIR, or allow download")
-    return download_dataset(config.download_url, cache_dir, config.archive_subdir)
+    return download_dataset(config.download_url, cache_dir, config.archive_subdir,
+                            sha256=config.download_sha256, max_bytes=config.download_max_bytes)
 
 
-def download_dataset(url: str, cache_dir: Path, subdir: str) -> Path:
-    """Downloads the tarball at `url`, extracts `subdir` into `cache_dir`, returns its path.
+def download_dataset(url: str, cache_dir: Path, subdir: str, sha256: str | None,
+                     max_bytes: int = DataConfig.download_max_bytes) -> Path:
+    """Downloads the tarball at `url`, checks it, extracts `subdir` into `cache_dir`.
 
-    Raises DataError with a clear message when offline or when the archive lacks `subdir`.
+    Returns the extracted folder. Nothing is extracted unless the download's SHA-256
+    equals `sha256`; raises DataError when offline, past `max_bytes`, on another digest
+    (or none pinned: the message gives the digest received) or when the archive lacks
+    `subdir`.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         archive = Path(tmp) / "download.tar.gz"
         print(f"downloading {url} -> {cache_dir}", file=sys.stderr)
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
-                shutil.copyfileobj(response, out)
-        except (urllib.error.URLError, OSError) as err:
-            raise DataError(f"could not download the data set from {url} ({err}). "
-                            f"Offline? Copy the images to a folder and set {ENV_VAR}.") from err
+        digest = fetch(url, archive, max_bytes)
+        if sha256 is None or digest != sha256.lower():
+            raise DataError(
+                f"refusing to extract {url}: its SHA-256 is {digest}, "
+                + ("but no digest is pinned" if sha256 is None else f"expected {sha256}")
+                + "; once the file is known to be right, set data.download_sha256 to its "
+                  f"digest, or copy the images to a folder and set {ENV_VAR}")
         extract_subdir(archive, subdir, Path(tmp) / "extracted")
         target = cache_dir / subdir
         target.parent.mkdir(parents=True, exist_ok=True)
         # extract beside the target, then rename: an interrupted download leaves no half tree
         os.replace(Path(tmp) / "extracted" / subdir, target)
     return target
+
+
+def fetch(url: str, target: Path, max_bytes: int) -> str:
+    """Streams `url` into `target`, at most `max_bytes`; returns the SHA-256 hex digest."""
+    digest, total = hashlib.sha256(), 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(target, "wb") as out:
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > max_bytes:
+                raise DataError(f"{url} is {declared} bytes, larger than the limit of "
+                                f"{max_bytes} bytes (data.download_max_bytes)")
+            while chunk := response.read(1 << 20):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise DataError(f"{url} is larger than the limit of {max_bytes} bytes "
+                                    "(data.download_max_bytes); stopped downloading")
+                digest.update(chunk)
+                out.write(chunk)
+    except (urllib.error.URLError, OSError) as err:
+        raise DataError(f"could not download the data set from {url} ({err}). "
+                        f"Offline? Copy the images to a folder and set {ENV_VAR}.") from err
+    return digest.hexdigest()
 
 
 def extract_subdir(archive: Path, subdir: str, destination: Path) -> None:

@@ -11,6 +11,7 @@ reaches the model, so a bad request never costs a replica.
 
 import asyncio
 import base64
+import logging
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -26,6 +27,7 @@ from serve.model import load_model
 from serve.payload import BadRequest, read_patches
 from serve.settings import ServeSettings
 
+logger = logging.getLogger("ray.serve")
 api = FastAPI(title="mammo-microcal scoring",
               description="Scores 60x60 mammogram patches: normal tissue (0) or "
                           "microcalcification cluster (1). Research only; not for diagnosis.")
@@ -84,29 +86,64 @@ class PatchScorer:
         tf.config.threading.set_inter_op_parallelism_threads(self.settings.tf_threads)
         self.score.set_max_batch_size(self.settings.max_batch_size)
         self.score.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
-        self.reload_token = None
-        self.model = load_model(self.settings.model_uri, self.settings.tracking_uri)
+        self.reload_token, self.reload_error, self.configured = None, None, False
+        self.model = None
+        if self.settings.model_uri:  # `serve run` configs name it in args; bind_app in user_config
+            self.model = load_model(self.settings.model_uri, self.settings.tracking_uri)
         self.explaining = asyncio.Lock()
 
     def reconfigure(self, user_config: dict) -> None:
-        """Reloads the model (alias resolved again) when `reload_token` changes.
+        """Loads the model named by `model_uri` (else the settings'), resolving its alias
+        again whenever `reload_token` or the URI changes.
 
         Requests in flight finish on the model they started with; new ones get the new.
+        A failed reload keeps the model in use and records the error for /model and the
+        log; only a replica that has no model yet fails with it.
         """
+        uri = user_config.get("model_uri") or self.settings.model_uri
         token = user_config.get("reload_token")
-        if self.reload_token is not None and token != self.reload_token:
-            self.model = load_model(user_config.get("model_uri") or self.settings.model_uri,
-                                    self.settings.tracking_uri)
-        self.reload_token = token
+        if self.model is None or (not self.configured and uri != self.model.info["model_uri"]):
+            # a starting replica has nothing to fall back to: a failure here is its own
+            self.model = load_model(uri, self.settings.tracking_uri)
+        elif self.configured and (token, uri) != (self.reload_token, self.model.info["model_uri"]):
+            self.reload(uri)
+        self.reload_token, self.configured = token, True
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    def reload(self, uri: str) -> None:
+        """Swaps in the model at `uri`; on failure keeps the current one and records why."""
+        try:
+            self.model = load_model(uri, self.settings.tracking_uri)
+            self.reload_error = None
+        except Exception as err:  # noqa: BLE001 — any failure: keep serving what works
+            self.reload_error = (f"reload of {uri} failed, still serving version "
+                                 f"{self.model.info['version']}: {type(err).__name__}: {err}")
+            logger.error(self.reload_error)
+
+    def status(self) -> dict:
+        """Returns the served version and the last reload error (for the server's log line)."""
+        return {"version": self.model.info["version"], "reload_error": self.reload_error}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005,
+                 batch_size_fn=lambda batches: sum(len(b) for b in batches))
     async def score(self, batches: list[np.ndarray]) -> list[tuple[dict, dict]]:
-        """Scores many requests' patches in one model call; returns (outputs, model info) each."""
+        """Scores many requests' patches in one model call; returns (outputs, model info) each.
+
+        Batches are counted in images, not requests, so one call never exceeds
+        `max_batch_size` images.
+        """
         model = self.model
         sizes = np.cumsum([len(b) for b in batches])[:-1]
         out = await asyncio.to_thread(model.predictor.predict, np.concatenate(batches))
         parts = {k: np.split(v, sizes) for k, v in out.items()}
         return [({k: parts[k][i] for k in parts}, model.info) for i in range(len(batches))]
+
+    async def score_all(self, units: np.ndarray) -> tuple[dict, dict]:
+        """Scores a request of any size in chunks of at most `max_batch_size` images."""
+        step = self.settings.max_batch_size
+        answers = await asyncio.gather(*(self.score(units[i:i + step])
+                                         for i in range(0, len(units), step)))
+        outputs = {k: np.concatenate([out[k] for out, _ in answers]) for k in answers[0][0]}
+        return outputs, answers[-1][1]
 
     @api.post("/predict")
     async def predict(self, request: Request) -> dict:
@@ -114,7 +151,7 @@ class PatchScorer:
         raw = await read_patches(request, self.settings, self.model.info["image_size"])
         units = as_unit_patches(raw, tuple(self.model.info["image_size"]),
                                 self.model.predictor.bit_depth)
-        out, info = await self.score(units)
+        out, info = await self.score_all(units)
         predictions = [{"probability": float(p), "label": int(label),
                         "experts": [float(e) for e in experts]}
                        for p, label, experts in zip(out["probability"], out["label"],
@@ -156,8 +193,9 @@ class PatchScorer:
 
     @api.get("/model")
     async def describe(self) -> dict:
-        """Name, version, alias, model-card metrics and the input specification."""
-        return self.model.info
+        """Name, version, alias, model-card metrics, the input specification and, after a
+        failed reload, `reload_error` (the version reported is the one still served)."""
+        return self.model.info | {"reload_error": self.reload_error}
 
 
 def build_app(settings: ServeSettings) -> Application:
@@ -166,8 +204,9 @@ def build_app(settings: ServeSettings) -> Application:
 
 
 def bind_app(settings: ServeSettings | dict, reload_token: int = 0) -> Application:
-    """Returns the bound application; deploying it again with another `reload_token`
-    reloads the model in place (the alias is resolved again)."""
+    """Returns the bound application; deploying it again with another `reload_token` or
+    `model_uri` reloads the model in place (the alias is resolved again): the URI travels
+    in `user_config`, so a bad one leaves the running replicas on the model they have."""
     if isinstance(settings, dict):
         settings = ServeSettings(**settings)
     return PatchScorer.options(
@@ -175,5 +214,5 @@ def bind_app(settings: ServeSettings | dict, reload_token: int = 0) -> Applicati
         max_ongoing_requests=settings.max_ongoing_requests,
         max_queued_requests=settings.max_queued_requests,
         ray_actor_options={"num_cpus": settings.replica_cpus},
-        user_config={"reload_token": reload_token},
-    ).bind(settings.model_dump())
+        user_config={"reload_token": reload_token, "model_uri": settings.model_uri},
+    ).bind(settings.model_dump() | {"model_uri": ""})

@@ -1,7 +1,6 @@
 """Loading the registered ensemble for serving, with what `/model` reports about it."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import mlflow
@@ -33,9 +32,10 @@ def load_model(model_uri: str, store: str = "") -> LoadedModel:
                 input={"shape": "(N, rows, cols) per request, N <= max_images_per_request",
                        "formats": ["JSON images: base64 PNG/PGM", "JSON inputs: nested array",
                                    "multipart image files"],
+                       "image_pixels": "each image file scaled by its own bit depth",
                        "integer_pixels": f"{predictor.bit_depth}-bit",
                        "float_pixels": "[0, 1]"},
-                intended_use="research only; not for diagnosis", pid=os.getpid())
+                intended_use="research only; not for diagnosis")
     return LoadedModel(predictor, info)
 
 

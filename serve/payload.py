@@ -2,9 +2,13 @@
 
 Three shapes are accepted: JSON `{"images": [base64 PNG/PGM, ...]}`, MLflow-style JSON
 `{"inputs": nested array (N, rows, cols)}`, and multipart uploads of image files.
+Images come back as [0, 1] intensities, each scaled by its own bit depth; `inputs` as the
+numbers sent. The body is bounded while it is read (chunked or not), and parsing and
+decoding run in a worker thread, off the replica's event loop.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -13,7 +17,8 @@ import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from mammo_core.data import DataError, decode_image
+from mammo_core.errors import ImageError
+from mammo_core.images import decode_image
 from serve.settings import ServeSettings
 
 JSON_KEYS = ("images", "inputs")
@@ -28,10 +33,10 @@ class BadRequest(Exception):
         self.message = message
 
 
-def check_size(n_bytes: int, settings: ServeSettings) -> None:
+def check_size(n_bytes: int, settings: ServeSettings, so_far: bool = False) -> None:
     if n_bytes > settings.max_body_bytes:
-        raise BadRequest(413, f"request body of {n_bytes} bytes exceeds the limit of "
-                              f"{settings.max_body_bytes} bytes")
+        raise BadRequest(413, f"request body of {'over ' if so_far else ''}{n_bytes} bytes "
+                              f"exceeds the limit of {settings.max_body_bytes} bytes")
 
 
 def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSettings) -> np.ndarray:
@@ -40,6 +45,8 @@ def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSetting
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadRequest(400, f"body is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise BadRequest(400, "body is not valid JSON: nested too deeply") from err
     if not isinstance(data, dict) or len(set(data) & set(JSON_KEYS)) != 1:
         raise BadRequest(400, 'expected a JSON object with one of the keys "images" (base64 '
                               'PNG/PGM strings) or "inputs" (nested array N x rows x cols)')
@@ -83,10 +90,11 @@ def decode_base64(item, index: int, size: tuple[int, int], settings: ServeSettin
 
 def decode(data: bytes, name: str, size: tuple[int, int], settings: ServeSettings) -> np.ndarray:
     try:
-        return decode_image(data, size, name, resize=settings.wrong_size == "resize")
-    except DataError as err:
-        status = 422 if "expects" in str(err) else 400  # wrong size vs undecodable bytes
-        raise BadRequest(status, str(err)) from err
+        return decode_image(data, size, name, resize=settings.wrong_size == "resize",
+                            formats=settings.image_formats,
+                            max_pixels=settings.max_image_pixels)
+    except ImageError as err:
+        raise BadRequest(422 if err.wrong_size else 400, str(err)) from err
 
 
 def numeric_array(items: list) -> np.ndarray:
@@ -106,17 +114,53 @@ def numeric_array(items: list) -> np.ndarray:
 
 
 async def read_patches(request: Request, settings: ServeSettings, size: list[int]) -> np.ndarray:
-    """Returns the request's patches; raises BadRequest (4xx) naming what is wrong."""
+    """Returns the request's patches; raises BadRequest (4xx) naming what is wrong.
+
+    The body is read within `max_body_bytes` (413 as soon as it is exceeded); JSON parsing
+    and image decoding run in a worker thread.
+    """
+    body = await read_body(request, settings)
+    size = tuple(size)
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        files = await form_files(request, body, settings)
+        return await asyncio.to_thread(guarded, patches_from_files, files, size, settings)
+    return await asyncio.to_thread(guarded, patches_from_json, body, size, settings)
+
+
+async def read_body(request: Request, settings: ServeSettings) -> bytes:
+    """Returns the body, refusing (413) a declared or actual length over the limit."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit():
         check_size(int(declared), settings)
-    size = tuple(size)
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        form = await request.form(max_files=settings.max_images_per_request + 1)
-        files = [(item.filename or key, await item.read()) for key, item in form.multi_items()
-                 if isinstance(item, UploadFile)]
-        check_size(sum(len(data) for _, data in files), settings)
-        return patches_from_files(files, size, settings)
-    body = await request.body()
-    check_size(len(body), settings)
-    return patches_from_json(body, size, settings)
+    chunks, total = [], 0
+    async for chunk in request.stream():  # chunked bodies declare no length
+        total += len(chunk)
+        check_size(total, settings, so_far=True)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def form_files(request: Request, body: bytes, settings: ServeSettings) -> list[tuple[str, bytes]]:
+    """Returns (file name, bytes) of each file in a multipart body already read in full."""
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(
+            max_files=settings.max_images_per_request + 1, max_fields=16)
+        return [(item.filename or key, await item.read()) for key, item in form.multi_items()
+                if isinstance(item, UploadFile)]
+    except BadRequest:
+        raise
+    except Exception as err:  # noqa: BLE001 — any parser failure is the body's fault
+        raise BadRequest(400, f"malformed multipart body: {getattr(err, 'detail', err)}") from err
+
+
+def guarded(parse, *args):
+    """Runs a body parser; an unexpected parser failure is still the body's fault (400)."""
+    try:
+        return parse(*args)
+    except BadRequest:
+        raise
+    except (ValueError, TypeError, RecursionError, OverflowError, MemoryError) as err:
+        raise BadRequest(400, f"malformed request body: {type(err).__name__}: {err}") from err

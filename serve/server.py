@@ -53,6 +53,22 @@ def deploy(settings: ServeSettings, reload_token: int = 0) -> None:
     serve.run(bind_app(settings, reload_token), name=APP_NAME, route_prefix="/")
 
 
+def reload(settings: ServeSettings, token: int) -> str:
+    """Redeploys with a new token (replicas resolve the alias again); returns one line.
+
+    A reload that fails keeps the service on the model it had, and says so: the server
+    must not go down because the alias now points at a broken version.
+    """
+    try:
+        deploy(settings, token)
+        status = serve.get_app_handle(APP_NAME).status.remote().result(timeout_s=60)
+    except Exception as err:  # noqa: BLE001 — the running app is still there; report
+        return f"reload of {settings.model_uri} failed, still serving: {type(err).__name__}: {err}"
+    if status["reload_error"]:
+        return status["reload_error"]
+    return f"reloaded {settings.model_uri}: serving version {status['version']}"
+
+
 def main(argv: list[str] | None = None) -> int:
     settings = parse_settings(argv)
     reloads = []
@@ -70,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.5)
                 if reloads:
                     reloads.clear()
-                    token = int(time.time())
-                    deploy(settings, token)
-                    print(f"reloaded {settings.model_uri}", flush=True)
+                    print(reload(settings, int(time.time())), flush=True)
         finally:
             serve.shutdown()
             ray.shutdown()

@@ -25,6 +25,10 @@ class ServeSettings(BaseModel):
     max_images_per_request: int = Field(256, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     wrong_size: Literal["reject", "resize"] = "reject"
+    # Pillow format names tried when decoding an image (PPM reads PGM); others are 400.
+    image_formats: tuple[Literal["PNG", "PPM", "TIFF"], ...] = ("PNG", "PPM")
+    # with wrong_size=resize: a header over this many pixels is refused before decoding
+    max_image_pixels: int = Field(2048 * 2048, ge=1)
     # /explain: one explanation at a time per replica; past the deadline the client gets
     # 504 (the computation finishes in the background and is dropped).
     explain_timeout_s: float = Field(30.0, gt=0)

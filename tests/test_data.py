@@ -2,6 +2,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import make_dataset, write_image
 from mammo_core.config import DataConfig
@@ -11,7 +12,10 @@ from mammo_core.data import DataError, load_dataset, read_image, summarize
 def test_real_shared_data(shared_data, data_config):
     dataset = load_dataset(shared_data, data_config)
     assert dataset.images.shape == (797, 60, 60)
-    assert dataset.images.dtype == np.uint8
+    assert dataset.images.dtype == np.float32 and dataset.bit_depth == 8
+    assert 0 <= dataset.images.min() and dataset.images.max() <= 1
+    # hashed as the stored 8-bit integers: the same fingerprint as stores made before
+    assert dataset.fingerprint() == "784f5317523de870"
     assert (dataset.labels == 0).sum() == 414 and (dataset.labels == 1).sum() == 383
     assert len(set(dataset.cases)) == 103
     assert len(set(dataset.rois)) == 314
@@ -45,10 +49,36 @@ def test_pgm_files(tmp_path, data_config):
 def test_sixteen_bit_files(tmp_path, data_config):
     make_dataset(tmp_path / "png16", dtype=np.uint16)
     dataset = load_dataset(tmp_path / "png16", data_config)
-    assert dataset.images.dtype == np.uint16 and dataset.bit_depth == 16
-    assert dataset.images.max() == np.iinfo(np.uint16).max
+    assert dataset.images.dtype == np.float32 and dataset.bit_depth == 16
+    assert dataset.images.max() == 1.0
     make_dataset(tmp_path / "pgm16", dtype=np.uint16, suffix=".pgm")
-    assert load_dataset(tmp_path / "pgm16", data_config).images.max() == 65535
+    assert load_dataset(tmp_path / "pgm16", data_config).images.max() == 1.0
+
+
+def test_each_image_is_scaled_by_its_own_bit_depth_before_stacking(tmp_path, data_config):
+    """The same patches as 8-bit files and as 16-bit (x257) files in one data set."""
+    make_dataset(tmp_path / "mixed")
+    eight = sorted((tmp_path / "mixed").rglob("*.png"))
+    for path in eight[::2]:  # every other file becomes 16-bit, in both classes
+        pixels = np.asarray(Image.open(path), dtype=np.uint16) * 257
+        write_image(path.with_name(path.name.replace(".pgm_1", ".pgm_2")), pixels)
+        path.unlink()
+    write_image(tmp_path / "mixed" / "1" / "0300s1_1_1.pgm_1.pgm",  # PGM, maxval 65535
+                np.full((60, 60), 32896, np.uint16))
+    mixed = load_dataset(tmp_path / "mixed", data_config)
+    eight_bit = load_dataset(make_dataset(tmp_path / "eight"), data_config)
+    assert sorted(mixed.bit_depths.tolist()) == [8] * 4 + [16] * 5 and mixed.bit_depth == 16
+    order = np.argsort([p.split("/")[-1].replace(".pgm_2", ".pgm_1") for p in mixed.paths])
+    np.testing.assert_allclose(mixed.images[order][:8], eight_bit.images, atol=1e-7)
+    assert mixed.images[order][8].max() == pytest.approx(128 / 255)
+
+
+def test_pgm_with_a_maxval_between_8_and_16_bit_is_scaled_by_its_maxval(tmp_path):
+    header = b"P5\n60 60\n4095\n"
+    (tmp_path / "twelve.pgm").write_bytes(header + np.full((60, 60), 4095, ">u2").tobytes())
+    assert read_image(tmp_path / "twelve.pgm", (60, 60)).max() == 1.0
+    (tmp_path / "half.pgm").write_bytes(header + np.full((60, 60), 2048, ">u2").tobytes())
+    assert read_image(tmp_path / "half.pgm", (60, 60)).max() == pytest.approx(2048 / 4095, abs=1e-4)
 
 
 def test_nested_train_test_layout_is_merged(tmp_path, data_config):

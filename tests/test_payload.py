@@ -38,9 +38,10 @@ def test_base64_images_inputs_and_files_give_the_same_pixels():
     from_images = patches_from_json(body({"images": [b64(png(PATCH))] * 2}), SIZE, SETTINGS)
     from_inputs = patches_from_json(body({"inputs": [PATCH.tolist()] * 2}), SIZE, SETTINGS)
     from_files = patches_from_files([("a.png", png(PATCH))] * 2, SIZE, SETTINGS)
-    for array in (from_images, from_inputs, from_files):
-        np.testing.assert_array_equal(array, np.stack([PATCH, PATCH]))
-    assert from_images.dtype == np.uint8
+    for array in (from_images, from_files):  # images: intensities, scaled by their own depth
+        np.testing.assert_allclose(array, np.stack([PATCH, PATCH]) / 255, atol=1e-7)
+    np.testing.assert_array_equal(from_inputs, np.stack([PATCH, PATCH]))  # numbers as sent
+    assert from_images.dtype == np.float32
 
 
 def test_resize_setting_resamples_instead_of_refusing():
@@ -50,7 +51,7 @@ def test_resize_setting_resamples_instead_of_refusing():
     assert refused.value.status == 422 and "expects 60x60" in refused.value.message
     resized = patches_from_json(body({"images": [b64(png(big))]}), SIZE,
                                 ServeSettings(wrong_size="resize"))
-    assert resized.shape == (1, 60, 60) and resized.dtype == np.uint8
+    assert resized.shape == (1, 60, 60) and resized.dtype == np.float32
 
 
 @pytest.mark.parametrize("raw, status, message", [
@@ -61,7 +62,7 @@ def test_resize_setting_resamples_instead_of_refusing():
     (body({"images": []}), 400, "non-empty list"),
     (body({"images": [1]}), 400, "images[0] must be a base64 string"),
     (body({"images": ["***"]}), 400, "images[0] is not valid base64"),
-    (body({"images": [b64(b"hello, not an image")]}), 400, "not a PNG, PGM or TIFF image"),
+    (body({"images": [b64(b"hello, not an image")]}), 400, "not a PNG or PGM image"),
     (body({"images": [b64(png(PATCH)[:60])]}), 400, "cannot read image images[0]"),
     (body({"images": [b64(png(PATCH))] * 5}), 413, "5 images in one request; the limit is 4"),
     (body({"inputs": [[[0] * 60] * 60, [[0] * 50] * 60]}), 422, "ragged"),
@@ -81,3 +82,24 @@ def test_empty_multipart_and_unknown_settings_are_refused():
         patches_from_files([], SIZE, SETTINGS)
     with pytest.raises(ValidationError, match="max_batch"):
         ServeSettings(max_batch=3)
+
+
+def test_an_8_bit_and_a_16_bit_copy_in_one_request_give_the_same_intensities():
+    pair = [b64(png(PATCH)), b64(png(PATCH.astype(np.uint16) * 257))]
+    for patches in (patches_from_json(body({"images": pair}), SIZE, SETTINGS),
+                    patches_from_files([("a.png", png(PATCH)),
+                                        ("b.png", png(PATCH.astype(np.uint16) * 257))],
+                                       SIZE, SETTINGS)):
+        np.testing.assert_allclose(patches[0], patches[1], atol=1e-7)
+        assert patches[0].max() == pytest.approx(PATCH.max() / 255)
+
+
+def test_deep_json_and_forged_headers_are_4xx_not_crashes():
+    with pytest.raises(BadRequest, match="nested too deeply") as deep:
+        patches_from_json(b"[" * 100_000 + b"]" * 100_000, SIZE, SETTINGS)
+    assert deep.value.status == 400
+    forged = bytearray(png(np.zeros((60, 60), np.uint8)))
+    forged[16:24] = (100_000).to_bytes(4, "big") * 2  # IHDR width, height; CRC now wrong
+    with pytest.raises(BadRequest) as caught:
+        patches_from_json(body({"images": [b64(bytes(forged))]}), SIZE, SETTINGS)
+    assert caught.value.status in (400, 422) and "images[0]" in caught.value.message

@@ -1,5 +1,8 @@
+import hashlib
+import http.server
 import io
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -28,17 +31,70 @@ def original_tarball(tmp_path: Path) -> Path:
 def test_download_and_extract_the_original_layout(tmp_path, data_config):
     archive = original_tarball(tmp_path)
     cache = tmp_path / "cache"
-    root = download_dataset(archive.as_uri(), cache, SUBDIR)
+    root = download_dataset(archive.as_uri(), cache, SUBDIR, sha256=sha256(archive))
     assert root == cache / SUBDIR
     assert not (cache / "IMAGES" / "Other_course_data").exists()
     dataset = load_dataset(root, data_config)
     assert len(dataset.labels) == 12 and set(dataset.partitions) == {"Train", "Test"}
 
 
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("pinned", [None, "0" * 64])
+def test_a_download_whose_digest_is_not_the_pinned_one_is_never_extracted(tmp_path, pinned):
+    archive = original_tarball(tmp_path)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError, match=f"SHA-256 is {sha256(archive)}.*download_sha256"):
+        download_dataset(archive.as_uri(), cache, SUBDIR, sha256=pinned)
+    assert not (cache / SUBDIR).exists() and list(cache.iterdir()) == []  # temp folder gone
+
+
+def test_a_download_over_the_size_limit_stops_before_extraction(tmp_path):
+    archive = original_tarball(tmp_path)
+    cache = tmp_path / "cache"
+    config = DataConfig(download_url=archive.as_uri(), download_sha256=sha256(archive),
+                        download_max_bytes=archive.stat().st_size - 1)
+    project = tmp_path / "project"
+    project.mkdir()
+    with pytest.raises(DataError, match="larger than the limit.*download_max_bytes"):
+        resolve_data_root(config, project, cache_dir=cache)
+    assert not (cache / SUBDIR).exists()
+
+
+def test_a_body_without_a_length_is_cut_at_the_limit_while_it_streams(tmp_path):
+    archive = original_tarball(tmp_path)
+    payload = archive.read_bytes()
+
+    class NoLength(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # HTTP/1.0 without Content-Length: the body ends at close
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoLength)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/DL_class_data.tar.gz"
+    try:
+        with pytest.raises(DataError, match="larger than the limit of 1000 bytes"):
+            download_dataset(url, tmp_path / "cache", SUBDIR, sha256=sha256(archive),
+                             max_bytes=1000)
+        root = download_dataset(url, tmp_path / "cache", SUBDIR, sha256=sha256(archive))
+        assert root == tmp_path / "cache" / SUBDIR
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_resolve_downloads_only_as_last_resort(tmp_path, monkeypatch):
     monkeypatch.delenv("MAMMO_DATA_DIR", raising=False)
     archive = original_tarball(tmp_path)
-    config = DataConfig(download_url=archive.as_uri())
+    config = DataConfig(download_url=archive.as_uri(), download_sha256=sha256(archive))
     project = tmp_path / "project"
     project.mkdir()
     cache = tmp_path / "cache"
@@ -51,7 +107,8 @@ def test_resolve_downloads_only_as_last_resort(tmp_path, monkeypatch):
 
 def test_offline_download_message(tmp_path):
     with pytest.raises(DataError, match="could not download.*MAMMO_DATA_DIR"):
-        download_dataset((tmp_path / "missing.tar.gz").as_uri(), tmp_path / "cache", SUBDIR)
+        download_dataset((tmp_path / "missing.tar.gz").as_uri(), tmp_path / "cache", SUBDIR,
+                         sha256=None)
 
 
 def test_archive_without_the_folder(tmp_path):

@@ -5,14 +5,17 @@
     mlflow run . --env-manager local -e explain -P input=/data/patches
 
 Writes, per image and method, `<name>_<method>.png` (heatmap over the patch) and
-`<name>_<method>.npy` (the raw map, H x W), plus `explanations.csv` (probability, SHAP
-base value); the same files become artifacts of an `explain` run. Also home of
+`<name>_<method>.npy` (the raw map, H x W), in the input's subfolders (so same-named files
+in two folders keep their own maps), plus `explanations.csv` (probability, SHAP base
+value); exactly the files of this run become artifacts of an `explain` run. Also home of
 `log_explanation_figures`, which the register and evaluate runs call.
 """
 from __future__ import annotations
 
 import csv
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,12 +24,11 @@ import numpy as np
 
 from mammo_core import metrics
 from mammo_core.config import ExplanationsConfig
-from mammo_core.data import read_image
 from mammo_core.explanations import METHODS, explain, most_reliable_expert, overlay_png
 from mammo_core.patches import as_unit_patches
 from mammo_core.predictor import EnsemblePredictor
 from mammo_core.tracking import log_figure, tracked_run, use_tracking_store
-from tune.predict import image_files
+from tune.predict import image_files, read_images
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
                           load_pyfunc, run_entry)
 
@@ -52,28 +54,36 @@ def explain_files(config: str, source: Path, output: Path, methods: tuple[str, .
     experiment, _ = load_config(config)
     use_tracking_store(PROJECT_ROOT)
     files = image_files(source)
-    raw = np.stack([read_image(f, experiment.data.image_size) for f in files])  # all first
+    raw = read_images(files, experiment.data.image_size)  # all first: a bad file stops here
     uri = model_uri or default_model_uri(experiment)
     predictor = load_ensemble(uri)
-    output.mkdir(parents=True, exist_ok=True)
     units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
+    names = output_names(files, source)
     rows = []
     with tracked_run(experiment.tracking.experiment_name, f"explain-{experiment.name}",
                      tags={"mammo.entry_point": "explain", "mammo.kind": "explain",
-                           "mammo.model_uri": uri}):
+                           "mammo.model_uri": uri}), tempfile.TemporaryDirectory() as staging:
         mlflow.log_params({"model_uri": uri, "methods": ",".join(methods), "images": len(files),
                            "expert": "ensemble" if expert is None else expert})
         for method in methods:
-            rows += explain_method(predictor, raw, units, files, method, expert, output,
-                                   experiment.explanations.partition_max_evals)
-        write_summary(output / "explanations.csv", rows)
-        mlflow.log_artifacts(str(output), "explanations")
+            rows += explain_method(predictor, raw, units, files, names, method, expert,
+                                   Path(staging), experiment.explanations.partition_max_evals)
+        write_summary(Path(staging) / "explanations.csv", rows)
+        # files of earlier runs in `output` are not this run's: log the staging folder only
+        mlflow.log_artifacts(staging, "explanations")
+        shutil.copytree(staging, output, dirs_exist_ok=True)
     print(f"{len(files)} images explained with {', '.join(methods)} ({uri}); wrote {output}/")
 
 
+def output_names(files: list[Path], source: Path) -> list[Path]:
+    """Returns each file's output name: its path below `source` without the suffix."""
+    base = source if source.is_dir() else source.parent
+    return [f.relative_to(base).with_name(f.stem) for f in files]
+
+
 def explain_method(predictor: EnsemblePredictor, raw: np.ndarray, units: np.ndarray,
-                   files: list[Path], method: str, expert: int | None, output: Path,
-                   max_evals: int) -> list[dict]:
+                   files: list[Path], names: list[Path], method: str, expert: int | None,
+                   output: Path, max_evals: int) -> list[dict]:
     """Writes one method's PNG and .npy per image; returns summary rows; logs seconds/image."""
     started = time.monotonic()
     try:
@@ -84,10 +94,12 @@ def explain_method(predictor: EnsemblePredictor, raw: np.ndarray, units: np.ndar
     mlflow.log_metric(f"{method}_seconds_per_image", seconds)
     print(f"{method}: {seconds:.2f} s per image")
     rows = []
-    for i, path in enumerate(files):
-        # names like 0006s1.pgm_1.png hold dots: no with_suffix, which would cut at them
-        np.save(output / f"{path.stem}_{method}.npy", result.maps[i])
-        (output / f"{path.stem}_{method}.png").write_bytes(
+    for i, (path, name) in enumerate(zip(files, names)):
+        # names like 0006s1.pgm_1 hold dots: append to the name, never with_suffix
+        target = output / name.parent / f"{name.name}_{method}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(f"{target}.npy", result.maps[i])
+        Path(f"{target}.png").write_bytes(
             overlay_png(units[i], result.maps[i], signed=method != "gradcam"))
         rows.append({"file": str(path), "method": method,
                      "probability": f"{result.probability[i]:.6f}",

@@ -13,6 +13,7 @@ import sys
 
 import mlflow
 import numpy as np
+import pandas as pd
 
 from mammo_core import metrics, splits
 from mammo_core.config import Experiment
@@ -80,10 +81,9 @@ def log_split(dataset: Dataset, parts: dict[str, np.ndarray], groups: np.ndarray
     part_of = np.empty(len(dataset.labels), dtype=object)
     for name, index in parts.items():
         part_of[index] = name
-    rows = ["path,label,case,roi,group,part"] + [
-        f"{p},{l},{c},{r},{g},{part}" for p, l, c, r, g, part in
-        zip(dataset.paths, dataset.labels, dataset.cases, dataset.rois, groups, part_of)]
-    mlflow.log_text("\n".join(rows) + "\n", "split/assignments.csv")
+    table = pd.DataFrame({"path": dataset.paths, "label": dataset.labels, "case": dataset.cases,
+                          "roi": dataset.rois, "group": groups, "part": part_of})
+    mlflow.log_text(table.to_csv(index=False), "split/assignments.csv")  # quotes commas in paths
 
 
 if __name__ == "__main__":

@@ -1,0 +1,18 @@
+"""The library's input errors, shared by the modules that read data and images."""
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """The data set is unusable; the message names the file or folder at fault."""
+
+
+class ImageError(DataError):
+    """One image cannot be used; the message names it.
+
+    `wrong_size` tells a well-formed image of the wrong size (or too many pixels to
+    decode) from bytes that are not a usable image: a service answers them differently.
+    """
+
+    def __init__(self, message: str, wrong_size: bool = False):
+        super().__init__(message)
+        self.wrong_size = wrong_size

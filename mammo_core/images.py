@@ -1,0 +1,146 @@
+"""Decoding image files into [0, 1] intensities: one image at a time, bounded, by its own depth.
+
+Every image is scaled by **its own** bit depth before anything stacks it. A folder or a
+request may mix 8-bit and 16-bit files, and NumPy promotes a stack of both to uint16,
+which would leave the 8-bit images nearly black if the stack were scaled afterwards.
+
+Decoding trusts nothing: only the formats in `FORMATS` are tried, the header's size is
+checked before any pixel is decoded, and every decoder failure becomes an `ImageError`
+naming the file, never an arbitrary exception.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mammo_core.errors import ImageError
+
+# Pillow format names. PPM is Pillow's reader for PGM; TIFF is how some archives store 16-bit.
+FORMATS = ("PNG", "PPM", "TIFF")
+# Decoding is refused above this many pixels (a full-field mammogram has ~30 M); it keeps
+# a forged header from allocating gigabytes. Callers that know a smaller bound pass it.
+MAX_PIXELS = 50_000_000
+_FULL_SCALE = {8: 255, 16: 65535}
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One decoded image: float32 (rows, columns) intensities in [0, 1] and its bit depth."""
+
+    pixels: np.ndarray
+    bit_depth: int
+
+
+def decode(data: bytes, name: str, size: tuple[int, int], *, resize: bool = False,
+           formats: tuple[str, ...] = FORMATS, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+    """Returns encoded image bytes as [0, 1] intensities of `size` (rows, columns).
+
+    With `resize`, an image of another size is resampled (bilinear) instead of refused.
+    Raises ImageError naming `name`: a format outside `formats`, a header whose size is
+    wrong (checked before decoding) or over `max_pixels`, truncated or corrupt bytes, or an
+    image that is not 8- or 16-bit grayscale. `wrong_size` is set on the size errors.
+    """
+    try:
+        with warnings.catch_warnings():
+            # our own pixel bound below is tighter than Pillow's warning threshold
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=list(formats)) as img:
+                _check_header(img, name, size, resize, max_pixels)
+                img.load()  # decodes now, so truncated files fail here
+                pixels, depth = _unit_pixels(img, name)
+    except ImageError:
+        raise
+    except Image.UnidentifiedImageError as err:
+        raise ImageError(f"cannot read image {name}: not a {_names(formats)} image") from err
+    except Image.DecompressionBombError as err:  # Pillow's own bound, checked while opening
+        raise ImageError(f"image {name} has too many pixels to decode: {err}",
+                         wrong_size=True) from err
+    except Exception as err:  # noqa: BLE001 — any decoder failure on untrusted bytes
+        raise ImageError(f"cannot read image {name}: {type(err).__name__}: {err}") from err
+    if pixels.shape != tuple(size):
+        pixels = _resample(pixels, size)
+    return DecodedImage(pixels, depth)
+
+
+def decode_image(data: bytes, size: tuple[int, int], name: str, resize: bool = False,
+                 **limits) -> np.ndarray:
+    """Returns `decode(...)`'s [0, 1] float32 pixels (rows, columns)."""
+    return decode(data, name, size, resize=resize, **limits).pixels
+
+
+def read(path: Path | str, size: tuple[int, int], **options) -> DecodedImage:
+    """Returns the decoded image file; raises ImageError naming it (also when unreadable)."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ImageError(f"cannot read image {path}: {err}") from err
+    return decode(data, str(path), size, **options)
+
+
+def read_image(path: Path | str, size: tuple[int, int], **options) -> np.ndarray:
+    """Returns one image file as float32 [0, 1] intensities shaped `size`."""
+    return read(path, size, **options).pixels
+
+
+def to_unit(array: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Returns integer pixels of `bit_depth` (8 or 16) as float32 in [0, 1].
+
+    The one place where stored integers become intensities; raises ImageError for values
+    that do not fit the depth.
+    """
+    top = _FULL_SCALE[bit_depth]
+    if array.size and (array.min() < 0 or array.max() > top):
+        raise ImageError(f"pixel values [{array.min()}, {array.max()}] do not fit "
+                         f"{bit_depth}-bit")
+    return array.astype(np.float32) / np.float32(top)
+
+
+def quantize(units: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Returns [0, 1] intensities as the integers of `bit_depth` they were stored as."""
+    dtype = np.uint8 if bit_depth == 8 else np.uint16
+    return np.rint(units * np.float32(_FULL_SCALE[bit_depth])).astype(dtype)
+
+
+def _check_header(img: Image.Image, name: str, size: tuple[int, int], resize: bool,
+                  max_pixels: int) -> None:
+    width, height = img.size
+    if (height, width) == tuple(size):
+        return
+    if not resize:
+        raise ImageError(f"image {name} has size {height}x{width} (rows x columns), the "
+                         f"experiment expects {size[0]}x{size[1]}", wrong_size=True)
+    if width * height > max_pixels:
+        raise ImageError(f"image {name} is {height}x{width} = {width * height} pixels; at most "
+                         f"{max_pixels} are decoded", wrong_size=True)
+
+
+def _unit_pixels(img: Image.Image, name: str) -> tuple[np.ndarray, int]:
+    """Returns the decoded image's [0, 1] pixels and its bit depth."""
+    if img.mode == "1":  # bilevel: black or white
+        img = img.convert("L")
+    if img.mode == "L":
+        return to_unit(np.asarray(img, dtype=np.uint8), 8), 8
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # Pillow reads a PGM whose maxval is neither 255 nor 65535 rescaled to 65535, and
+        # 16-bit PNG/TIFF as is: either way the full scale is 65535.
+        array = np.asarray(img).astype(np.int64)
+        if array.min() < 0 or array.max() > 65535:
+            raise ImageError(f"image {name} has values outside the 16-bit range")
+        return to_unit(array, 16), 16
+    raise ImageError(f"image {name} has mode {img.mode}; expected 8- or 16-bit grayscale")
+
+
+def _resample(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    resized = Image.fromarray(pixels).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def _names(formats: tuple[str, ...]) -> str:
+    """Returns the formats as people call them: "PNG, PGM or TIFF"."""
+    names = ["PGM" if f == "PPM" else f for f in formats]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

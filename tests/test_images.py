@@ -1,0 +1,111 @@
+"""Decoding one image: its own bit depth, the allowed formats, headers checked before pixels."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mammo_core.errors import DataError, ImageError
+from mammo_core.images import decode, decode_image, quantize, to_unit
+
+SIZE = (60, 60)
+
+
+def encode(array: np.ndarray, format: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int, bit_depth: int = 8) -> bytes:
+    """A PNG whose IHDR claims `width` x `height` and whose pixel data is garbage."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"garbage")
+            + chunk(b"IEND", b""))
+
+
+PATCH = (np.arange(3600).reshape(SIZE) % 256).astype(np.uint8)
+
+
+def test_the_same_patch_at_8_and_16_bits_decodes_to_the_same_intensities():
+    eight = decode(encode(PATCH), "a", SIZE)
+    sixteen = decode(encode(PATCH.astype(np.uint16) * 257), "b", SIZE)
+    pgm = decode(encode(PATCH, "PPM"), "c.pgm", SIZE)
+    assert (eight.bit_depth, sixteen.bit_depth, pgm.bit_depth) == (8, 16, 8)
+    for other in (sixteen, pgm):
+        np.testing.assert_allclose(other.pixels, eight.pixels, atol=1e-7)
+    assert eight.pixels.dtype == np.float32 and eight.pixels.max() == 1.0
+
+
+def test_to_unit_and_quantize_are_inverse_at_each_depth():
+    for depth, dtype in ((8, np.uint8), (16, np.uint16)):
+        stored = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
+        np.testing.assert_array_equal(quantize(to_unit(stored, depth), depth), stored)
+    with pytest.raises(ImageError, match="do not fit 8-bit"):
+        to_unit(np.array([256]), 8)
+
+
+@pytest.mark.parametrize("format", ["BMP", "GIF", "JPEG", "TIFF"])
+def test_formats_outside_the_allowed_list_are_refused_by_name(format):
+    data = encode(PATCH, format)
+    with pytest.raises(ImageError, match="cannot read image x: not a PNG or PGM image"):
+        decode(data, "x", SIZE, formats=("PNG", "PPM"))
+
+
+def test_tiff_is_read_where_allowed():
+    assert decode(encode(PATCH, "TIFF"), "x.tif", SIZE).bit_depth == 8
+
+
+def test_a_wrong_size_is_refused_from_the_header_before_any_pixel_is_decoded():
+    # 25 M pixels announced, garbage pixel data: only a header check can answer "size"
+    forged = png_header_only(5000, 5000)
+    with pytest.raises(ImageError, match="has size 5000x5000.*expects 60x60") as refused:
+        decode(forged, "forged.png", SIZE)
+    assert refused.value.wrong_size
+    with pytest.raises(ImageError, match="25000000 pixels; at most 4194304") as refused:
+        decode(forged, "forged.png", SIZE, resize=True, max_pixels=2048 * 2048)
+    assert refused.value.wrong_size
+
+
+def test_a_header_claiming_ten_billion_pixels_is_an_image_error():
+    forged = png_header_only(100_000, 100_000)  # Pillow's own bomb check fires on open
+    for resize in (False, True):
+        with pytest.raises(ImageError, match="bomb.png has too many pixels") as refused:
+            decode(forged, "bomb.png", SIZE, resize=resize, max_pixels=10**13)
+        assert refused.value.wrong_size
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"", "not a PNG"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 30, "cannot read image"),
+    (encode(PATCH)[:-30], "cannot read image"),
+    (png_header_only(60, 60), "cannot read image"),
+    (b"P5\n60 60\n255\n" + b"\x00" * 100, "cannot read image"),  # truncated PGM
+    (b"P5\n60 60\n70000\n", "cannot read image"),  # maxval out of range
+    (encode(np.zeros((60, 60, 3), np.uint8)), "mode RGB"),
+])
+def test_every_decoder_failure_is_an_image_error_naming_the_file(data, message):
+    with pytest.raises(ImageError, match=message) as caught:
+        decode(data, "x.png", SIZE)
+    assert "x.png" in str(caught.value) or message == "not a PNG"
+    assert isinstance(caught.value, DataError) and not caught.value.wrong_size
+
+
+def test_resize_resamples_in_intensity_space():
+    big = np.full((120, 90), 65535, np.uint16)
+    out = decode_image(encode(big), SIZE, "big", resize=True)
+    assert out.shape == SIZE and out.dtype == np.float32 and out.min() == pytest.approx(1.0)
+
+
+def test_bilevel_images_are_read_as_8_bit():
+    buffer = io.BytesIO()
+    Image.fromarray(PATCH > 127).save(buffer, format="PNG")
+    decoded = decode(buffer.getvalue(), "mask.png", SIZE)
+    assert decoded.bit_depth == 8 and set(np.unique(decoded.pixels)) == {0.0, 1.0}
