@@ -32,7 +32,7 @@ import mlflow  # noqa: E402
 from ray import serve  # noqa: E402
 
 import tune  # noqa: E402,F401  (loopback Ray environment before ray starts)
-from mammo_core.data import read_image  # noqa: E402
+from mammo_core.images import quantize, read_image  # noqa: E402
 from serve.server import deploy  # noqa: E402
 from serve.settings import ServeSettings  # noqa: E402
 from tune.cluster import start_ray  # noqa: E402
@@ -148,7 +148,9 @@ def main() -> None:
     name, alias = args.model_uri[len("models:/"):].split("@")
     version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
     uri = f"models:/{name}/{version}"
-    patch = read_image(sorted((ROOT.parent / "shared/data/microcal/1").glob("*.png"))[0], (60, 60))
+    # the stored 8-bit integers, as a client holding the PNG's pixels would send them
+    patch = quantize(read_image(sorted((ROOT.parent / "shared/data/microcal/1").glob("*.png"))[0],
+                                (60, 60)), 8)
     body = json.dumps({"inputs": [patch.tolist()]}).encode()
     print(f"model {uri}; {args.seconds:.0f} s per level; single-image requests")
     scoring, floor = bench_ray_serve(args, uri, body)

@@ -17,9 +17,11 @@ import time
 import ray
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.schema import ApplicationStatus
 
 from mammo_core.config import ConfigError
 from serve.app import bind_app
+from serve.model import load_model
 from serve.settings import ServeSettings
 from tune.cluster import start_ray
 from tune.project import DEFAULT_CONFIG, default_model_uri, load_config, run_entry
@@ -48,9 +50,33 @@ def parse_settings(argv: list[str] | None) -> ServeSettings:
                                for e in err.errors()))
 
 
+class ReloadError(RuntimeError):
+    """A redeploy was refused because its model does not load; the old one still serves."""
+
+
 def deploy(settings: ServeSettings, reload_token: int = 0) -> None:
-    """Deploys (or redeploys, reloading the model) the application on the running Serve."""
+    """Deploys (or redeploys, reloading the model) the application on the running Serve.
+
+    A redeploy first loads the model in this process: Serve replaces every replica on a
+    redeploy, and a rollout whose replicas fail leaves none (measured: 503 until the next
+    deploy), so a model that does not load must never reach Serve. Raises ReloadError then.
+    """
+    serving = serving_version()
+    if serving is not None:
+        try:
+            load_model(settings.model_uri, settings.tracking_uri)
+        except Exception as err:  # noqa: BLE001 — whatever breaks the load, keep the old
+            raise ReloadError(f"reload of {settings.model_uri} failed, still serving version "
+                              f"{serving}: {type(err).__name__}: {err}") from err
     serve.run(bind_app(settings, reload_token), name=APP_NAME, route_prefix="/")
+
+
+def serving_version() -> str | None:
+    """Returns the model version the running application serves, or None if none runs."""
+    app = serve.status().applications.get(APP_NAME)
+    if app is None or app.status != ApplicationStatus.RUNNING:
+        return None
+    return serve.get_app_handle(APP_NAME).status.remote().result(timeout_s=60)["version"]
 
 
 def reload(settings: ServeSettings, token: int) -> str:
@@ -62,8 +88,10 @@ def reload(settings: ServeSettings, token: int) -> str:
     try:
         deploy(settings, token)
         status = serve.get_app_handle(APP_NAME).status.remote().result(timeout_s=60)
-    except Exception as err:  # noqa: BLE001 — the running app is still there; report
-        return f"reload of {settings.model_uri} failed, still serving: {type(err).__name__}: {err}"
+    except ReloadError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 — report, and keep the server up
+        return f"reload of {settings.model_uri} failed: {type(err).__name__}: {err}"
     if status["reload_error"]:
         return status["reload_error"]
     return f"reloaded {settings.model_uri}: serving version {status['version']}"

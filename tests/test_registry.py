@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from conftest import runs_of, search_env, use_store
 from mlflow.exceptions import MlflowException
+from PIL import Image
 
 from mammo_core.config import load_experiment
 from mammo_core.data import load_dataset, read_image
@@ -227,6 +228,83 @@ def test_explain_entry_point_writes_maps_and_overlays_for_every_method(store, sh
     explain_run = next(r for r in runs_of(store) if r.data.tags.get("mammo.kind") == "explain")
     assert explain_run.info.status == "FINISHED"
     assert "gradcam_seconds_per_image" in explain_run.data.metrics
+
+
+def sixteen_bit_copy(source: Path, target: Path) -> None:
+    """Writes the 8-bit PNG `source` as a 16-bit PNG (x257: the same intensities)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(Image.open(source), np.uint16) * 257).save(target)
+
+
+def test_an_8_bit_and_a_16_bit_copy_score_the_same_in_predict_evaluate_and_explain(
+        store, client, shared_data, tmp_path):
+    """Before, a folder holding both scored the 8-bit copy 0.017 instead of 0.999: the
+    stack was promoted to uint16 and only then scaled."""
+    mixed, alone = tmp_path / "mixed", tmp_path / "alone"
+    pairs = []  # (8-bit file, its 16-bit copy) per class
+    for label in ("0", "1"):
+        source = sorted((shared_data / label).glob("*.png"))[-1]
+        eight, sixteen = mixed / label / source.name, mixed / label / ("9" + source.name[1:])
+        eight.parent.mkdir(parents=True)
+        eight.write_bytes(source.read_bytes())
+        sixteen_bit_copy(source, sixteen)
+        (alone / label).mkdir(parents=True)
+        (alone / label / source.name).write_bytes(source.read_bytes())
+        pairs.append((str(eight), str(sixteen)))
+
+    def entry(module: str, *args: str) -> None:
+        result = subprocess.run([sys.executable, "-m", module, "--config", QUICK, *args],
+                                cwd=ROOT, env=search_env(store), capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    def by_path(table: Path | str) -> dict[str, float]:
+        import pandas as pd
+        frame = pd.read_csv(table)
+        return dict(zip(frame[frame.columns[0]], frame["probability"]))
+
+    entry("tune.predict", "--input", str(mixed), "--output", str(tmp_path / "mixed.csv"))
+    entry("tune.predict", "--input", str(alone), "--output", str(tmp_path / "alone.csv"))
+    entry("tune.explain", "--input", str(mixed), "--output", str(tmp_path / "maps"))
+    entry("tune.evaluate", "--data-dir", str(mixed))
+    evaluate = max((r for r in runs_of(store) if r.data.tags.get("mammo.kind") == "evaluate"),
+                   key=lambda r: r.info.start_time)
+    scored = {"predict": by_path(tmp_path / "mixed.csv"),
+              "explain": by_path(tmp_path / "maps" / "explanations.csv"),
+              "evaluate": by_path(client.download_artifacts(evaluate.info.run_id,
+                                                            "predictions.csv", str(tmp_path)))}
+    single = by_path(tmp_path / "alone.csv")
+    for eight, sixteen in pairs:
+        reference = single[eight.replace(str(mixed), str(alone))]
+        for name, table in scored.items():
+            assert table[eight] == pytest.approx(reference, abs=1e-5), name
+            assert table[sixteen] == pytest.approx(reference, abs=1e-5), name
+
+
+def test_explain_keeps_same_named_files_of_two_folders_apart_and_logs_only_its_own(
+        store, shared_data, tmp_path):
+    source = sorted((shared_data / "1").glob("*.png"))[0]
+    folder, out = tmp_path / "patches", tmp_path / "explained"
+    for sub in ("site a", "site,b"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "site a" / source.name).write_bytes(source.read_bytes())
+    sixteen_bit_copy(sorted((shared_data / "0").glob("*.png"))[0], folder / "site,b" / source.name)
+    out.mkdir()
+    (out / "left_over_gradcam.png").write_bytes(b"from an earlier run")
+    result = subprocess.run([sys.executable, "-m", "tune.explain", "--config", QUICK, "--input",
+                             str(folder), "--output", str(out)], cwd=ROOT, env=search_env(store),
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    maps = [np.load(out / sub / f"{source.stem}_gradcam.npy") for sub in ("site a", "site,b")]
+    assert not np.allclose(maps[0], maps[1])  # two patches, two maps: none overwritten
+    import pandas as pd
+    table = pd.read_csv(out / "explanations.csv")  # the comma in a folder name stays one field
+    assert sorted(table["file"]) == sorted(str(p) for p in folder.rglob("*.png"))
+    run = max((r for r in runs_of(store) if r.data.tags.get("mammo.kind") == "explain"),
+              key=lambda r: r.info.start_time)
+    logged = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}").list_artifacts(
+        run.info.run_id, "explanations")
+    assert "explanations/left_over_gradcam.png" not in {a.path for a in logged}
+    assert {"explanations/site a", "explanations/site,b"} <= {a.path for a in logged}
 
 
 def test_register_without_a_search_says_so(tmp_path):

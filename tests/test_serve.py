@@ -7,6 +7,7 @@ after the alias moves with requests in flight, backpressure, and a clean shutdow
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import socket
@@ -27,9 +28,9 @@ from PIL import Image
 from ray import serve
 
 from mammo_core.config import load_experiment
-from mammo_core.data import read_image
 from serve.client import ServiceError, score_files
-from serve.server import deploy
+from serve.app import PatchScorer
+from serve.server import deploy, reload
 from serve.settings import ServeSettings
 from tune.cluster import start_ray
 from tune.register import register_search
@@ -94,7 +95,7 @@ def multipart(files: list[Path]) -> tuple[bytes, str]:
 
 def test_http_predictions_equal_pyfunc_predictions_in_every_input_format(service, files):
     url, _ = service
-    patches = np.stack([read_image(f, (60, 60)) for f in files])
+    patches = np.stack([np.asarray(Image.open(f)) for f in files])  # the stored uint8 pixels
     champion = mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion")
     expected = mlflow.pyfunc.load_model(f"models:/{NAME}/{champion.version}").predict(patches)
     images = [base64.b64encode(f.read_bytes()).decode() for f in files]
@@ -193,6 +194,68 @@ def test_explain_refuses_bad_requests_with_the_reason(service, files):
         assert (got, message in json.dumps(body)) == (status, True), (path, body)
 
 
+def test_an_8_bit_and_a_16_bit_copy_of_a_patch_score_the_same_over_http(service, files):
+    """Decoded images are scaled one by one: stacking an 8-bit with a 16-bit image must not
+    turn the 8-bit one dark (it scored 0.017 instead of 0.999 before)."""
+    url, _ = service
+    eight = files[-1].read_bytes()
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(Image.open(files[-1]), np.uint16) * 257).save(buffer, "PNG")
+    sixteen = buffer.getvalue()
+    alone = request(f"{url}/predict", json.dumps({"images": [base64.b64encode(eight).decode()]})
+                    .encode())[1]["predictions"][0]["probability"]
+    mixed = json.dumps({"images": [base64.b64encode(d).decode() for d in (eight, sixteen)]})
+    upload = uuid.uuid4().hex
+    parts = b"".join(f"--{upload}\r\nContent-Disposition: form-data; name=\"file\"; filename="
+                     f"\"{n}.png\"\r\nContent-Type: image/png\r\n\r\n".encode() + d + b"\r\n"
+                     for n, d in (("a", eight), ("b", sixteen))) + f"--{upload}--\r\n".encode()
+    for status, body in (request(f"{url}/predict", mixed.encode()),
+                         request(f"{url}/predict", parts, f"multipart/form-data; boundary={upload}")):
+        assert status == 200, body
+        got = [p["probability"] for p in body["predictions"]]
+        assert got == pytest.approx([alone, alone], abs=1e-5)
+
+
+def post_chunked(url: str, chunk: bytes, n_chunks: int) -> tuple[int, str]:
+    """POSTs a chunked body (no Content-Length); returns the status and body text, or
+    (0, error) if the server closed the connection before answering."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request("POST", "/predict", body=(chunk for _ in range(n_chunks)),
+                           headers={"Content-Type": "application/json"}, encode_chunked=True)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # refused mid-body: the answer may still be waiting to be read
+    try:
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    except (ConnectionError, http.client.HTTPException) as err:
+        return 0, repr(err)
+    finally:
+        connection.close()
+
+
+def test_a_chunked_body_over_the_limit_is_refused_with_413(service, files):
+    url, settings = service
+    status, text = post_chunked(url, b" " * (1 << 20), 20)  # 20 MiB, no Content-Length
+    assert status == 413 and "exceeds the limit" in text, text
+    assert request(f"{url}/healthz")[0] == 200
+    payload = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()
+    status, text = post_chunked(url, payload, 1)  # a small chunked body is scored
+    assert status == 200 and json.loads(text)["predictions"], text
+
+
+def test_a_single_request_larger_than_a_batch_is_scored_in_full(service, files):
+    url, settings = service
+    deploy(settings.model_copy(update={"max_batch_size": 2}), reload_token=0)
+    try:
+        images = [base64.b64encode(f.read_bytes()).decode() for f in files]
+        status, body = request(f"{url}/predict", json.dumps({"images": images}).encode())
+        assert status == 200 and len(body["predictions"]) == len(files), body
+    finally:
+        deploy(settings)
+
+
 def test_reload_after_the_alias_moves_serves_the_new_version_without_failed_requests(
         service, files):
     url, settings = service
@@ -221,6 +284,50 @@ def test_reload_after_the_alias_moves_serves_the_new_version_without_failed_requ
     assert request(f"{url}/model")[1]["version"] == registration.version
     status, body = request(f"{url}/predict", payload)
     assert status == 200 and body["model"]["version"] == registration.version
+
+
+def test_a_failed_reload_keeps_serving_the_model_it_had(service, files, tmp_path):
+    """The alias moves to a broken version; a reload (SIGHUP's path) reports the error and
+    the service stays on the version it had."""
+    url, settings = service
+    client = mlflow.MlflowClient()
+    before = request(f"{url}/model")[1]["version"]
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "MLmodel").write_text("not: [a model")
+    broken = client.create_model_version(NAME, str(tmp_path / "broken"))
+    client.set_registered_model_alias(NAME, "champion", broken.version)
+    try:
+        line = reload(settings, int(time.time()))
+        assert "failed, still serving version " + before in line, line
+        status, health = request(f"{url}/healthz")
+        assert status == 200 and health["version"] == before
+        info = request(f"{url}/model")[1]
+        assert info["version"] == before and "pid" not in info
+        payload = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]})
+        status, body = request(f"{url}/predict", payload.encode())
+        assert status == 200 and body["model"]["version"] == before
+    finally:
+        client.set_registered_model_alias(NAME, "champion", before)
+    assert reload(settings, int(time.time()) + 1) == (
+        f"reloaded {settings.model_uri}: serving version {before}")
+    assert request(f"{url}/model")[1]["reload_error"] is None
+
+
+def test_an_in_place_reconfigure_that_fails_keeps_the_model_and_says_why(service):
+    """`serve deploy` of a changed user_config reconfigures replicas in place; a URI that
+    does not load there must leave the replica on its model, with the error in /model."""
+    _, settings = service
+    # the class as written, beneath the ingress wrapper Serve puts around it
+    plain = next(c for c in PatchScorer.func_or_class.__mro__[1:] if c.__module__ == "serve.app")
+    scorer = plain(settings.model_dump())
+    scorer.reconfigure({"reload_token": 0})
+    served = scorer.model.info["version"]
+    scorer.reconfigure({"reload_token": 1, "model_uri": f"models:/{NAME}/999"})
+    assert scorer.model.info["version"] == served
+    assert scorer.reload_error.startswith(f"reload of models:/{NAME}/999 failed, still serving "
+                                          f"version {served}")
+    scorer.reconfigure({"reload_token": 2})
+    assert scorer.reload_error is None and scorer.model.info["version"] == served
 
 
 def test_explain_past_its_deadline_answers_504_and_the_service_stays_up(service, files):
