@@ -75,9 +75,35 @@ class AugmentationConfig:
     contrast: float = 0.1  # max relative contrast change; 0 switches it off
 
 
+# Model families (mammo_core/families.py builds them; kept here so configs are checked
+# without importing Keras).
+FAMILIES = ("hypermodel", "microcal_cnn", *(f"mass_calc_m{k}" for k in range(6)), "mias_cnn",
+            "vgg16", "inception_v3")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """The ImageNet families (vgg16, inception_v3): weights, where to cut, what to train."""
+
+    # imagenet (Keras' download, cached in ~/.keras/models), a local weights file, or null
+    weights: str | None = None
+    cut: str = "top"  # top = the whole convolutional base; top+k drops its last k blocks
+    # backbone layers fine-tuned, counted down from the cut: null = all, 0 = frozen
+    trainable_layers: int | None = None
+    head_units: int = 64  # dense layer between the pooled features and the output
+    dropout: float = 0.3
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """Fixed architecture choices; the searched ones live in `hyperparameters`."""
+    """Fixed architecture choices; the searched ones live in `hyperparameters`.
+
+    `family` picks the architecture (FAMILIES); all but `hypermodel` are fixed published
+    designs, and the conv_blocks ... pooling fields below shape only the hypermodel.
+    """
+
+    family: str = "hypermodel"
+    backbone: BackboneConfig = BackboneConfig()
 
     conv_blocks: int = 3
     kernel_size: int = 3
@@ -95,7 +121,7 @@ class ParamSpace:
     """One searched hyperparameter: a finite `choice` or a continuous range."""
 
     type: Literal["choice", "uniform", "loguniform"]
-    values: tuple[int | float, ...] | None = None
+    values: tuple[int | float | str, ...] | None = None
     low: float | None = None
     high: float | None = None
 
@@ -187,7 +213,7 @@ class Experiment:
     data: DataConfig = DataConfig()
     preprocessing: PreprocessingConfig = PreprocessingConfig()
     model: ModelConfig = ModelConfig()
-    hyperparameters: dict[str, int | float] = field(default_factory=dict)
+    hyperparameters: dict[str, int | float | str] = field(default_factory=dict)
     search_space: dict[str, ParamSpace] = field(default_factory=dict)
     split: SplitConfig = SplitConfig()
     cross_validation: CrossValidationConfig = CrossValidationConfig()
@@ -208,6 +234,8 @@ class Experiment:
 
 
 REQUIRED_HYPERPARAMETERS = ("init", "rate", "depth", "learning_rate")
+# searched beside them: the family and the backbone's choices (override model.backbone)
+SEARCHABLE = (*REQUIRED_HYPERPARAMETERS, "family", "cut", "trainable_layers", "head_units")
 
 
 @dataclass(frozen=True)
@@ -404,8 +432,13 @@ def _validate(experiment: Experiment) -> None:
         if not 0 < getattr(experiment.split, frac) < 1:
             raise ConfigError(f"'split.{frac}' must lie strictly between 0 and 1")
     _validate_search(experiment)
+    if experiment.model.family not in FAMILIES:
+        raise ConfigError(f"'model.family' must be one of {list(FAMILIES)}, "
+                          f"got {experiment.model.family!r}")
+    family = experiment.search_space.get("family")
+    families = set(family.values) if family else {experiment.model.family}
     missing = [k for k in REQUIRED_HYPERPARAMETERS if k not in experiment.hyperparameters]
-    if missing:
+    if missing and "hypermodel" in families:  # the other families have fixed designs
         raise ConfigError(f"'hyperparameters' is missing {missing}")
     for name, space in experiment.search_space.items():
         _validate_space(name, space)
@@ -439,9 +472,14 @@ def _validate_search(experiment: Experiment) -> None:
 
 def _validate_space(name: str, space: ParamSpace) -> None:
     where = f"search_space.{name}"
-    if name not in REQUIRED_HYPERPARAMETERS:
+    if name not in SEARCHABLE:
         raise ConfigError(f"unknown hyperparameter '{where}' "
-                          f"(searchable: {', '.join(REQUIRED_HYPERPARAMETERS)})")
+                          f"(searchable: {', '.join(SEARCHABLE)})")
+    if name == "family":
+        unknown = [v for v in (space.values or ()) if v not in FAMILIES]
+        if space.type != "choice" or unknown:
+            raise ConfigError(f"'{where}' must be a choice of {list(FAMILIES)}, got "
+                              f"{unknown or space.type}")
     if space.type == "choice":
         if not space.values:
             raise ConfigError(f"'{where}.values' must list at least one value for a choice")

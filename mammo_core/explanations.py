@@ -27,6 +27,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mammo_core.config import PreprocessingConfig
+from mammo_core.families import BODY, FEATURES
 from mammo_core.hypermodel import AUGMENTATION
 from mammo_core.patches import as_unit_patches
 from mammo_core.predictor import EnsemblePredictor
@@ -49,9 +50,16 @@ def inference_model(model: keras.Model, tap: str | None = None) -> keras.Model:
 
     DeepExplainer follows the graph op by op and cannot pass the random layers' graph,
     even though they are the identity at inference (measured: attributions then miss the
-    output by 0.5). The hypermodel is a plain chain, so the rest is re-applied in order.
+    output by 0.5). Model families keep their network as one nested model (BODY), which
+    is used as it is; the hypermodel is a plain chain, so its layers are re-applied in order.
     With `tap`, the model outputs [that layer's output, the probability] (for Grad-CAM).
     """
+    body = next((layer for layer in model.layers if layer.name == BODY), None)
+    if body is not None:
+        if not tap:
+            return body
+        return keras.Model(body.inputs, [body.get_layer(tap).output, body.output],
+                           name=f"{model.name}_inference")
     inputs = keras.Input(model.input_shape[1:])
     x, tapped = inputs, None
     for layer in model.layers[1:]:
@@ -64,8 +72,13 @@ def inference_model(model: keras.Model, tap: str | None = None) -> keras.Model:
 
 
 def last_conv_layer(model: keras.Model) -> str:
-    """Returns the name of the model's last 2-D convolution layer."""
-    for layer in reversed(model.layers):
+    """Returns the layer Grad-CAM looks at: a backbone's feature map (FEATURES), else the
+    last 2-D convolution, in the model or in its nested BODY."""
+    network = next((layer for layer in model.layers if layer.name == BODY), model)
+    names = [layer.name for layer in network.layers]
+    if FEATURES in names:
+        return FEATURES
+    for layer in reversed(network.layers):
         if isinstance(layer, keras.layers.Conv2D):
             return layer.name
     raise ValueError(f"model '{model.name}' has no Conv2D layer for Grad-CAM")

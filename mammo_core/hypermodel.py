@@ -79,7 +79,8 @@ def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
         stack.append(RandomRot90(seed=seed + 1))
     if config.contrast > 0:
         stack.append(RandomContrastAroundMean(config.contrast, seed=seed + 2))
-    return keras.Sequential(stack, name=AUGMENTATION)
+    # an empty Sequential cannot be built: a model without augmentation gets the identity
+    return keras.Sequential(stack or [layers.Identity()], name=AUGMENTATION)
 
 
 def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],

@@ -168,7 +168,8 @@ def roc_comparison_figure(labels: np.ndarray, curves: Mapping[str, np.ndarray],
 
 
 def ranking_figure(per_fold_auc: Mapping[str, Sequence[float]], highlight: Sequence[str] = (),
-                   title: str = "Mean CV test AUC (± 1 std), same folds") -> Figure:
+                   title: str = "Mean CV test AUC (± 1 std), same folds",
+                   xlabel: str = "ROC AUC on the outer test folds") -> Figure:
     """Returns horizontal bars of mean AUC with ±1 std error bars, best on top.
 
     Each fold's AUC is drawn as a dot on its bar; names in `highlight` (the CNN) get
@@ -184,7 +185,7 @@ def ranking_figure(per_fold_auc: Mapping[str, Sequence[float]], highlight: Seque
         ax.plot(values, np.full(len(values), row), "k.", ms=3)
         ax.text(0.505, row, f"{values.mean():.3f} ± {std:.3f}", va="center", fontsize=8)
     ax.set(yticks=range(len(order)), yticklabels=order, xlim=(0.5, 1.0),
-           xlabel="ROC AUC on the outer test folds", title=title)
+           xlabel=xlabel, title=title)
     fig.tight_layout()
     return fig
 

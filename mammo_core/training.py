@@ -11,6 +11,21 @@ import numpy as np
 from mammo_core.config import TrainingConfig
 
 
+def limit_tensorflow_threads(threads: int = 1) -> None:
+    """Gives TensorFlow `threads` intra- and inter-op threads (a trial owns one CPU).
+
+    TensorFlow ignores OMP_NUM_THREADS, and refuses the setting once it has run an op in
+    this process (a reused Ray worker, a test process), which then keeps what it had.
+    """
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        pass
+
+
 def set_seed(seed: int) -> None:
     """Seeds Python, NumPy and the Keras backend so a run can be repeated."""
     keras.utils.set_random_seed(seed)

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException
 
 from mammo_core.explanations import explain, overlay_png
 from mammo_core.patches import PatchError, as_unit_patches
+from mammo_core.training import limit_tensorflow_threads
 from serve.model import load_model
 from serve.payload import BadRequest, read_patches
 from serve.settings import ServeSettings
@@ -79,11 +80,8 @@ def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
 @serve.ingress(api)
 class PatchScorer:
     def __init__(self, settings: dict):
-        import tensorflow as tf
-
         self.settings = ServeSettings(**settings)
-        tf.config.threading.set_intra_op_parallelism_threads(self.settings.tf_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(self.settings.tf_threads)
+        limit_tensorflow_threads(self.settings.tf_threads)
         self.score.set_max_batch_size(self.settings.max_batch_size)
         self.score.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.reload_token, self.reload_error, self.configured = None, None, False

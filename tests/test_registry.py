@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from mammo_core.config import load_experiment
-from mammo_core.data import load_dataset, read_image
+from mammo_core.data import load_dataset
 from mammo_core.ensemble import Ensemble
 from mammo_core.predictor import EnsemblePredictor
 from mammo_core.sources import resolve_data_root
@@ -55,7 +55,7 @@ def client(store, monkeypatch) -> mlflow.MlflowClient:
 @pytest.fixture(scope="module")
 def patches(shared_data) -> np.ndarray:
     files = sorted((shared_data / "0").glob("*.png"))[:4] + sorted((shared_data / "1").glob("*.png"))[:4]
-    return np.stack([read_image(f, (60, 60)) for f in files])
+    return np.stack([np.asarray(Image.open(f)) for f in files])  # the stored uint8 pixels
 
 
 def test_pipeline_is_one_finished_run_tree(store):

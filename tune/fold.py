@@ -15,7 +15,7 @@ from mammo_core import metrics
 from mammo_core.config import Experiment
 from mammo_core.data import Dataset
 from mammo_core.folds import Fold
-from mammo_core.hypermodel import build_model
+from mammo_core.families import build_model, count_params, family_of
 from mammo_core.tracking import log_figure, log_keras_model, tracked_run
 from tune.evaluation import evaluate_on_test
 from tune.progress import StatusLine
@@ -65,7 +65,9 @@ def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold:
         best_run = find_trial_run(mlflow.MlflowClient(), run.info.experiment_id,
                                   run.info.run_id, best.metrics["trial_id"]) or ""
         mlflow.set_tag("mammo.best_trial_run", best_run)
-        mlflow.log_params({f"best.{k}": v for k, v in best.config.items()})
+        mlflow.log_params({f"best.{k}": v for k, v in best.config.items()}
+                          | {"family": family_of(best.config, experiment.model),
+                             "expert_params": count_params(model)})
         mlflow.log_dict(dict(best.config), CONFIG_ARTIFACT)
         log_best_curves(best)
         scores, probabilities = evaluate_on_test(model, experiment, dataset, images, parts)

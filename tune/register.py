@@ -34,6 +34,7 @@ from mammo_core import metrics
 from mammo_core.config import Experiment, experiment_from_dict
 from mammo_core.data import Dataset
 from mammo_core.explanations import shap_backgrounds
+from mammo_core.families import family_of_model
 from mammo_core.folds import FoldPlan
 from mammo_core.model_card import CardFacts, render_card
 from mammo_core.predictor import EnsemblePredictor, write_bundle
@@ -106,6 +107,7 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
                        search_run: str) -> tuple[str, str, str, float]:
     """Fits, logs, registers and gates the ensemble; returns (version, alias, reason, AUC)."""
     experts = load_experts(search_run, experiment.cross_validation.n_folds)
+    mlflow.log_params({f"expert.{i}.family": family_of_model(e) for i, e in enumerate(experts)})
     k, explain = len(experts), experiment.explanations
     backgrounds = shap_backgrounds(dataset.images, [f.train for f in plan.folds],
                                    experiment.preprocessing, explain.background_size, explain.seed)

@@ -24,13 +24,15 @@ import ray
 from mammo_core import metrics
 from mammo_core.config import Experiment
 from mammo_core.data import Dataset
+from mammo_core.families import family_of
 from mammo_core.folds import make_fold_plan
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
+from tune.families import log_family_comparison, markdown
 from tune.fold import FoldOutcome, load_outcome, run_fold
 from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, base_parser, load_config, load_data,
-                          load_fold_plan, log_data, run_entry)
+                          finished_fold_runs, load_fold_plan, log_data, run_entry)
 
 CONFIGS_ARTIFACT = "search/best_configs.json"
 
@@ -114,7 +116,14 @@ def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary:
         else:
             print(f"fold {fold.index + 1}/{len(plan.folds)}: already finished, reused")
         outcomes.append(outcome)
-    return log_cv_summary(experiment, dataset, outcomes, time.monotonic() - started)
+    summary = log_cv_summary(experiment, dataset, outcomes, time.monotonic() - started)
+    if "family" in experiment.search_space:
+        fold_runs = {k: r.info.run_id for k, r in
+                     finished_fold_runs(parent_id, len(plan.folds)).items()}
+        table = log_family_comparison(fold_runs, {o.fold: family_of(o.best_config, experiment
+                                                                    .model) for o in outcomes})
+        print("families (best inner-validation AUC per fold):\n" + markdown(table))
+    return summary
 
 
 def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[FoldOutcome],

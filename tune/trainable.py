@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -14,8 +15,8 @@ import numpy as np
 from ray import tune
 
 from mammo_core.config import Experiment
-from mammo_core.hypermodel import build_model
-from mammo_core.training import set_seed
+from mammo_core.families import build_model, count_params
+from mammo_core.training import limit_tensorflow_threads, set_seed
 
 WEIGHTS = "model.weights.h5"
 STATE = "state.json"
@@ -37,22 +38,7 @@ def train_trial(config: dict, data: dict[str, np.ndarray], experiment: Experimen
               validation_data=(data["x_val"], data["y_val"]),
               initial_epoch=initial_epoch, epochs=experiment.search.max_epochs,
               batch_size=experiment.training.batch_size, verbose=0,
-              callbacks=[ReportToTune(best)])
-
-
-def limit_tensorflow_threads() -> None:
-    """One intra- and one inter-op thread: each trial owns exactly one CPU.
-
-    TensorFlow ignores OMP_NUM_THREADS, and refuses the setting once it has run an op in
-    this process (a reused Ray worker), which is then already limited.
-    """
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-    except RuntimeError:
-        pass
+              callbacks=[ReportToTune(best, count_params(model))])
 
 
 def restore(model: keras.Model) -> tuple[int, float]:
@@ -67,15 +53,21 @@ def restore(model: keras.Model) -> tuple[int, float]:
 
 
 class ReportToTune(keras.callbacks.Callback):
-    """Reports loss / auc / val_loss / val_auc each epoch; checkpoints on a new best val_auc."""
+    """Reports loss / auc / val_loss / val_auc, the epoch's seconds and the model's weight
+    count each epoch (families are compared on them); checkpoints on a new best val_auc."""
 
-    def __init__(self, best: float):
+    def __init__(self, best: float, n_weights: int = 0):
         super().__init__()
-        self.best = best
+        # not `self.params`: Keras sets that to the fit arguments
+        self.best, self.n_weights, self.started = best, n_weights, time.monotonic()
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.started = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         metrics = {k: float(v) for k, v in (logs or {}).items()}
-        metrics["epoch"] = epoch + 1
+        metrics.update(epoch=epoch + 1, seconds=time.monotonic() - self.started,
+                       n_weights=self.n_weights)
         if not np.isfinite(metrics.get("val_auc", np.nan)) or metrics["val_auc"] <= self.best:
             tune.report(metrics)
             return

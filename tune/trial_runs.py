@@ -12,7 +12,7 @@ from mlflow.entities import Metric, Param, RunStatus
 from mlflow.utils.time import get_current_time_millis
 from ray import tune
 
-EPOCH_METRICS = ("loss", "auc", "val_loss", "val_auc", "accuracy", "val_accuracy")
+EPOCH_METRICS = ("loss", "auc", "val_loss", "val_auc", "accuracy", "val_accuracy", "seconds")
 
 
 class TrialRuns(tune.Callback):
@@ -50,6 +50,8 @@ class TrialRuns(tune.Callback):
         step, now = int(result["epoch"]), get_current_time_millis()
         if step == 1 or trial.trial_id not in self.best:  # where it ran: one tag per trial
             self.client.set_tag(run_id, "mammo.node_ip", str(result.get("node_ip", "")))
+            if "n_weights" in result:  # ("params" is Tune's own: the trial config)
+                self.client.log_metric(run_id, "n_weights", float(result["n_weights"]), now, 0)
         metrics = [Metric(f"epoch_{k}", float(result[k]), now, step)
                    for k in EPOCH_METRICS if k in result]
         self.client.log_batch(run_id, metrics=metrics)
@@ -78,6 +80,8 @@ class TrialRuns(tune.Callback):
                                            "mammo.kind": "trial", "mammo.fold": str(self.fold),
                                            "mammo.trial_id": trial.trial_id})
         params = [Param(_param_name(k), str(v)) for k, v in trial.config.items()]
+        if "family" in trial.config:  # the same key on trial, fold and register runs
+            params.append(Param("family", str(trial.config["family"])))
         self.client.log_batch(run.info.run_id, params=params)
         return run.info.run_id
 
