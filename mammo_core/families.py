@@ -29,7 +29,7 @@ import keras
 from keras import layers
 
 from mammo_core.config import FAMILIES, AugmentationConfig, ModelConfig
-from mammo_core.hypermodel import AUGMENTATION, augmentation
+from mammo_core.hypermodel import augmentation
 from mammo_core.hypermodel import build_model as build_hypermodel
 
 BODY = "body"

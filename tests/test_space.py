@@ -23,7 +23,17 @@ def test_space_is_read_from_the_yaml():
 def test_fixed_configs_replace_the_space():
     space = param_space(EXPERIMENT, fixed={"init": 20, "rate": 0.0, "depth": 1,
                                            "learning_rate": 1e-3})
-    assert space == {"init": 20, "rate": 0.0, "depth": 1, "learning_rate": 1e-3, "seed": 0}
+    assert space == {"init": 20, "rate": 0.0, "depth": 1, "learning_rate": 1e-3, "seed": 0,
+                     "family": "hypermodel"}
+
+
+def test_unsearched_hyperparameters_keep_their_fixed_value_and_the_family_is_named():
+    families = load_experiment(ROOT / "experiments" / "families_quick.yaml")
+    space = param_space(families)
+    assert isinstance(space["family"], Categorical) and len(space["family"].categories) == 4
+    assert {k: space[k] for k in ("init", "rate", "depth")} == {"init": 8, "rate": 0.05,
+                                                                "depth": 1}
+    assert isinstance(space["learning_rate"], Float)
 
 
 @pytest.mark.parametrize("name, expected", [("optuna", "OptunaSearch"),

@@ -15,11 +15,14 @@ METRIC, MODE = "val_auc", "max"  # select on AUC, never accuracy (see docs/bench
 def param_space(experiment: Experiment, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Returns the Tune param space of `search_space`, or the constants in `fixed`.
 
-    Every trial also gets `seed`, so trials differ only in their hyperparameters, and
-    `family` (the config's, unless the family is searched).
+    Hyperparameters not searched keep their `hyperparameters` value. Every trial also gets
+    `seed`, so trials differ only in their hyperparameters, and `family` (the config's,
+    unless the family is searched).
     """
     space = dict(fixed) if fixed else {name: _domain(spec) for name, spec
                                        in experiment.search_space.items()}
+    for name, value in experiment.hyperparameters.items():  # unsearched: the fixed point
+        space.setdefault(name, value)
     space.setdefault("family", experiment.model.family)  # every trial names its family
     space["seed"] = experiment.search.seed
     return space
