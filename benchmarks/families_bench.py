@@ -5,7 +5,8 @@ same training budget, next to the brightness baselines measured on the same test
         [--families hypermodel microcal_cnn mass_calc_m5 vgg16] [--vgg-cut top]
 
 Each family is trained once per outer fold at a fixed configuration (the hypermodel at
-the config's `hyperparameters` point, the others at their published design) on the fold's
+the config's `hyperparameters` point, the others at their published design, with their
+own dropout and learning rate: Adam 1e-3, vgg16 1e-4) on the fold's
 train part, with early stopping on the inner validation AUC (best weights kept), then
 scored once on the fold's test part. No family is searched here, so the hypermodel row is
 its fixed point, not the searched result (see search_bench.py for that). vgg16 starts from
@@ -56,11 +57,12 @@ def run_family(family: str, experiment, images, labels, plan, args) -> dict:
         cut=args.vgg_cut, trainable_layers=None))
     training = dataclasses.replace(experiment.training, epochs=args.epochs,
                                    early_stopping_patience=args.patience)
+    # the published designs keep their own dropout and learning rate
+    hyperparameters = experiment.hyperparameters if family == "hypermodel" else {}
     aucs, epoch_times, epochs, started = [], [], [], time.monotonic()
     for fold in plan.folds:
         set_seed(fold.index)
-        model = build_model(experiment.hyperparameters, images.shape[1:], model_config,
-                            seed=fold.index)
+        model = build_model(hyperparameters, images.shape[1:], model_config, seed=fold.index)
         timer = EpochTimer()
         history = fit(model, (images[fold.train], labels[fold.train]),
                       (images[fold.val], labels[fold.val]), training, callbacks=[timer],
