@@ -307,6 +307,29 @@ def test_explain_keeps_same_named_files_of_two_folders_apart_and_logs_only_its_o
     assert {"explanations/site a", "explanations/site,b"} <= {a.path for a in logged}
 
 
+def test_evaluate_and_explain_through_mlflow_run_with_the_default_model_uri(store, shared_data,
+                                                                           tmp_path):
+    """The README's lines, with no model_uri: `mlflow run` has logged model_uri='' on the
+    project's run, so the resolved URI must go under another key (it used to fail with
+    "Changing param values is not allowed")."""
+    folder = tmp_path / "labelled"
+    for label in ("0", "1"):
+        (folder / label).mkdir(parents=True)
+        for source in sorted((shared_data / label).glob("*.png"))[:2]:
+            (folder / label / source.name).write_bytes(source.read_bytes())
+    for entry, params in (("evaluate", [f"data_dir={folder}"]),
+                          ("explain", [f"input={folder / '1'}", f"output={tmp_path / 'maps'}"])):
+        args = [a for p in params for a in ("-P", p)]
+        result = subprocess.run(["mlflow", "run", ".", "-e", entry, "--env-manager", "local",
+                                 *args], cwd=ROOT, env=search_env(store), capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        run = max((r for r in runs_of(store) if r.data.tags.get("mammo.kind") == entry),
+                  key=lambda r: r.info.start_time)
+        assert run.info.status == "FINISHED"
+        assert run.data.params["resolved_model_uri"] == CHAMPION
+
+
 def test_register_without_a_search_says_so(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tune.register", "--config", QUICK],
                             cwd=ROOT, env=search_env(tmp_path), capture_output=True, text=True)

@@ -64,7 +64,9 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
                      tags={"mammo.entry_point": "evaluate", "mammo.kind": "evaluate",
                            "mammo.model_uri": model_uri},
                      run_id=run_id, parent_run_id=parent_run_id):
-        mlflow.log_params({"model_uri": model_uri, "data_root": dataset.root,
+        # resolved_*: `mlflow run` has already logged the parameters as given ('' for the
+        # default), and MLflow refuses to change a logged value
+        mlflow.log_params({"resolved_model_uri": model_uri, "data_root": dataset.root,
                            "data_fingerprint": dataset.fingerprint(),
                            "subset": f"holdout of {holdout_of}" if holdout_of else "all",
                            "images": len(index)} | model_version_params(model_uri))

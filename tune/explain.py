@@ -63,7 +63,9 @@ def explain_files(config: str, source: Path, output: Path, methods: tuple[str, .
     with tracked_run(experiment.tracking.experiment_name, f"explain-{experiment.name}",
                      tags={"mammo.entry_point": "explain", "mammo.kind": "explain",
                            "mammo.model_uri": uri}), tempfile.TemporaryDirectory() as staging:
-        mlflow.log_params({"model_uri": uri, "methods": ",".join(methods), "images": len(files),
+        # resolved_model_uri: `mlflow run` already logged model_uri as given ('' = default)
+        mlflow.log_params({"resolved_model_uri": uri, "methods": ",".join(methods),
+                           "images": len(files),
                            "expert": "ensemble" if expert is None else expert})
         for method in methods:
             rows += explain_method(predictor, raw, units, files, names, method, expert,

@@ -95,7 +95,8 @@ def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
                      tags={"mammo.entry_point": "register", "mammo.kind": "register",
                            "mammo.search_run": search_run},
                      run_id=run_id, parent_run_id=parent_run_id) as run:
-        mlflow.log_params({"search_run": search_run, "model_name": experiment.tracking
+        # resolved_search_run: `mlflow run` already logged search_run as given ('' = latest)
+        mlflow.log_params({"resolved_search_run": search_run, "model_name": experiment.tracking
                            .registered_model_name} | {f"registry.{k}": v for k, v in
                                                       dataclasses.asdict(experiment.registry).items()})
         version, alias, reason, auc = build_and_register(trained, dataset, summary, plan, search_run)
