@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mammo_core.config import DataConfig
-from mammo_core.errors import DataError, ImageError  # noqa: F401  (re-exported)
+from mammo_core.errors import DataError, FileNameError, ImageError  # noqa: F401  (re-exported)
 from mammo_core.images import decode_image, quantize, read, read_image  # noqa: F401
 
 
@@ -68,7 +68,8 @@ def load_dataset(root: str | Path, config: DataConfig) -> Dataset:
     """Returns every image under `root` with its label, case, ROI and duplicate group.
 
     Raises DataError naming the folder or file for a missing or empty class folder
-    (so also for a single class), an unreadable or truncated file, a wrong size or a bad file name.
+    (so also for a single class), an unreadable or truncated file or a wrong size, and
+    FileNameError (before decoding anything) for a name the case pattern does not match.
     """
     root = Path(root)
     if not root.is_dir():
@@ -79,11 +80,11 @@ def load_dataset(root: str | Path, config: DataConfig) -> Dataset:
     # Every class folder must exist and hold files, and the config maps them to two or
     # more labels, so a single-class data set is caught by the folder checks.
     labels = np.array([label for _, label, _ in entries], dtype=np.int64)
+    names = [path.name for path, _, _ in entries]
+    cases, rois = _group_keys(names, entries, config.filename_pattern)  # before decoding
     decoded = [read(path, config.image_size) for path, _, _ in entries]
     images = np.stack([d.pixels for d in decoded])  # each already scaled by its own depth
     depths = np.array([d.bit_depth for d in decoded], dtype=np.int64)
-    names = [path.name for path, _, _ in entries]
-    cases, rois = _group_keys(names, entries, config.filename_pattern)
     return Dataset(images=images, bit_depths=depths, labels=labels,
                    paths=tuple(str(path) for path, _, _ in entries),
                    cases=cases, rois=rois,
@@ -166,8 +167,8 @@ def _group_keys(names: list[str], entries: list, pattern: str | None) -> tuple[n
     for (path, _, _), name in zip(entries, names):
         match = regex.match(name)
         if match is None:
-            raise DataError(f"file name {path} does not match data.filename_pattern "
-                            f"{pattern!r}; set the pattern, or null to group per file")
+            raise FileNameError(f"file name {path} does not match data.filename_pattern "
+                                f"{pattern!r}; set the pattern, or null to group per file")
         cases.append(match.group("case"))
         rois.append(match.group("roi"))
     return np.array(cases), np.array(rois)

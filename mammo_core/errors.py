@@ -16,3 +16,7 @@ class ImageError(DataError):
     def __init__(self, message: str, wrong_size: bool = False):
         super().__init__(message)
         self.wrong_size = wrong_size
+
+
+class FileNameError(DataError):
+    """A file name does not match `data.filename_pattern`, so its case cannot be read."""

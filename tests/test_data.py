@@ -6,7 +6,7 @@ from PIL import Image
 
 from conftest import make_dataset, write_image
 from mammo_core.config import DataConfig
-from mammo_core.data import DataError, load_dataset, read_image, summarize
+from mammo_core.data import DataError, FileNameError, load_dataset, read_image, summarize
 
 
 def test_real_shared_data(shared_data, data_config):
@@ -177,7 +177,9 @@ def test_color_image_rejected(tmp_path):
 
 def test_name_not_matching_pattern(tiny_dataset, data_config):
     write_image(tiny_dataset / "0" / "scan_17.png", np.zeros((60, 60), np.uint8))
-    with pytest.raises(DataError, match="scan_17.png does not match data.filename_pattern"):
+    (tiny_dataset / "1" / "broken.pgm_1.png").write_bytes(b"not an image")
+    # names are checked before any image is decoded: the name error comes first
+    with pytest.raises(FileNameError, match="scan_17.png does not match data.filename_pattern"):
         load_dataset(tiny_dataset, data_config)
 
 

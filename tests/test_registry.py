@@ -311,12 +311,13 @@ def test_evaluate_and_explain_through_mlflow_run_with_the_default_model_uri(stor
                                                                            tmp_path):
     """The README's lines, with no model_uri: `mlflow run` has logged model_uri='' on the
     project's run, so the resolved URI must go under another key (it used to fail with
-    "Changing param values is not allowed")."""
+    "Changing param values is not allowed"). The files have names of another source: each
+    becomes its own group, with a line saying so."""
     folder = tmp_path / "labelled"
     for label in ("0", "1"):
         (folder / label).mkdir(parents=True)
-        for source in sorted((shared_data / label).glob("*.png"))[:2]:
-            (folder / label / source.name).write_bytes(source.read_bytes())
+        for i, source in enumerate(sorted((shared_data / label).glob("*.png"))[:2]):
+            (folder / label / f"site B scan {label}-{i}.png").write_bytes(source.read_bytes())
     for entry, params in (("evaluate", [f"data_dir={folder}"]),
                           ("explain", [f"input={folder / '1'}", f"output={tmp_path / 'maps'}"])):
         args = [a for p in params for a in ("-P", p)]
@@ -324,6 +325,9 @@ def test_evaluate_and_explain_through_mlflow_run_with_the_default_model_uri(stor
                                  *args], cwd=ROOT, env=search_env(store), capture_output=True,
                                 text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
+        if entry == "evaluate":
+            assert "does not match data.filename_pattern" in result.stdout
+            assert "each file is its own group here" in result.stdout
         run = max((r for r in runs_of(store) if r.data.tags.get("mammo.kind") == entry),
                   key=lambda r: r.info.start_time)
         assert run.info.status == "FINISHED"

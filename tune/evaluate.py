@@ -55,7 +55,7 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
                    parent_run_id: str | None = None) -> dict[str, float]:
     """Scores `model_uri` on the data set (or a search's hold-out); returns eval metrics."""
     model_uri = model_uri or default_model_uri(experiment)
-    dataset, _ = load_data(experiment, data_dir)
+    dataset, _ = load_data(experiment, data_dir, any_file_names=True)
     index = np.arange(len(dataset.labels))
     if holdout_of:
         index = load_fold_plan(holdout_of, dataset).holdout

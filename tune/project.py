@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,8 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
 from mammo_core.config import BaselinesExperiment, ConfigError, Experiment, load_experiment
-from mammo_core.data import DataError, Dataset, format_summary, load_dataset, summarize
+from mammo_core.data import (DataError, Dataset, FileNameError, format_summary, load_dataset,
+                             summarize)
 from mammo_core.folds import FoldPlan
 from mammo_core.patches import PatchError
 from mammo_core.sources import resolve_data_root
@@ -44,10 +46,21 @@ def load_config(path: str, loader: Callable[[Path], Any] = load_experiment) -> t
     return loader(resolved), resolved
 
 
-def load_data(experiment: Experiment | BaselinesExperiment, data_dir: str) -> tuple[Dataset, dict]:
-    """Returns the data set and its per-class summary; prints the summary table."""
+def load_data(experiment: Experiment | BaselinesExperiment, data_dir: str,
+              any_file_names: bool = False) -> tuple[Dataset, dict]:
+    """Returns the data set and its per-class summary; prints the summary table.
+
+    With `any_file_names` (data to score, not to split), names the case pattern does not
+    match make every file its own group, with one line saying so, instead of an error.
+    """
     root = resolve_data_root(experiment.data, PROJECT_ROOT, explicit=data_dir or None)
-    dataset = load_dataset(root, experiment.data)
+    try:
+        dataset = load_dataset(root, experiment.data)
+    except FileNameError as err:
+        if not any_file_names:
+            raise
+        print(f"note: {err}; each file is its own group here", flush=True)
+        dataset = load_dataset(root, dataclasses.replace(experiment.data, filename_pattern=None))
     summary = summarize(dataset, experiment.data.class_names)
     print(f"data: {root} ({dataset.bit_depth}-bit, fingerprint {dataset.fingerprint()})")
     print(format_summary(summary), flush=True)
