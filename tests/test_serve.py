@@ -245,6 +245,51 @@ def test_a_chunked_body_over_the_limit_is_refused_with_413(service, files):
     assert status == 200 and json.loads(text)["predictions"], text
 
 
+def fuzz_bodies(png: bytes, n: int, seed: int = 0) -> list[tuple[bytes, str]]:
+    """Returns `n` malformed bodies: random bytes, truncations, odd JSON shapes, forged
+    image headers and deep nesting, each with the content type it is sent with."""
+    rng = np.random.default_rng(seed)
+    b64 = base64.b64encode(png).decode()
+    forged = bytearray(png)
+    forged[16:24] = (100_000).to_bytes(4, "big") * 2  # IHDR: 10^10 pixels
+    shapes = [{"images": [b64[:k]]} for k in (1, 7, 100)] + [
+        {"inputs": [[[float("inf")]]]}, {"inputs": 3}, {"inputs": [[[[[[0]]]]]]},
+        {"images": [None]}, {"images": {"a": b64}}, {"inputs": [[[1e308] * 60] * 60]},
+        {"inputs": [[["0"] * 60] * 60]}, {"images": [base64.b64encode(bytes(forged)).decode()]},
+        {"inputs": [[[-1] * 60] * 60]}, {"inputs": [[[2 ** 70] * 60] * 60]}, [], "x", None]
+    bodies = []
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            bodies.append((rng.bytes(int(rng.integers(0, 2000))), "application/json"))
+        elif kind == 1:
+            whole = json.dumps({"images": [b64]}).encode()
+            bodies.append((whole[:int(rng.integers(0, len(whole)))], "application/json"))
+        elif kind == 2:
+            bodies.append((json.dumps(shapes[i % len(shapes)]).encode(), "application/json"))
+        elif kind == 3:
+            depth = int(rng.integers(1, 200_000))
+            bodies.append((b"[" * depth + b"]" * depth, "application/json"))
+        else:
+            bodies.append((rng.bytes(int(rng.integers(0, 2000))),
+                           "multipart/form-data; boundary=xyz"))
+    return bodies
+
+
+def test_a_few_hundred_malformed_bodies_never_get_a_5xx(service, files):
+    url, _ = service
+    deadline = time.monotonic() + 240
+    for body, content_type in fuzz_bodies(files[0].read_bytes(), 300):
+        for path in ("/predict", "/explain"):
+            status, answer = request(f"{url}{path}", body, content_type)
+            assert 400 <= status < 500, (path, body[:80], status, answer)
+            assert "error" in answer, answer
+        assert time.monotonic() < deadline, "the fuzz run is bounded in time"
+    assert request(f"{url}/healthz")[0] == 200
+    ok = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()
+    assert request(f"{url}/predict", ok)[0] == 200
+
+
 def test_a_single_request_larger_than_a_batch_is_scored_in_full(service, files):
     url, settings = service
     deploy(settings.model_copy(update={"max_batch_size": 2}), reload_token=0)
