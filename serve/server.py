@@ -76,7 +76,12 @@ def serving_version() -> str | None:
     app = serve.status().applications.get(APP_NAME)
     if app is None or app.status != ApplicationStatus.RUNNING:
         return None
-    return serve.get_app_handle(APP_NAME).status.remote().result(timeout_s=60)["version"]
+    return replica_status()["version"]
+
+
+def replica_status() -> dict:
+    """Returns a replica's {"version", "reload_error"} (PatchScorer.status)."""
+    return serve.get_app_handle(APP_NAME).status.remote().result(timeout_s=60)
 
 
 def reload(settings: ServeSettings, token: int) -> str:
@@ -87,7 +92,7 @@ def reload(settings: ServeSettings, token: int) -> str:
     """
     try:
         deploy(settings, token)
-        status = serve.get_app_handle(APP_NAME).status.remote().result(timeout_s=60)
+        status = replica_status()
     except ReloadError as err:
         return str(err)
     except Exception as err:  # noqa: BLE001 — report, and keep the server up
