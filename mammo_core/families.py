@@ -270,7 +270,7 @@ def _need_min_side(family: str, input_shape: tuple, side: int) -> None:
 
 
 BUILDERS: dict[str, Callable[..., keras.Model]] = {
-    "hypermodel": lambda hp, shape, config, seed: build_hypermodel(hp, shape, config, seed),
+    "hypermodel": build_hypermodel,
     "microcal_cnn": microcal_cnn,
     **{f"mass_calc_m{k}": mass_calc(k) for k in range(len(MASS_CALC))},
     "mias_cnn": mias_cnn,
