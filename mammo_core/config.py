@@ -22,21 +22,48 @@ class ConfigError(ValueError):
     """A configuration file or value is invalid; the message names the offending key."""
 
 
+# How a collection is stored (mammo_core/data.py, cbis.py, mias.py read them).
+LAYOUTS = ("folders", "cbis_npy", "mias")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images are and how to read labels and groups from them."""
+    """Where the images are, how the collection is laid out, how to read labels and groups.
+
+    layout: `folders` (class folders, e.g. microcal's {Train,Test}/{0,1} or CBIS'
+    {mass,calc}_{train,test}), `cbis_npy` (CBIS-DDSM baseline/abnormal pairs in .npy
+    arrays) or `mias` (mini-MIAS .pgm files with Info.txt).
+    """
 
     root: str | None = None  # None: MAMMO_DATA_DIR, then the default locations
+    # the folder name looked for beside the project (../shared/data/<collection>, data/<...>)
+    collection: str = "microcal"
+    layout: Literal["folders", "cbis_npy", "mias"] = "folders"
     image_size: tuple[int, int] = (60, 60)
+    # images of another size are resampled to image_size (bilinear) instead of refused
+    resize: bool = False
+    # cbis_npy / mias: source label -> task label ("0".."4" for CBIS; NORM, CALC, CIRC,
+    # SPIC, MISC, ARCH, ASYM for MIAS); images of labels not listed are left out
+    label_map: dict[str, int] | None = None
+    # cbis_npy: partition -> [images.npy, labels.npy]; null: every *_images.npy with the
+    # *_labels.npy of the same prefix
+    npy_files: dict[str, tuple[str, str]] | None = None
+    # mias: whole (each mammogram downscaled) or roi (patches around each abnormality's
+    # centre, and from normal tissue of normal images)
+    mias_task: Literal["whole", "roi"] = "whole"
+    mias_info_file: str = "Info.txt"
+    roi_patch_size: int = 128  # source pixels per side of a cut patch (mias roi)
+    normal_patches_per_image: int = 2  # mias roi: tissue patches per normal mammogram
     # class-folder name -> integer label; the folder names are also the class names
     classes: dict[str, int] = field(default_factory=lambda: {"0": 0, "1": 1})
     class_names: dict[int, str] = field(
         default_factory=lambda: {0: "normal", 1: "microcalcification"})
-    extensions: tuple[str, ...] = (".png", ".pgm")
+    extensions: tuple[str, ...] = (".png", ".pgm")  # folders layout
     # Regex matched at the start of each file name; named groups `case` and `roi`.
     # None gives every image its own case and ROI.
     filename_pattern: str | None = r"(?P<roi>(?P<case>\d{4})[^.]*)\.pgm_\d+"
-    download_url: str = "https://www.pi.infn.it/~boccali/DL_class_data.tar.gz"
+    # null: the collection has no public download (a missing folder is an error)
+    download_url: str | None = "https://www.pi.infn.it/~boccali/DL_class_data.tar.gz"
     # SHA-256 the downloaded tarball must have before anything is extracted; null refuses
     # the download and prints the digest it got, to be checked and pinned here.
     download_sha256: str | None = None
@@ -174,6 +201,9 @@ class TrainingConfig:
     monitor: str = "val_auc"  # selection on AUC, never accuracy (see docs)
     seed: int = 0
     threshold: float = 0.5
+    # imbalanced classes, on the training part only (never validation or test):
+    # class_weight (loss weights), oversample (repeat minority images), undersample
+    class_balance: Literal["none", "class_weight", "oversample", "undersample"] = "none"
 
 
 @dataclass(frozen=True)
@@ -420,8 +450,7 @@ def _scalar(hint: Any, value: Any, where: str) -> Any:
 def _validate(experiment: Experiment) -> None:
     """Checks value ranges and cross-field rules that types alone cannot express."""
     data, wavelet = experiment.data, experiment.preprocessing.wavelet
-    if len(set(data.classes.values())) < 2:
-        raise ConfigError("'data.classes' must map folders to at least two distinct labels")
+    _validate_data(data)
     if any(side <= 0 for side in data.image_size):
         raise ConfigError(f"'data.image_size' must be positive, got {data.image_size}")
     if wavelet.level < 1 or wavelet.threshold_k < 0:
@@ -442,6 +471,19 @@ def _validate(experiment: Experiment) -> None:
         raise ConfigError(f"'hyperparameters' is missing {missing}")
     for name, space in experiment.search_space.items():
         _validate_space(name, space)
+
+
+def _validate_data(data: DataConfig) -> None:
+    labels = data.label_map if data.layout != "folders" else data.classes
+    key = "label_map" if data.layout != "folders" else "classes"
+    if labels is None and data.layout == "cbis_npy":
+        raise ConfigError("'data.label_map' is required for the cbis_npy layout "
+                          "(source labels 0..4 -> task labels)")
+    if labels is not None and len(set(labels.values())) < 2:
+        raise ConfigError(f"'data.{key}' must map to at least two distinct labels")
+    if data.roi_patch_size < 8 or data.normal_patches_per_image < 0:
+        raise ConfigError("'data.roi_patch_size' must be >= 8 and "
+                          "'data.normal_patches_per_image' >= 0")
 
 
 def _validate_search(experiment: Experiment) -> None:

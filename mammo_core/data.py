@@ -1,8 +1,9 @@
-"""Loading class-folder image data sets with the keys a leakage-free split needs.
+"""Loading data sets with the keys a leakage-free split needs; the class-folder layout.
 
-Layouts: ``<root>/<class>/*`` or ``<root>/<partition>/<class>/*`` (for example the
+Class folders: ``<root>/<class>/*`` or ``<root>/<partition>/<class>/*`` (for example the
 original ``{Train,Test}/{0,1}``). The published partitions are merged: splitting is the
-fold plan's job, grouped by case, so a partition is kept only as metadata.
+fold plan's job, grouped by case, so a partition is kept only as metadata. The other
+collections' layouts are read by `cbis.py` (NumPy pairs) and `mias.py` (mini-MIAS).
 """
 from __future__ import annotations
 
@@ -65,15 +66,39 @@ class Dataset:
 
 
 def load_dataset(root: str | Path, config: DataConfig) -> Dataset:
+    """Returns the collection at `root`, read as `config.layout` says (folders, cbis_npy, mias).
+
+    Raises DataError naming the folder or file at fault (see each layout's loader).
+    """
+    # the collection readers build their Dataset with `assemble` from this module
+    from mammo_core.cbis import load_cbis_arrays
+    from mammo_core.mias import load_mias
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder does not exist: {root}")
+    loader = {"folders": load_class_folders, "cbis_npy": load_cbis_arrays,
+              "mias": load_mias}[config.layout]
+    return loader(root, config)
+
+
+def assemble(images: np.ndarray, bit_depths: np.ndarray, labels: np.ndarray,
+             paths: tuple[str, ...], cases: np.ndarray, rois: np.ndarray,
+             partitions: np.ndarray, root: Path) -> Dataset:
+    """Returns the Dataset of these rows, with duplicate groups computed from the pixels."""
+    return Dataset(images=images.astype(np.float32), bit_depths=bit_depths.astype(np.int64),
+                   labels=labels.astype(np.int64), paths=tuple(paths), cases=cases, rois=rois,
+                   duplicate_groups=duplicate_groups(quantize(images, int(bit_depths.max()))),
+                   partitions=partitions, root=str(root))
+
+
+def load_class_folders(root: Path, config: DataConfig) -> Dataset:
     """Returns every image under `root` with its label, case, ROI and duplicate group.
 
     Raises DataError naming the folder or file for a missing or empty class folder
     (so also for a single class), an unreadable or truncated file or a wrong size, and
     FileNameError (before decoding anything) for a name the case pattern does not match.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data folder does not exist: {root}")
     entries = []  # (path, label, partition)
     for partition, base in _partitions(root, config):
         entries += _class_files(base, partition, config)
@@ -82,14 +107,11 @@ def load_dataset(root: str | Path, config: DataConfig) -> Dataset:
     labels = np.array([label for _, label, _ in entries], dtype=np.int64)
     names = [path.name for path, _, _ in entries]
     cases, rois = _group_keys(names, entries, config.filename_pattern)  # before decoding
-    decoded = [read(path, config.image_size) for path, _, _ in entries]
-    images = np.stack([d.pixels for d in decoded])  # each already scaled by its own depth
-    depths = np.array([d.bit_depth for d in decoded], dtype=np.int64)
-    return Dataset(images=images, bit_depths=depths, labels=labels,
-                   paths=tuple(str(path) for path, _, _ in entries),
-                   cases=cases, rois=rois,
-                   duplicate_groups=duplicate_groups(quantize(images, int(depths.max()))),
-                   partitions=np.array([p for _, _, p in entries]), root=str(root))
+    decoded = [read(path, config.image_size, resize=config.resize) for path, _, _ in entries]
+    return assemble(images=np.stack([d.pixels for d in decoded]),  # each scaled by its depth
+                    bit_depths=np.array([d.bit_depth for d in decoded]), labels=labels,
+                    paths=tuple(str(path) for path, _, _ in entries), cases=cases, rois=rois,
+                    partitions=np.array([p for _, _, p in entries]), root=root)
 
 
 def duplicate_groups(images: np.ndarray) -> np.ndarray:

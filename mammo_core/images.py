@@ -20,8 +20,9 @@ from PIL import Image
 
 from mammo_core.errors import ImageError
 
-# Pillow format names. PPM is Pillow's reader for PGM; TIFF is how some archives store 16-bit.
-FORMATS = ("PNG", "PPM", "TIFF")
+# Pillow format names. PPM is Pillow's reader for PGM; TIFF is how some archives store
+# 16-bit; JPEG is how the CBIS-DDSM mass/calcification folders are often shared.
+FORMATS = ("PNG", "PPM", "TIFF", "JPEG")
 # Decoding is refused above this many pixels (a full-field mammogram has ~30 M); it keeps
 # a forged header from allocating gigabytes. Callers that know a smaller bound pass it.
 MAX_PIXELS = 50_000_000
@@ -36,11 +37,12 @@ class DecodedImage:
     bit_depth: int
 
 
-def decode(data: bytes, name: str, size: tuple[int, int], *, resize: bool = False,
+def decode(data: bytes, name: str, size: tuple[int, int] | None, *, resize: bool = False,
            formats: tuple[str, ...] = FORMATS, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Returns encoded image bytes as [0, 1] intensities of `size` (rows, columns).
 
-    With `resize`, an image of another size is resampled (bilinear) instead of refused.
+    `size` None keeps the stored size (only `max_pixels` bounds it). With `resize`, an
+    image of another size is resampled (bilinear) instead of refused.
     Raises ImageError naming `name`: a format outside `formats`, a header whose size is
     wrong (checked before decoding) or over `max_pixels`, truncated or corrupt bytes, or an
     image that is not 8- or 16-bit grayscale. `wrong_size` is set on the size errors.
@@ -62,8 +64,8 @@ def decode(data: bytes, name: str, size: tuple[int, int], *, resize: bool = Fals
                          wrong_size=True) from err
     except Exception as err:  # noqa: BLE001 — any decoder failure on untrusted bytes
         raise ImageError(f"cannot read image {name}: {type(err).__name__}: {err}") from err
-    if pixels.shape != tuple(size):
-        pixels = _resample(pixels, size)
+    if size is not None and pixels.shape != tuple(size):
+        pixels = resample(pixels, size)
     return DecodedImage(pixels, depth)
 
 
@@ -73,7 +75,7 @@ def decode_image(data: bytes, size: tuple[int, int], name: str, resize: bool = F
     return decode(data, name, size, resize=resize, **limits).pixels
 
 
-def read(path: Path | str, size: tuple[int, int], **options) -> DecodedImage:
+def read(path: Path | str, size: tuple[int, int] | None, **options) -> DecodedImage:
     """Returns the decoded image file; raises ImageError naming it (also when unreadable)."""
     try:
         data = Path(path).read_bytes()
@@ -106,12 +108,12 @@ def quantize(units: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.rint(units * np.float32(_FULL_SCALE[bit_depth])).astype(dtype)
 
 
-def _check_header(img: Image.Image, name: str, size: tuple[int, int], resize: bool,
+def _check_header(img: Image.Image, name: str, size: tuple[int, int] | None, resize: bool,
                   max_pixels: int) -> None:
     width, height = img.size
-    if (height, width) == tuple(size):
+    if size is not None and (height, width) == tuple(size):
         return
-    if not resize:
+    if size is not None and not resize:
         raise ImageError(f"image {name} has size {height}x{width} (rows x columns), the "
                          f"experiment expects {size[0]}x{size[1]}", wrong_size=True)
     if width * height > max_pixels:
@@ -123,6 +125,8 @@ def _unit_pixels(img: Image.Image, name: str) -> tuple[np.ndarray, int]:
     """Returns the decoded image's [0, 1] pixels and its bit depth."""
     if img.mode == "1":  # bilevel: black or white
         img = img.convert("L")
+    if img.mode in ("RGB", "RGBA", "LA", "P"):
+        img = _gray_from_color(img, name)
     if img.mode == "L":
         return to_unit(np.asarray(img, dtype=np.uint8), 8), 8
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -135,7 +139,21 @@ def _unit_pixels(img: Image.Image, name: str) -> tuple[np.ndarray, int]:
     raise ImageError(f"image {name} has mode {img.mode}; expected 8- or 16-bit grayscale")
 
 
-def _resample(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _gray_from_color(img: Image.Image, name: str) -> Image.Image:
+    """Returns the 8-bit gray image a colour-stored grayscale image holds.
+
+    Mammograms are often saved as RGB (or palette) with three equal channels; those are
+    read losslessly. An image whose channels differ is refused, not averaged away.
+    """
+    rgb = np.asarray(img.convert("RGB"))
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        raise ImageError(f"image {name} is a colour image (mode {img.mode}, channels differ); "
+                         "expected grayscale")
+    return Image.fromarray(np.ascontiguousarray(rgb[..., 0]))
+
+
+def resample(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Returns [0, 1] float32 pixels resampled (bilinear) to `size` (rows, columns)."""
     resized = Image.fromarray(pixels).resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 

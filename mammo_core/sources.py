@@ -1,7 +1,8 @@
 """Finding the data on disk, or downloading the public tarball into a user cache.
 
-Order: an explicit folder, then ``MAMMO_DATA_DIR``, then ``../shared/data/microcal``
-and ``data/microcal`` next to the project, then the cache (downloading if needed).
+Order: an explicit folder, then ``MAMMO_DATA_DIR``, then ``../shared/data/<collection>``
+and ``data/<collection>`` next to the project (``microcal`` by default), then the cache
+(downloading if the collection has a public download).
 """
 from __future__ import annotations
 
@@ -41,25 +42,30 @@ def resolve_data_root(config: DataConfig, project_root: Path, explicit: str | No
             if not path.is_dir():
                 raise DataError(f"data folder from {source} does not exist: {path}")
             return path
-    for candidate in (project_root.parent / "shared" / "data" / "microcal",
-                      project_root / "data" / "microcal"):
+    for candidate in (project_root.parent / "shared" / "data" / config.collection,
+                      project_root / "data" / config.collection):
         if candidate.is_dir():
             return candidate
     cache_dir = cache_dir or default_cache_dir()
-    extracted = cache_dir / config.archive_subdir
+    extracted = cache_dir / (config.archive_subdir or config.collection)
     if extracted.is_dir():
         return extracted
-    if not download:
-        raise DataError("no data found; pass a folder, set MAMMO_DATA_DIR, or allow download")
+    if not download or config.download_url is None:
+        raise DataError(f"no {config.collection} data found: pass the folder holding it "
+                        f"(-P data_dir=... or --data-dir), or set data.root or {ENV_VAR}"
+                        + ("" if config.download_url else
+                           "; this collection has no public download (see README, 'Studies')"))
     return download_dataset(config.download_url, cache_dir, config.archive_subdir,
-                            sha256=config.download_sha256, max_bytes=config.download_max_bytes)
+                            sha256=config.download_sha256, max_bytes=config.download_max_bytes,
+                            into=config.collection)
 
 
 def download_dataset(url: str, cache_dir: Path, subdir: str, sha256: str | None,
-                     max_bytes: int = DataConfig.download_max_bytes) -> Path:
+                     max_bytes: int = DataConfig.download_max_bytes, into: str = "data") -> Path:
     """Downloads the tarball at `url`, checks it, extracts `subdir` into `cache_dir`.
 
-    Returns the extracted folder. Nothing is extracted unless the download's SHA-256
+    Returns the extracted folder: `cache_dir/subdir`, or `cache_dir/into` when `subdir` is
+    "" (an archive whose files lie at its top level, like mini-MIAS). Nothing is extracted unless the download's SHA-256
     equals `sha256`; raises DataError when offline, past `max_bytes`, on another digest
     (or none pinned: the message gives the digest received) or when the archive lacks
     `subdir`.
@@ -76,7 +82,7 @@ def download_dataset(url: str, cache_dir: Path, subdir: str, sha256: str | None,
                 + "; once the file is known to be right, set data.download_sha256 to its "
                   f"digest, or copy the images to a folder and set {ENV_VAR}")
         extract_subdir(archive, subdir, Path(tmp) / "extracted")
-        target = cache_dir / subdir
+        target = cache_dir / (subdir or into)
         target.parent.mkdir(parents=True, exist_ok=True)
         # extract beside the target, then rename: an interrupted download leaves no half tree
         os.replace(Path(tmp) / "extracted" / subdir, target)
@@ -108,14 +114,16 @@ def fetch(url: str, target: Path, max_bytes: int) -> str:
 def extract_subdir(archive: Path, subdir: str, destination: Path) -> None:
     """Extracts the members of `archive` under `subdir` into `destination`.
 
-    Uses tarfile's 'data' filter, so absolute paths and links leaving the folder fail.
+    `subdir` "" extracts every member. Uses tarfile's 'data' filter, so absolute paths and
+    links leaving the folder fail.
     """
-    prefix = subdir.strip("/") + "/"
+    prefix = subdir.strip("/") + "/" if subdir.strip("/") else ""
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.name.lstrip("./").startswith(prefix)]
             if not members:
-                raise DataError(f"archive {archive} has no folder {subdir}")
+                raise DataError(f"archive {archive} has no folder {subdir}" if prefix
+                                else f"archive {archive} is empty")
             tar.extractall(destination, members=members, filter="data")
     except tarfile.TarError as err:
         raise DataError(f"archive {archive} is not a readable tarball: {err}") from err

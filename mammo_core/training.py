@@ -8,6 +8,7 @@ from typing import Sequence, TextIO
 import keras
 import numpy as np
 
+from mammo_core.balance import balanced
 from mammo_core.config import TrainingConfig
 
 
@@ -37,7 +38,8 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray],
         stream: TextIO | None = sys.stdout) -> keras.callbacks.History:
     """Trains `model` and returns its History; the model keeps its best-epoch weights.
 
-    Selection is on `config.monitor` (validation AUC by default): early stopping after
+    The training part (only) is balanced as `config.class_balance` says. Selection is on
+    `config.monitor` (validation AUC by default): early stopping after
     `early_stopping_patience` epochs without improvement, best weights restored.
     Prints one status line per epoch with an ETA (nothing when `stream` is None).
     """
@@ -45,7 +47,8 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray],
         monitor=config.monitor, mode="min" if "loss" in config.monitor else "max",
         patience=config.early_stopping_patience, restore_best_weights=True)
     status = [EpochStatus(config.epochs, stream)] if stream else []
-    return model.fit(*train, validation_data=val, epochs=config.epochs,
+    x, y, class_weight = balanced(*train, config.class_balance, config.seed)
+    return model.fit(x, y, class_weight=class_weight, validation_data=val, epochs=config.epochs,
                      batch_size=config.batch_size, verbose=0,
                      callbacks=[stopper, *status, *callbacks])
 

@@ -20,7 +20,7 @@ from mammo_core.tracking import use_tracking_store
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
                           load_pyfunc, run_entry)
 
-IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")
 
 
 def main(argv: list[str] | None = None) -> int:

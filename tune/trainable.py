@@ -14,6 +14,7 @@ import keras
 import numpy as np
 from ray import tune
 
+from mammo_core.balance import balanced
 from mammo_core.config import Experiment
 from mammo_core.families import build_model, count_params
 from mammo_core.training import limit_tensorflow_threads, set_seed
@@ -25,16 +26,19 @@ STATE = "state.json"
 def train_trial(config: dict, data: dict[str, np.ndarray], experiment: Experiment) -> None:
     """Trains one configuration on the fold's train part, reporting validation AUC per epoch.
 
-    `config` holds the searched hyperparameters and `seed`. A checkpoint (best-epoch
-    weights) is reported whenever validation AUC improves; a restored trial continues
-    from its best checkpoint.
+    `config` holds the searched hyperparameters and `seed`. The train part (only) is
+    balanced as `training.class_balance` says. A checkpoint (best-epoch weights) is
+    reported whenever validation AUC improves; a restored trial continues from its best
+    checkpoint.
     """
     limit_tensorflow_threads()
     set_seed(int(config["seed"]))
     model = build_model(config, data["x_train"].shape[1:], experiment.model,
                         seed=int(config["seed"]))
     initial_epoch, best = restore(model)
-    model.fit(data["x_train"], data["y_train"],
+    x, y, class_weight = balanced(data["x_train"], data["y_train"],
+                                  experiment.training.class_balance, int(config["seed"]))
+    model.fit(x, y, class_weight=class_weight,
               validation_data=(data["x_val"], data["y_val"]),
               initial_epoch=initial_epoch, epochs=experiment.search.max_epochs,
               batch_size=experiment.training.batch_size, verbose=0,
