@@ -53,7 +53,7 @@ def load_cbis_arrays(root: Path, config: DataConfig) -> Dataset:
     (baseline, abnormal).
     """
     parts = []
-    for partition, (images_file, labels_file) in array_files(root, config).items():
+    for partition, (images_file, labels_file) in sorted(array_files(root, config).items()):
         images, depth = _unit_images(images_file, config)
         labels = _labels(labels_file, len(images))
         _check_pairs(labels, labels_file)

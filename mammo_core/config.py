@@ -71,6 +71,12 @@ class DataConfig:
     # folder inside the tarball that holds the {Train,Test}/{0,1} tree
     archive_subdir: str = "IMAGES/Mammography_micro"
 
+    @property
+    def resizes(self) -> bool:
+        """Whether image files of another size are resampled to `image_size` (by the
+        loader, `predict`, `explain` and Serve); whole MIAS mammograms always are."""
+        return self.resize or (self.layout == "mias" and self.mias_task == "whole")
+
 
 @dataclass(frozen=True)
 class WaveletConfig:

@@ -167,7 +167,8 @@ def _partitions(root: Path, config: DataConfig) -> list[tuple[str, Path]]:
 
 def _class_files(base: Path, partition: str, config: DataConfig) -> list[tuple[Path, int, str]]:
     entries = []
-    for folder_name, label in config.classes.items():
+    # sorted: a config logged with sorted keys must read the files in the same order
+    for folder_name, label in sorted(config.classes.items()):
         folder = base / folder_name
         if not folder.is_dir():
             raise DataError(f"class folder missing: {folder}")

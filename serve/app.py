@@ -12,6 +12,7 @@ reaches the model, so a bad request never costs a replica.
 import asyncio
 import base64
 import logging
+from dataclasses import replace
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -56,6 +57,12 @@ async def _invalid(request: Request, err: RequestValidationError) -> JSONRespons
 @api.exception_handler(HTTPException)
 async def _http(request: Request, err: HTTPException) -> JSONResponse:
     return error(err.status_code, str(err.detail))
+
+
+def reading(settings: ServeSettings, model) -> ServeSettings:
+    """Returns the settings to read a request with: a study that resamples its images
+    (e.g. whole MIAS mammograms) resizes uploaded files whatever `wrong_size` says."""
+    return replace(settings, wrong_size="resize") if model.info.get("resizes") else settings
 
 
 def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
@@ -146,7 +153,8 @@ class PatchScorer:
     @api.post("/predict")
     async def predict(self, request: Request) -> dict:
         """Scores patches: JSON {"images": [base64]}, {"inputs": [[[...]]]} or multipart files."""
-        raw = await read_patches(request, self.settings, self.model.info["image_size"])
+        raw = await read_patches(request, reading(self.settings, self.model),
+                                 self.model.info["image_size"])
         units = as_unit_patches(raw, tuple(self.model.info["image_size"]),
                                 self.model.predictor.bit_depth)
         out, info = await self.score_all(units)
@@ -169,7 +177,7 @@ class PatchScorer:
         if method not in ("gradcam", "shap"):
             raise BadRequest(422, f"method must be 'gradcam' or 'shap', got '{method}'")
         model = self.model
-        raw = await read_patches(request, self.settings, model.info["image_size"])
+        raw = await read_patches(request, reading(self.settings, model), model.info["image_size"])
         if len(raw) != 1:
             raise BadRequest(422, f"/explain takes exactly one image, got {len(raw)}")
         if self.explaining.locked():

@@ -27,6 +27,8 @@ def load_model(model_uri: str, store: str = "") -> LoadedModel:
     resolved = f"models:/{info['name']}/{info['version']}" if info["name"] else model_uri
     predictor = mlflow.pyfunc.load_model(resolved).unwrap_python_model().predictor
     info.update(card_facts(info), image_size=list(predictor.experiment.data.image_size),
+                # image files of another size are resampled when the study does so
+                resizes=predictor.experiment.data.resizes,
                 threshold=predictor.ensemble.threshold,
                 weights=[float(w) for w in predictor.ensemble.weights],
                 input={"shape": "(N, rows, cols) per request, N <= max_images_per_request",

@@ -54,7 +54,7 @@ def explain_files(config: str, source: Path, output: Path, methods: tuple[str, .
     experiment, _ = load_config(config)
     use_tracking_store(PROJECT_ROOT)
     files = image_files(source)
-    raw = read_images(files, experiment.data.image_size)  # all first: a bad file stops here
+    raw = read_images(files, experiment.data.image_size, experiment.data.resizes)  # all first: a bad file stops here
     uri = model_uri or default_model_uri(experiment)
     predictor = load_ensemble(uri)
     units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)

@@ -39,7 +39,7 @@ def predict_files(config: str, source: Path, output: str, model_uri: str) -> Non
     experiment, _ = load_config(config)
     use_tracking_store(PROJECT_ROOT)
     files = image_files(source)
-    images = read_images(files, experiment.data.image_size)
+    images = read_images(files, experiment.data.image_size, experiment.data.resizes)
     uri = model_uri or default_model_uri(experiment)
     model = load_pyfunc(uri)
     table = model.predict(images)
@@ -49,10 +49,13 @@ def predict_files(config: str, source: Path, output: str, model_uri: str) -> Non
           f"wrote {output}")
 
 
-def read_images(files: list[Path], size: tuple[int, int]) -> np.ndarray:
+def read_images(files: list[Path], size: tuple[int, int], resize: bool = False) -> np.ndarray:
     """Returns the files as float32 (N, rows, columns) in [0, 1]; each image is scaled by
-    its own bit depth before stacking, so 8- and 16-bit files can share a folder."""
-    return np.stack([read_image(f, size) for f in files])
+    its own bit depth before stacking, so 8- and 16-bit files can share a folder.
+
+    With `resize` (the study resamples its images), files of another size are resampled.
+    """
+    return np.stack([read_image(f, size, resize=resize) for f in files])
 
 
 def image_files(path: Path) -> list[Path]:

@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import ray
 
-from mammo_core import metrics
+from mammo_core import exploration, metrics
 from mammo_core.config import Experiment
 from mammo_core.data import Dataset
 from mammo_core.families import family_of
-from mammo_core.folds import make_fold_plan
+from mammo_core.folds import FoldPlan, make_fold_plan
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
@@ -106,6 +107,7 @@ def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary:
         mlflow.log_text(plan.to_json(dataset.paths), PLAN_ARTIFACT)
         mlflow.log_params({"fold_plan.holdout_images": len(plan.holdout),
                            "mode": "reuse" if fixed else "search"})
+        log_exploration(dataset, plan, experiment.data.class_names)
     images = preprocess(dataset.images, experiment.preprocessing)
     outcomes, started = [], time.monotonic()
     for fold in plan.folds:
@@ -124,6 +126,18 @@ def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary:
                                                                     .model) for o in outcomes})
         print("families (best inner-validation AUC per fold):\n" + markdown(table))
     return summary
+
+
+def log_exploration(dataset: Dataset, plan: FoldPlan, class_names: dict[int, str]) -> None:
+    """Logs the data's first look: figures/data_examples.png, data_histograms.png,
+    data_fold_labels.png and data/fold_labels.csv (image count per label and fold part)."""
+    log_figure(exploration.examples_figure(dataset.images, dataset.labels, class_names),
+               "figures/data_examples.png")
+    log_figure(exploration.histogram_figure(dataset.images, dataset.labels, class_names),
+               "figures/data_histograms.png")
+    rows = exploration.fold_label_counts(plan, dataset.labels)
+    log_figure(exploration.fold_counts_figure(rows, class_names), "figures/data_fold_labels.png")
+    mlflow.log_text(pd.DataFrame(rows).to_csv(index=False), "data/fold_labels.csv")
 
 
 def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[FoldOutcome],
