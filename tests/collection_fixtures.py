@@ -104,7 +104,7 @@ def write_mias(root: Path, women: int = 12, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     records = list(MIAS_RECORDS)
-    for n in range(11, 2 * women + 1):  # more images: alternating abnormal / normal
+    for n in range(10, 2 * women + 1):  # more images: alternating normal / abnormal
         if n % 2:
             records.append((f"mdb{n:03d}", "F", ("CALC", "CIRC")[n % 4 == 1], "B",
                             300 + 7 * n, 400 + 5 * n, 30))

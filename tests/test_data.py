@@ -170,8 +170,8 @@ def test_wrong_size(tiny_dataset, data_config):
 def test_color_image_rejected(tmp_path):
     from PIL import Image
     path = tmp_path / "rgb.png"
-    Image.new("RGB", (60, 60)).save(path)
-    with pytest.raises(DataError, match="mode RGB"):
+    Image.new("RGB", (60, 60), (200, 10, 10)).save(path)  # a gray one is read (test_images)
+    with pytest.raises(DataError, match="colour image .*mode RGB"):
         read_image(path, (60, 60))
 
 

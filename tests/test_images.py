@@ -89,7 +89,7 @@ def test_a_header_claiming_ten_billion_pixels_is_an_image_error():
     (png_header_only(60, 60), "cannot read image"),
     (b"P5\n60 60\n255\n" + b"\x00" * 100, "cannot read image"),  # truncated PGM
     (b"P5\n60 60\n70000\n", "cannot read image"),  # maxval out of range
-    (encode(np.zeros((60, 60, 3), np.uint8)), "mode RGB"),
+    (encode(np.stack([PATCH, PATCH.T, PATCH], axis=2)), "colour image .*mode RGB"),
 ])
 def test_every_decoder_failure_is_an_image_error_naming_the_file(data, message):
     with pytest.raises(ImageError, match=message) as caught:
@@ -109,3 +109,22 @@ def test_bilevel_images_are_read_as_8_bit():
     Image.fromarray(PATCH > 127).save(buffer, format="PNG")
     decoded = decode(buffer.getvalue(), "mask.png", SIZE)
     assert decoded.bit_depth == 8 and set(np.unique(decoded.pixels)) == {0.0, 1.0}
+
+
+def test_jpeg_and_colour_stored_gray_images_are_read_as_8_bit_gray():
+    gray = decode(encode(PATCH, "JPEG"), "a.jpg", SIZE)
+    assert gray.bit_depth == 8 and np.abs(gray.pixels - PATCH / 255).max() < 0.1
+    rgb = decode(encode(np.repeat(PATCH[..., None], 3, axis=2)), "rgb.png", SIZE)
+    np.testing.assert_allclose(rgb.pixels, PATCH / 255, atol=1e-7)  # lossless
+
+
+def test_a_colour_image_whose_channels_differ_is_refused():
+    colour = np.stack([PATCH, PATCH[::-1], PATCH], axis=2)
+    with pytest.raises(ImageError, match="colour image .*channels differ"):
+        decode(encode(colour), "photo.png", SIZE)
+
+
+def test_no_size_keeps_the_stored_size_within_the_pixel_bound():
+    assert decode(encode(PATCH[:, :40]), "a", None).pixels.shape == (60, 40)
+    with pytest.raises(ImageError, match="at most 100 are decoded"):
+        decode(encode(PATCH), "a", None, max_pixels=100)

@@ -150,3 +150,32 @@ def test_explicit_folder_that_does_not_exist(tmp_path, monkeypatch):
     monkeypatch.setenv("MAMMO_DATA_DIR", str(tmp_path / "typo"))
     with pytest.raises(DataError, match="MAMMO_DATA_DIR does not exist"):
         resolve_data_root(DataConfig(), tmp_path)
+
+
+def test_a_collection_with_its_files_at_the_archive_top_level(tmp_path, monkeypatch):
+    """mini-MIAS' tarball holds mdbNNN.pgm and Info.txt at its top level."""
+    from collection_fixtures import write_mias
+
+    monkeypatch.delenv("MAMMO_DATA_DIR", raising=False)
+    source = write_mias(tmp_path / "src", women=4)
+    archive = tmp_path / "all-mias.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(source.iterdir()):
+            tar.add(path, arcname=path.name)
+    config = DataConfig(collection="mias", layout="mias", image_size=(64, 64),
+                        download_url=archive.as_uri(), download_sha256=sha256(archive),
+                        archive_subdir="")
+    (tmp_path / "project").mkdir()
+    root = resolve_data_root(config, tmp_path / "project", cache_dir=tmp_path / "cache")
+    assert root == tmp_path / "cache" / "mias"
+    assert len(load_dataset(root, config).labels) == 9  # mdb001 .. mdb009
+
+
+def test_a_collection_without_a_public_download_says_where_to_point(tmp_path, monkeypatch):
+    monkeypatch.delenv("MAMMO_DATA_DIR", raising=False)
+    config = DataConfig(collection="cbis-ddsm-npy", download_url=None)
+    (tmp_path / "project" / "data" / "cbis-ddsm-npy").mkdir(parents=True)
+    assert resolve_data_root(config, tmp_path / "project") == (
+        tmp_path / "project" / "data" / "cbis-ddsm-npy")
+    with pytest.raises(DataError, match="no cbis-ddsm-npy data found.*no public download"):
+        resolve_data_root(config, tmp_path / "other", cache_dir=tmp_path / "cache")

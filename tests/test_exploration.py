@@ -1,0 +1,36 @@
+"""The data exploration figures and the label counts per fold part."""
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from mammo_core.exploration import (examples_figure, fold_counts_figure, fold_label_counts,
+                                    histogram_figure)
+from mammo_core.folds import Fold, FoldPlan
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.random((20, 16, 16)).astype(np.float32)
+LABELS = np.array([0] * 12 + [1] * 8)
+NAMES = {0: "normal", 1: "abnormal"}
+
+
+def test_examples_show_one_row_per_class_even_when_a_class_is_small():
+    fig = examples_figure(IMAGES, LABELS, NAMES, per_class=10)
+    assert isinstance(fig, Figure) and len(fig.axes) == 20
+    assert sum(bool(ax.images) for ax in fig.axes) == 10 + 8
+
+
+def test_histogram_has_one_curve_per_class():
+    fig = histogram_figure(IMAGES, LABELS, NAMES)
+    assert [t.get_text().split(" (")[0] for t in fig.axes[0].get_legend().get_texts()] == [
+        "normal", "abnormal"]
+
+
+def test_label_counts_per_fold_part():
+    plan = FoldPlan(np.array([0, 12]), (Fold(0, np.arange(1, 8), np.array([8, 13]),
+                                             np.arange(14, 20)),), np.arange(20), "case", 0, "x")
+    rows = fold_label_counts(plan, LABELS)
+    assert rows[0] == {"part": "holdout", "0": 1, "1": 1}
+    assert rows[1] == {"part": "fold0/train", "0": 7, "1": 0}
+    assert rows[3] == {"part": "fold0/test", "0": 0, "1": 6}
+    assert isinstance(fold_counts_figure(rows, NAMES), Figure)

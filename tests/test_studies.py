@@ -1,0 +1,159 @@
+"""Every study's quick pipeline, end to end, on a fixture in its collection's original layout:
+`mlflow run . -P config=experiments/<study>_quick.yaml -P data_dir=<fixture>`, then the
+registered model under the task's name, scored by its pyfunc and by Ray Serve over HTTP."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import ray
+from collection_fixtures import write_cbis_arrays, write_cbis_folders, write_mias
+from conftest import runs_of, search_env, use_store
+from PIL import Image
+from ray import serve
+from test_families_search import free_port, post
+
+from mammo_core.config import load_experiment
+from mammo_core.data import load_dataset
+from serve.server import deploy
+from serve.settings import ServeSettings
+from tune.cluster import start_ray
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+# study -> the fixture folder it reads (a key of `collections`)
+STUDIES = {"cbis_mass_vs_calc": "cbis_npy", "cbis_benign_vs_malignant": "cbis_npy",
+           "cbis_folders_mass_vs_calc": "cbis_folders", "mias_normal_vs_abnormal": "mias",
+           "mias_roi_patches": "mias"}
+
+
+@pytest.fixture(scope="module")
+def collections(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("collections")
+    return {"cbis_npy": write_cbis_arrays(root / "cbis_npy"),
+            "cbis_folders": write_cbis_folders(root / "cbis_folders"),
+            "mias": write_mias(root / "mias", women=16)}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, collections) -> Path:
+    """One store holding every study's quick pipeline run."""
+    folder = tmp_path_factory.mktemp("studies")
+    for study, collection in STUDIES.items():
+        result = subprocess.run(
+            ["mlflow", "run", ".", "--env-manager", "local",
+             "-P", f"config=experiments/{study}_quick.yaml",
+             "-P", f"data_dir={collections[collection]}"],
+            cwd=ROOT, env=search_env(folder), capture_output=True, text=True, timeout=900)
+        assert result.returncode == 0, (study, (result.stdout + result.stderr)[-3000:])
+        assert f"{study} v1 @champion" in result.stdout, study
+    return folder
+
+
+def test_each_study_registers_a_model_under_its_task_name(store):
+    runs = runs_of(store)
+    assert runs and all(r.info.status == "FINISHED" for r in runs)
+    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    for study in STUDIES:
+        assert str(client.get_model_version_by_alias(study, "champion").version) == "1"
+    searches = [r for r in runs if r.data.tags.get("mammo.kind") == "search"]
+    assert len(searches) == len(STUDIES)
+    for search in searches:  # the data exploration every study's search logs
+        figures = {a.path for a in client.list_artifacts(search.info.run_id, "figures")}
+        assert {"figures/data_examples.png", "figures/data_histograms.png",
+                "figures/data_fold_labels.png"} <= figures
+        counts = client.download_artifacts(search.info.run_id, "data/fold_labels.csv",
+                                           str(store))
+        assert Path(counts).read_text().splitlines()[0] == "part,0,1"
+
+
+def test_class_balancing_is_logged_with_the_config(store):
+    searches = {r.data.tags["mlflow.runName"]: r for r in runs_of(store)
+                if r.data.tags.get("mammo.kind") == "search"}
+    balance = {name: run.data.params.get("training.class_balance")
+               for name, run in searches.items()}
+    assert balance["search-cbis-benign-vs-malignant-quick"] == "class_weight"
+    assert balance["search-mias-roi-patches-quick"] == "oversample"
+
+
+def test_pyfunc_and_rest_answers_agree_for_every_study(store, collections):
+    mp = pytest.MonkeyPatch()
+    use_store(store, mp)
+    port = free_port()
+    start_ray()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        for study, collection in STUDIES.items():
+            pixels, files = study_inputs(study, collections[collection])
+            expected = mlflow.pyfunc.load_model(f"models:/{study}/1").predict(pixels)
+            deploy(ServeSettings(model_uri=f"models:/{study}@champion", port=port,
+                                 tracking_uri=f"sqlite:///{store / 'mlflow.db'}"))
+            body = json.dumps({"images": [base64.b64encode(f).decode() for f in files]})
+            answer = post(f"http://127.0.0.1:{port}/predict", body.encode())
+            got = [p["probability"] for p in answer["predictions"]]
+            np.testing.assert_allclose(got, expected["probability"], atol=1e-5, err_msg=study)
+            assert answer["model"]["name"] == study
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        mp.undo()
+
+
+def study_inputs(study: str, root: Path) -> tuple[np.ndarray, list[bytes]]:
+    """Returns (patches as the pyfunc takes them, the same images as files for REST).
+
+    CBIS patches go as 16-bit PNGs; whole MIAS mammograms go as their original 1024x1024
+    PGM files, which the study (and so Serve) downscales like the loader did.
+    """
+    experiment = load_experiment(ROOT / "experiments" / f"{study}_quick.yaml")
+    dataset = load_dataset(root, experiment.data)
+    if study == "mias_normal_vs_abnormal":
+        paths = [Path(p) for p in dataset.paths[:3]]
+        return dataset.images[:3], [p.read_bytes() for p in paths]
+    stored = dataset.stored_pixels()[:3]
+    return stored, [png(image) for image in stored]
+
+
+def png(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("study, broken", [
+    ("cbis_mass_vs_calc", "empty"), ("cbis_mass_vs_calc", "odd_pair"),
+    ("mias_normal_vs_abnormal", "bad_info_line"), ("mias_roi_patches", "missing_image")])
+def test_a_malformed_collection_is_one_line_and_no_run_left_running(tmp_path, study, broken):
+    data = tmp_path / "data"
+    if broken == "odd_pair":
+        write_cbis_arrays(data, {"train": 4})
+        labels = np.load(data / "train_labels.npy")
+        labels[2] = 3  # a baseline slot holding an abnormal label
+        np.save(data / "train_labels.npy", labels)
+    elif broken in ("bad_info_line", "missing_image"):
+        write_mias(data, women=6)
+        if broken == "bad_info_line":
+            with open(data / "Info.txt", "a") as info:
+                info.write("\r\nmdb012 X NORM\r\n")
+        else:
+            (data / "mdb004.pgm").unlink()
+    else:
+        data.mkdir()
+    result = subprocess.run([sys.executable, "-m", "tune.search",
+                             "--config", f"experiments/{study}_quick.yaml", "--data-dir", str(data)],
+                            cwd=ROOT, env=search_env(tmp_path), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    expected = {"empty": "_images.npy", "odd_pair": "train_labels.npy: pair 1",
+                "bad_info_line": "Info.txt, line", "missing_image": "mdb004.pgm"}[broken]
+    assert expected in line
+    if (tmp_path / "mlflow.db").exists():  # the data is read before any run starts
+        assert all(r.info.status != "RUNNING" for r in runs_of(tmp_path))
