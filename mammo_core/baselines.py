@@ -40,10 +40,12 @@ def intensity_features(images: np.ndarray, blur_sigma: float = 2.0) -> np.ndarra
 
 def logistic_baseline(train_images: np.ndarray, train_labels: np.ndarray,
                       test_images: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Returns test-set probabilities of a logistic regression on intensity features.
+    """Returns test-set probabilities of a logistic regression on intensity features: the
+    positive class's (N,) for two classes, every class's (N, K) for more.
 
     The scaler and the model see the training images only.
     """
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
     model.fit(intensity_features(train_images), train_labels)
-    return model.predict_proba(intensity_features(test_images))[:, 1]
+    probabilities = model.predict_proba(intensity_features(test_images))
+    return probabilities[:, 1] if probabilities.shape[1] == 2 else probabilities

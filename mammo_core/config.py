@@ -72,6 +72,12 @@ class DataConfig:
     archive_subdir: str = "IMAGES/Mammography_micro"
 
     @property
+    def n_classes(self) -> int:
+        """Returns how many labels the task has (2: binary, one sigmoid output)."""
+        labels = self.classes if self.layout == "folders" else self.label_map
+        return len(set(labels.values())) if labels else 2
+
+    @property
     def resizes(self) -> bool:
         """Whether image files of another size are resampled to `image_size` (by the
         loader, `predict`, `explain` and Serve); whole MIAS mammograms always are."""

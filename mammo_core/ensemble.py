@@ -4,6 +4,10 @@ The weights are fitted on the ensemble hold-out, which no expert trained on. Sco
 weights on the very images they were fitted on would flatter them, so `cross_fit` scores
 every method (plain average, learned weights, best single expert) on grouped parts of the
 hold-out that its fitting did not see.
+
+Expert probabilities are (N, experts) for a binary task and (N, experts, K) for K classes;
+the weights are one per expert either way, and a task of several classes labels each image
+with its most probable class (the threshold applies to binary tasks only).
 """
 from __future__ import annotations
 
@@ -11,10 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mammo_core.config import RegistryConfig
+from mammo_core.metrics import auc
 
 METHODS = ("average", "learned", "best_single")
 _EPS = 1e-6
@@ -28,8 +33,17 @@ class Ensemble:
     threshold: float
 
     def combine(self, expert_probabilities: np.ndarray) -> np.ndarray:
-        """Returns the ensemble probability per image from an (N, experts) array."""
-        return np.asarray(expert_probabilities, dtype=np.float64) @ self.weights
+        """Returns the ensemble probability per image (N,) from (N, experts), or per image
+        and class (N, K) from (N, experts, K)."""
+        return np.tensordot(np.asarray(expert_probabilities, dtype=np.float64), self.weights,
+                            axes=([1], [0]))
+
+    def labels(self, probabilities: np.ndarray) -> np.ndarray:
+        """Returns the decided label per image: probability >= threshold, or the most
+        probable class for (N, K) probabilities."""
+        if probabilities.ndim == 2:
+            return probabilities.argmax(axis=1).astype(np.int64)
+        return (probabilities >= self.threshold).astype(np.int64)
 
     def to_dict(self) -> dict:
         return {"weights": [float(w) for w in self.weights], "threshold": float(self.threshold)}
@@ -42,16 +56,19 @@ class Ensemble:
 def fit_weights(expert_probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Returns the simplex weights minimising the log loss of the weighted average.
 
-    Starts from the plain average, so experts that are equally good stay equal.
+    Binary probabilities are treated as two classes, so one (categorical) log loss serves
+    both. Starts from the plain average, so experts that are equally good stay equal.
     """
-    p = np.clip(np.asarray(expert_probabilities, dtype=np.float64), _EPS, 1 - _EPS)
-    y = np.asarray(labels, dtype=np.float64)
-    k = p.shape[1]
+    p = np.asarray(expert_probabilities, dtype=np.float64)
+    if p.ndim == 2:
+        p = np.stack([1 - p, p], axis=-1)
+    # each expert's probability of the true class: (N, experts)
+    true = np.clip(p[np.arange(len(labels)), :, np.asarray(labels, dtype=int)], _EPS, 1)
+    k = true.shape[1]
 
     def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        q = np.clip(p @ w, _EPS, 1 - _EPS)
-        gradient = -(p.T @ (y / q - (1 - y) / (1 - q))) / len(y)
-        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))), gradient
+        q = np.clip(true @ w, _EPS, 1)
+        return float(-np.mean(np.log(q))), -(true.T @ (1 / q)) / len(q)
 
     result = minimize(loss, np.full(k, 1.0 / k), jac=True, method="SLSQP",
                       bounds=[(0.0, 1.0)] * k,
@@ -67,7 +84,7 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray,
     fixed: the configured value; youden: the ROC point maximising sensitivity +
     specificity - 1; sensitivity: the highest threshold reaching the target sensitivity.
     """
-    if config.threshold == "fixed":
+    if config.threshold == "fixed" or np.ndim(probabilities) == 2:  # several classes: argmax
         return float(config.fixed_threshold)
     fpr, tpr, thresholds = roc_curve(labels, probabilities)
     thresholds = np.minimum(thresholds, 1.0)  # roc_curve's first threshold is +inf
@@ -85,25 +102,25 @@ def fit_ensemble(expert_probabilities: np.ndarray, labels: np.ndarray, method: s
     elif method == "learned":
         weights = fit_weights(expert_probabilities, labels)
     elif method == "best_single":
-        aucs = [roc_auc_score(labels, expert_probabilities[:, j]) for j in range(k)]
+        aucs = [auc(labels, expert_probabilities[:, j]) for j in range(k)]
         weights = np.eye(k)[int(np.argmax(aucs))]
     else:
         raise ValueError(f"unknown ensemble method {method!r} (known: {', '.join(METHODS)})")
-    combined = expert_probabilities @ weights
+    combined = Ensemble(weights, 0.0).combine(expert_probabilities)
     return Ensemble(weights, choose_threshold(labels, combined, config))
 
 
 def cross_fit(expert_probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray,
               method: str, config: RegistryConfig,
               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Returns out-of-part (probabilities, thresholds) per image for `method`.
+    """Returns out-of-part (probabilities (N,) or (N, K), thresholds (N,)) for `method`.
 
     The hold-out is cut into grouped, stratified parts; each part is scored by weights and
     a threshold fitted on the other parts, so no image scores a fit it took part in.
     """
     n_splits = min(config.cross_fit_folds, len(np.unique(groups)))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    probabilities = np.zeros(len(labels))
+    probabilities = np.zeros((len(labels), *expert_probabilities.shape[2:]))
     thresholds = np.zeros(len(labels))
     for fit_part, score_part in splitter.split(expert_probabilities, labels, groups):
         if len(np.unique(labels[fit_part])) < 2:

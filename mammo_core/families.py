@@ -3,7 +3,8 @@
 Every family keeps the contract the pipeline relies on, so any of them can be searched,
 compared, ensembled, registered, served and explained alike:
 
-- input: preprocessed patches (H, W, 1); output: one sigmoid unit named `probability`;
+- input: preprocessed patches (H, W, 1); output `probability`: one sigmoid unit for two
+  classes, a softmax for more (hypermodel.output_layer);
 - compiled metrics `auc` and `accuracy` (the same metric names in MLflow for every family);
 - the training-only augmentation stack first (named AUGMENTATION), then the network as
   one nested model named BODY, so explanations take the body as it is (shared weights).
@@ -29,7 +30,7 @@ import keras
 from keras import layers
 
 from mammo_core.config import FAMILIES, AugmentationConfig, ModelConfig
-from mammo_core.hypermodel import augmentation
+from mammo_core.hypermodel import augmentation, compile_classifier, output_layer
 from mammo_core.hypermodel import build_model as build_hypermodel
 
 BODY = "body"
@@ -42,15 +43,15 @@ def family_of(hp: Mapping, config: ModelConfig) -> str:
 
 
 def build_model(hp: Mapping, input_shape: tuple[int, int, int], config: ModelConfig,
-                seed: int = 0) -> keras.Model:
-    """Returns the compiled binary classifier of the configuration's family.
+                seed: int = 0, n_classes: int = 2) -> keras.Model:
+    """Returns the compiled classifier of the configuration's family, for `n_classes`.
 
     Raises ValueError for an unknown family or an input the family cannot take.
     """
     family = family_of(hp, config)
     if family not in BUILDERS:
         raise ValueError(f"unknown model family '{family}'; choose one of {list(FAMILIES)}")
-    return BUILDERS[family](hp, tuple(input_shape), config, seed)
+    return BUILDERS[family](hp, tuple(input_shape), config, seed, n_classes)
 
 
 def family_of_model(model: keras.Model) -> str:
@@ -65,7 +66,8 @@ def count_params(model: keras.Model) -> int:
 
 # --- the fixed published CNNs -----------------------------------------------------------
 
-def microcal_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int) -> keras.Model:
+def microcal_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
+                 n_classes: int = 2) -> keras.Model:
     """The microcalcification study's CNN: 4 x (conv 3x3, BatchNorm, ReLU, max pool, dropout)
     with 16, 32, 64, 128 filters, then Dense(128) and dropout; Adam."""
     _need_min_side("microcal_cnn", input_shape, 16)
@@ -79,7 +81,7 @@ def microcal_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int
         x = layers.Dropout(rate)(x)
     x = layers.Dropout(rate)(layers.Dense(128, activation="relu")(layers.Flatten()(x)))
     return _assemble("microcal_cnn", inputs, x, config.augmentation, seed,
-                     keras.optimizers.Adam(float(hp.get("learning_rate", 1e-3))))
+                     keras.optimizers.Adam(float(hp.get("learning_rate", 1e-3))), n_classes)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ def mass_calc(variant: int) -> Callable[..., keras.Model]:
     """Returns the builder of the mass-vs-calcification study's model `variant` (0..5)."""
     spec = MASS_CALC[variant]
 
-    def build(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int) -> keras.Model:
+    def build(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
+              n_classes: int = 2) -> keras.Model:
         _need_min_side(f"mass_calc_m{variant}", input_shape, 2 ** len(spec.filters))
         inputs = keras.Input(input_shape)
         x = inputs
@@ -127,14 +130,15 @@ def mass_calc(variant: int) -> Callable[..., keras.Model]:
             rate, decay_steps=1, decay_rate=1e-6)) if spec.rmsprop
             else keras.optimizers.Adam(rate))
         stack = config.augmentation if spec.augment else AugmentationConfig(False, False, 0.0)
-        return _assemble(f"mass_calc_m{variant}", inputs, x, stack, seed, optimizer)
+        return _assemble(f"mass_calc_m{variant}", inputs, x, stack, seed, optimizer, n_classes)
     return build
 
 
 MIAS_SIZE = (128, 128)
 
 
-def mias_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int) -> keras.Model:
+def mias_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
+             n_classes: int = 2) -> keras.Model:
     """The MIAS whole-mammogram CNN: 128x128 only; conv 32/64/128 with max pooling,
     Dense(128), dropout 0.5, every kernel drawn from RandomNormal(0, 0.02); Adam."""
     if tuple(input_shape[:2]) != MIAS_SIZE:
@@ -151,7 +155,7 @@ def mias_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int) ->
     x = layers.Dense(128, activation="relu", kernel_initializer=init)(layers.Flatten()(x))
     x = layers.Dropout(0.5)(x)
     return _assemble("mias_cnn", inputs, x, config.augmentation, seed,
-                     keras.optimizers.Adam(float(hp.get("learning_rate", 1e-3))),
+                     keras.optimizers.Adam(float(hp.get("learning_rate", 1e-3))), n_classes,
                      output_init=init)
 
 
@@ -179,7 +183,8 @@ def backbone(family: str) -> Callable[..., keras.Model]:
     """Returns the builder of an ImageNet backbone family."""
     spec = BACKBONES[family]
 
-    def build(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int) -> keras.Model:
+    def build(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
+              n_classes: int = 2) -> keras.Model:
         options = config.backbone
         cut = _cut_layer(family, str(hp.get("cut", options.cut)), spec.cuts)
         trainable = hp.get("trainable_layers", options.trainable_layers)
@@ -201,7 +206,7 @@ def backbone(family: str) -> Callable[..., keras.Model]:
         x = layers.Dense(int(hp.get("head_units", options.head_units)), activation="relu")(x)
         x = layers.Dropout(options.dropout)(x)
         return _assemble(family, inputs, x, config.augmentation, seed,
-                         keras.optimizers.Adam(float(hp.get("learning_rate", 1e-4))))
+                         keras.optimizers.Adam(float(hp.get("learning_rate", 1e-4))), n_classes)
     return build
 
 
@@ -250,17 +255,13 @@ def _load_backbone_weights(family: str, spec: Backbone, weights: str, shape: tup
 # --- shared pieces ----------------------------------------------------------------------
 
 def _assemble(family: str, inputs, features, stack: AugmentationConfig, seed: int,
-              optimizer: keras.optimizers.Optimizer, output_init="glorot_uniform") -> keras.Model:
-    """Returns input -> augmentation -> body (network + sigmoid output), compiled."""
-    outputs = layers.Dense(1, activation="sigmoid", kernel_initializer=output_init,
-                           name="probability")(features)
-    body = keras.Model(inputs, outputs, name=BODY)
+              optimizer: keras.optimizers.Optimizer, n_classes: int = 2,
+              output_init="glorot_uniform") -> keras.Model:
+    """Returns input -> augmentation -> body (network + output layer), compiled."""
+    body = keras.Model(inputs, output_layer(n_classes, output_init)(features), name=BODY)
     model_input = keras.Input(inputs.shape[1:], name="patch")
     model = keras.Model(model_input, body(augmentation(stack, seed)(model_input)), name=family)
-    model.compile(optimizer=optimizer, loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(name="auc"),
-                           keras.metrics.BinaryAccuracy(name="accuracy")])
-    return model
+    return compile_classifier(model, optimizer, n_classes)
 
 
 def _need_min_side(family: str, input_shape: tuple, side: int) -> None:

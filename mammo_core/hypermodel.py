@@ -83,12 +83,34 @@ def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
     return keras.Sequential(stack or [layers.Identity()], name=AUGMENTATION)
 
 
-def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],
-                config: ModelConfig, seed: int = 0) -> keras.Model:
-    """Returns a compiled binary classifier (sigmoid output) for the hyperparameters `hp`.
+def output_layer(n_classes: int, init="glorot_uniform") -> layers.Dense:
+    """Returns the output layer `probability`: one sigmoid unit for two classes, else a
+    softmax over `n_classes`."""
+    if n_classes == 2:
+        return layers.Dense(1, activation="sigmoid", kernel_initializer=init, name="probability")
+    return layers.Dense(n_classes, activation="softmax", kernel_initializer=init,
+                        name="probability")
 
-    Metrics compiled in: `auc` (ROC AUC) and `accuracy`.
-    """
+
+def compile_classifier(model: keras.Model, optimizer, n_classes: int) -> keras.Model:
+    """Compiles `model`; returns it. Two classes: binary cross-entropy with `auc` and
+    `accuracy`. More: sparse categorical cross-entropy with `accuracy`; the validation
+    macro AUC (`val_auc`) is added each epoch by training.MacroAUC, since Keras' AUC
+    metric does not take integer labels of several classes."""
+    if n_classes == 2:
+        model.compile(optimizer=optimizer, loss="binary_crossentropy",
+                      metrics=[keras.metrics.AUC(name="auc"),
+                               keras.metrics.BinaryAccuracy(name="accuracy")])
+    else:
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy",
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return model
+
+
+def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],
+                config: ModelConfig, seed: int = 0, n_classes: int = 2) -> keras.Model:
+    """Returns a compiled classifier for the hyperparameters `hp` (see compile_classifier
+    for its output and metrics)."""
     if config.augmentation.rotate90 and input_shape[0] != input_shape[1]:
         raise ValueError(f"rotate90 augmentation needs square images, got {input_shape[:2]}")
     init, depth, rate = int(hp["init"]), int(hp["depth"]), float(hp["rate"])
@@ -101,13 +123,8 @@ def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],
         x = layers.Dense(max(config.dense_units // 2 ** index, 1), activation="relu",
                          name=f"dense_{index}")(x)
         x = layers.Dropout(rate)(x)
-    outputs = layers.Dense(1, activation="sigmoid", name="probability")(x)
-    model = keras.Model(inputs, outputs, name="mammo_cnn")
-    model.compile(optimizer=keras.optimizers.Adam(float(hp["learning_rate"])),
-                  loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(name="auc"),
-                           keras.metrics.BinaryAccuracy(name="accuracy")])
-    return model
+    model = keras.Model(inputs, output_layer(n_classes)(x), name="mammo_cnn")
+    return compile_classifier(model, keras.optimizers.Adam(float(hp["learning_rate"])), n_classes)
 
 
 def _conv_block(x, filters: int, config: ModelConfig, rate: float, index: int):

@@ -48,9 +48,68 @@ def label_metrics(labels: np.ndarray, predicted: np.ndarray,
 
 
 def confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Returns the 2x2 confusion matrix [[tn, fp], [fn, tp]]."""
-    predicted = (np.asarray(probabilities).ravel() >= threshold).astype(int)
+    """Returns the confusion matrix: [[tn, fp], [fn, tp]] for binary probabilities (N,) at
+    `threshold`, K x K (rows true, columns the most probable class) for (N, K)."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.ndim == 2:
+        return confusion_matrix(np.asarray(labels).astype(int), probabilities.argmax(axis=1),
+                                labels=list(range(probabilities.shape[1])))
+    predicted = (probabilities.ravel() >= threshold).astype(int)
     return confusion_matrix(np.asarray(labels).astype(int), predicted, labels=[0, 1])
+
+
+# --- several classes: probabilities (N, K), one column per class ------------------------
+
+def auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Returns the ROC AUC: binary for (N,) probabilities, macro one-vs-rest for (N, K)."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.ndim == 1:
+        return float(roc_auc_score(labels, probabilities))
+    present = np.unique(labels)
+    if len(present) < probabilities.shape[1]:
+        # macro one-vs-rest over the classes present (a small part can lack one)
+        return float(np.mean([roc_auc_score(labels == k, probabilities[:, k]) for k in present]))
+    return float(roc_auc_score(labels, probabilities, multi_class="ovr", average="macro"))
+
+
+def multiclass_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Returns macro one-vs-rest AUC, accuracy, balanced accuracy (mean recall) and each
+    class's recall (`recall_<k>`) and one-vs-rest AUC (`auc_<k>`); labels = most probable."""
+    labels = np.asarray(labels).astype(int)
+    predicted = np.asarray(probabilities).argmax(axis=1)
+    out = {"auc": auc(labels, probabilities), "accuracy": float(np.mean(predicted == labels))}
+    recalls = {}
+    for k in range(probabilities.shape[1]):
+        mask = labels == k
+        if mask.any():
+            recalls[k] = float(np.mean(predicted[mask] == k))
+            if not mask.all():
+                out[f"auc_{k}"] = float(roc_auc_score(mask, probabilities[:, k]))
+    out["balanced_accuracy"] = float(np.mean(list(recalls.values())))
+    out |= {f"recall_{k}": r for k, r in recalls.items()}
+    return out
+
+
+def scores(labels: np.ndarray, probabilities: np.ndarray, threshold=0.5) -> dict[str, float]:
+    """Returns binary_metrics for (N,) probabilities (`threshold` a number or one per
+    image), multiclass_metrics for (N, K); both carry `auc` and `accuracy`."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.ndim == 2:
+        return multiclass_metrics(labels, probabilities)
+    return label_metrics(labels, (probabilities >= threshold).astype(int), probabilities)
+
+
+def per_class_roc_figure(labels: np.ndarray, probabilities: np.ndarray,
+                         class_names: Sequence[str], title: str = "ROC per class") -> Figure:
+    """Returns one one-vs-rest ROC curve per class of (N, K) probabilities, AUCs in the legend."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for k, name in enumerate(class_names):
+        mask = np.asarray(labels) == k
+        if mask.any() and not mask.all():
+            fpr, tpr, _ = roc_curve(mask, probabilities[:, k])
+            ax.plot(fpr, tpr, lw=1.5,
+                    label=f"{name} (AUC {roc_auc_score(mask, probabilities[:, k]):.3f})")
+    return _finish_roc(fig, ax, title)
 
 
 def roc_figure(labels: np.ndarray, probabilities: np.ndarray, title: str = "ROC") -> Figure:
@@ -109,9 +168,10 @@ def _fbeta(precision: float, recall: float, beta: float) -> float:
 
 
 def mean_std(per_fold: Sequence[Mapping[str, float]]) -> dict[str, float]:
-    """Returns `<metric>_mean` and `<metric>_std` (sample std) over folds for every metric."""
+    """Returns `<metric>_mean` and `<metric>_std` (sample std) over folds for every metric
+    all folds have (a class missing from one fold's test part has no recall there)."""
     out = {}
-    for name in per_fold[0]:
+    for name in [n for n in per_fold[0] if all(n in fold for fold in per_fold)]:
         values = np.array([fold[name] for fold in per_fold], dtype=float)
         out[f"{name}_mean"] = float(values.mean())
         out[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0

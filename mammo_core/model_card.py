@@ -10,9 +10,11 @@ from typing import Mapping
 
 from mammo_core.config import Experiment
 
-INTENDED_USE = ("Research only; not for diagnosis. Scores 60x60 mammogram patches as normal "
-                "tissue or microcalcification cluster, to compare models and study errors. It "
+INTENDED_USE = ("Research only; not for diagnosis. Scores {rows}x{cols} mammogram images "
+                "of the `{task}` task as {classes}, to compare models and study errors. It "
                 "has not been validated on other scanners, sites or populations.")
+BINARY_METRICS = ("auc", "accuracy", "sensitivity", "specificity", "f1", "f2")
+MULTICLASS_METRICS = ("auc", "accuracy", "balanced_accuracy")
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,12 @@ class CardFacts:
 def render_card(facts: CardFacts) -> str:
     """Returns the model card as Markdown."""
     e = facts.experiment
+    rows, cols = e.data.image_size
+    use = INTENDED_USE.format(rows=rows, cols=cols, task=e.name,
+                              classes=" / ".join(class_names(e)))
     return "\n".join([
         f"# {facts.model_name} v{facts.version}",
-        "", f"**Intended use.** {INTENDED_USE}", "",
+        "", f"**Intended use.** {use}", "",
         *_data_section(facts), "", *_training_section(facts), "",
         *_metrics_section(facts), "", *_input_section(facts), "",
         "## Provenance",
@@ -52,7 +57,8 @@ def _data_section(facts: CardFacts) -> list[str]:
     counts = ", ".join(f"{n} {name}" for name, n in facts.data_counts.items())
     split = facts.experiment.split
     return ["## Data",
-            f"- microcalcification patches, fingerprint `{facts.data_fingerprint}`: {counts}",
+            f"- `{facts.experiment.data.collection}` images ({facts.experiment.data.layout} "
+            f"layout), fingerprint `{facts.data_fingerprint}`: {counts}",
             f"- fold plan grouped by `{split.group_by}` (duplicates always joined), seed "
             f"{split.seed}; ensemble hold-out: {facts.holdout_images} images in "
             f"{facts.holdout_groups} groups, seen by no expert"]
@@ -68,12 +74,14 @@ def _training_section(facts: CardFacts) -> list[str]:
             f"{e.search.max_epochs} epochs, ASHA on validation AUC)",
             f"- ensemble weights fitted on the hold-out (log loss, non-negative, sum 1): "
             f"{weights}",
-            f"- decision threshold {facts.threshold:.4f} (rule: `{rule}`)"]
+            f"- decision threshold {facts.threshold:.4f} (rule: `{rule}`)" if e.data.n_classes == 2
+            else "- label: the class of highest ensemble probability"]
 
 
 def _metrics_section(facts: CardFacts) -> list[str]:
     cv = facts.cv
-    names = ("auc", "accuracy", "sensitivity", "specificity", "f1", "f2")
+    several = facts.experiment.data.n_classes > 2
+    names = MULTICLASS_METRICS if several else BINARY_METRICS
     lines = ["## Metrics",
              "Outer test folds of the search (each expert on images it never saw): " + ", ".join(
                  f"{n} {cv[f'cv_test_{n}_mean']:.3f} ± {cv[f'cv_test_{n}_std']:.3f}"
@@ -83,7 +91,24 @@ def _metrics_section(facts: CardFacts) -> list[str]:
              "| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for method, scores in facts.holdout.items():
         lines.append(f"| {method} | " + " | ".join(f"{scores[n]:.3f}" for n in names) + " |")
+    return lines + (_per_class_lines(facts) if several else [])
+
+
+def _per_class_lines(facts: CardFacts) -> list[str]:
+    """Returns the per-class table: recall and one-vs-rest AUC of each method on the hold-out."""
+    lines = ["", "Per class (hold-out, cross-fitted; recall / one-vs-rest AUC):", "",
+             "| class | " + " | ".join(facts.holdout) + " |", "|---" * (len(facts.holdout) + 1) + "|"]
+    for k, name in enumerate(class_names(facts.experiment)):
+        cells = [f"{s.get(f'recall_{k}', float('nan')):.3f} / {s.get(f'auc_{k}', float('nan')):.3f}"
+                 for s in facts.holdout.values()]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
+
+
+def class_names(experiment: Experiment) -> list[str]:
+    """Returns the task's class names in label order."""
+    names = experiment.data.class_names
+    return [names.get(k, str(k)) for k in range(experiment.data.n_classes)]
 
 
 def _input_section(facts: CardFacts) -> list[str]:
@@ -96,14 +121,17 @@ def _input_section(facts: CardFacts) -> list[str]:
     if wavelet.enabled:
         steps.append(f"wavelet filter ({wavelet.family}, level {wavelet.level}, "
                      f"k = {wavelet.threshold_k})")
-    labels = ", ".join(f"{k} = {v}" for k, v in sorted(e.data.class_names.items()))
+    labels = ", ".join(f"{k} = {v}" for k, v in enumerate(class_names(e)))
+    output = (f"`probability`, `label` ({labels}), `expert_0` ... `expert_{len(facts.weights) - 1}`"
+              if e.data.n_classes == 2 else
+              f"`probability.<class>` per class, `label` ({labels}: the most probable), "
+              f"`expert_<k>.<class>`")
     return ["## Input and output",
             f"- input: patches shaped (N, {rows}, {cols}) or (N, {rows}, {cols}, 1); uint8 and "
             f"uint16 are scaled by their full range, other integers are raw "
             f"{facts.bit_depth}-bit pixels, floats must already lie in [0, 1]",
             f"- preprocessing inside the model: {', '.join(steps)}",
-            f"- output per patch: `probability`, `label` ({labels}), `expert_0` ... "
-            f"`expert_{len(facts.weights) - 1}`",
+            f"- output per image: {output}",
             f"- explanations: Grad-CAM, Deep SHAP against {e.explanations.background_size} "
             f"preprocessed training patches per expert (stored in the model as "
             f"`background.npz`), partition SHAP; see the register run's "

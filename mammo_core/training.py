@@ -10,6 +10,7 @@ import numpy as np
 
 from mammo_core.balance import balanced
 from mammo_core.config import TrainingConfig
+from mammo_core.metrics import auc
 
 
 def limit_tensorflow_threads(threads: int = 1) -> None:
@@ -48,14 +49,37 @@ def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray],
         patience=config.early_stopping_patience, restore_best_weights=True)
     status = [EpochStatus(config.epochs, stream)] if stream else []
     x, y, class_weight = balanced(*train, config.class_balance, config.seed)
+    n_classes = int(model.outputs[0].shape[-1])
+    n_classes = 2 if n_classes == 1 else n_classes
     return model.fit(x, y, class_weight=class_weight, validation_data=val, epochs=config.epochs,
                      batch_size=config.batch_size, verbose=0,
-                     callbacks=[stopper, *status, *callbacks])
+                     callbacks=[*macro_auc(n_classes, *val), stopper, *status, *callbacks])
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Returns the positive-class probability for each image, shape (N,)."""
-    return model.predict(images, batch_size=batch_size, verbose=0).ravel()
+    """Returns the positive-class probability per image (N,), or for a model of several
+    classes each class's probability (N, K)."""
+    out = model.predict(images, batch_size=batch_size, verbose=0)
+    return out.ravel() if out.shape[-1] == 1 else out
+
+
+def macro_auc(n_classes: int, x_val: np.ndarray, y_val: np.ndarray) -> list[keras.callbacks.Callback]:
+    """Returns [MacroAUC] for a model of several classes (to put first among the
+    callbacks, so early stopping and reports see `val_auc`), [] for a binary one."""
+    return [MacroAUC(x_val, y_val)] if n_classes > 2 else []
+
+
+class MacroAUC(keras.callbacks.Callback):
+    """Adds `val_auc`, the macro one-vs-rest ROC AUC on the validation part, to each
+    epoch's logs: the objective of a model of several classes."""
+
+    def __init__(self, x_val: np.ndarray, y_val: np.ndarray):
+        super().__init__()
+        self.x_val, self.y_val = x_val, y_val
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs is not None:
+            logs["val_auc"] = auc(self.y_val, predict_proba(self.model, self.x_val))
 
 
 class EpochStatus(keras.callbacks.Callback):

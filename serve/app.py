@@ -12,7 +12,6 @@ reaches the model, so a bad request never costs a replica.
 import asyncio
 import base64
 import logging
-from dataclasses import replace
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -59,10 +58,25 @@ async def _http(request: Request, err: HTTPException) -> JSONResponse:
     return error(err.status_code, str(err.detail))
 
 
+def answers(out: dict, class_names: list[str]) -> list[dict]:
+    """Returns one answer per image: {"probability", "label", "experts"} for a binary task;
+    {"probabilities": {class: p}, "label", "class", "experts": [{class: p}]} for several."""
+    if out["probability"].ndim == 1:
+        return [{"probability": float(p), "label": int(label),
+                 "experts": [float(e) for e in experts]}
+                for p, label, experts in zip(out["probability"], out["label"], out["experts"])]
+    def by_class(row) -> dict[str, float]:
+        return {name: float(p) for name, p in zip(class_names, row)}
+    return [{"probabilities": by_class(p), "label": int(label), "class": class_names[label],
+             "experts": [by_class(e) for e in experts]}
+            for p, label, experts in zip(out["probability"], out["label"], out["experts"])]
+
+
 def reading(settings: ServeSettings, model) -> ServeSettings:
     """Returns the settings to read a request with: a study that resamples its images
     (e.g. whole MIAS mammograms) resizes uploaded files whatever `wrong_size` says."""
-    return replace(settings, wrong_size="resize") if model.info.get("resizes") else settings
+    return settings.model_copy(update={"wrong_size": "resize"}) if model.info.get(
+        "resizes") else settings
 
 
 def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
@@ -158,11 +172,7 @@ class PatchScorer:
         units = as_unit_patches(raw, tuple(self.model.info["image_size"]),
                                 self.model.predictor.bit_depth)
         out, info = await self.score_all(units)
-        predictions = [{"probability": float(p), "label": int(label),
-                        "experts": [float(e) for e in experts]}
-                       for p, label, experts in zip(out["probability"], out["label"],
-                                                    out["experts"])]
-        return {"predictions": predictions,
+        return {"predictions": answers(out, self.model.predictor.class_names),
                 "model": {"name": info["name"], "version": info["version"]}}
 
     @api.post("/explain")
@@ -177,6 +187,9 @@ class PatchScorer:
         if method not in ("gradcam", "shap"):
             raise BadRequest(422, f"method must be 'gradcam' or 'shap', got '{method}'")
         model = self.model
+        if len(model.predictor.class_names) > 2:
+            raise BadRequest(422, "explanations are drawn for binary models only; this model "
+                                  f"has {len(model.predictor.class_names)} classes")
         raw = await read_patches(request, reading(self.settings, model), model.info["image_size"])
         if len(raw) != 1:
             raise BadRequest(422, f"/explain takes exactly one image, got {len(raw)}")

@@ -6,7 +6,9 @@ through `code_paths`, so loading the model needs neither this project nor pickle
     model = mlflow.pyfunc.load_model("models:/mammo-microcal@champion")
     model.predict(patches)   # (N, 60, 60) or (N, 60, 60, 1); uint8, uint16, int or float
 
-Returns a DataFrame: probability, label (at the stored threshold), expert_0 ... expert_k.
+Returns a DataFrame: probability, label (at the stored threshold), expert_0 ... expert_k;
+for a task of several classes probability.<class>, label (the most probable class),
+expert_0.<class> ...
 """
 import numpy as np
 import pandas as pd
@@ -34,10 +36,7 @@ class MammoEnsemble(PythonModel):
             out = self.predictor.predict(as_array(model_input))
         except PatchError as err:
             raise MlflowException.invalid_parameter_value(str(err)) from err
-        frame = pd.DataFrame({"probability": out["probability"], "label": out["label"]})
-        for k in range(out["experts"].shape[1]):
-            frame[f"expert_{k}"] = out["experts"][:, k]
-        return frame
+        return self.predictor.frame(out)
 
 
 def as_array(model_input) -> np.ndarray:

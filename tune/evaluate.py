@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 from mammo_core import metrics
 from mammo_core.config import Experiment
 from mammo_core.data import Dataset
+from mammo_core.predictor import probabilities_of
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
 from tune.explain import ensemble_inside, log_explanation_figures
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri,
@@ -73,7 +74,8 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
         frame = predictions_table(model, dataset, index)
         scores = log_evaluation(experiment, frame, dataset.images[index])
         predictor = ensemble_inside(model)
-        if predictor is not None:  # any pyfunc may be evaluated
+        # any pyfunc may be evaluated; explanations are drawn for binary tasks
+        if predictor is not None and "probability" in frame:
             log_explanation_figures(predictor, dataset.images[index], frame["label"].to_numpy(),
                                     frame["probability"].to_numpy(), experiment.explanations,
                                     experiment.data.class_names)
@@ -87,14 +89,17 @@ def model_version_params(model_uri: str) -> dict[str, str]:
 
 
 def predictions_table(model, dataset: Dataset, index: np.ndarray) -> pd.DataFrame:
-    """Returns path, label, probability, predicted (and expert columns) per image."""
+    """Returns path, label, probability (or probability.<class> per class), predicted (and
+    expert columns) per image."""
     out = model.predict(dataset.images[index])
-    if not isinstance(out, pd.DataFrame) or not {"probability", "label"} <= set(out.columns):
-        raise UsageError("the model must return a table with 'probability' and 'label' columns "
-                         "(a registered ensemble does)")
+    if not isinstance(out, pd.DataFrame) or "label" not in out or not any(
+            c == "probability" or c.startswith("probability.") for c in out.columns):
+        raise UsageError("the model must return a table with 'probability' (or "
+                         "'probability.<class>') and 'label' columns (a registered ensemble does)")
     frame = pd.DataFrame({"path": [dataset.paths[i] for i in index],
                           "label": dataset.labels[index]})
-    frame["probability"] = out["probability"].to_numpy()
+    for column in (c for c in out.columns if c.startswith("probability")):
+        frame[column] = out[column].to_numpy()
     frame["predicted"] = out["label"].to_numpy()
     for column in (c for c in out.columns if c.startswith("expert_")):
         frame[column] = out[column].to_numpy()
@@ -104,28 +109,48 @@ def predictions_table(model, dataset: Dataset, index: np.ndarray) -> pd.DataFram
 def log_evaluation(experiment: Experiment, frame: pd.DataFrame,
                    images: np.ndarray) -> dict[str, float]:
     """Logs eval_* metrics, figures, galleries and predictions.csv; returns the metrics."""
+    mlflow.log_text(frame.to_csv(index=False), "predictions.csv")
+    if "probability" not in frame:
+        return log_multiclass_evaluation(experiment, frame, images)
     labels, probabilities = frame["label"].to_numpy(), frame["probability"].to_numpy()
     scores = metrics.label_metrics(labels, frame["predicted"].to_numpy(), probabilities)
     mlflow.log_metrics({f"eval_{k}": v for k, v in scores.items()})
-    mlflow.log_text(frame.to_csv(index=False), "predictions.csv")
     names = [experiment.data.class_names.get(k, str(k)) for k in (0, 1)]
     log_figure(metrics.roc_figure(labels, probabilities, "ROC"), "figures/roc.png")
     matrix = metrics.confusion(labels, frame["predicted"].to_numpy(), 0.5)
     log_figure(metrics.confusion_figure(matrix, names, "Confusion matrix"), "figures/confusion.png")
-    log_galleries(frame, images)
+    log_galleries(frame, images, probabilities)
     log_with_mlflow_evaluate(frame)
     return scores
 
 
-def log_galleries(frame: pd.DataFrame, images: np.ndarray) -> None:
-    """Logs figures/misclassified.png and figures/worst.png (error > WORST_ERROR)."""
-    error = np.abs(frame["label"].to_numpy() - frame["probability"].to_numpy())
+def log_multiclass_evaluation(experiment: Experiment, frame: pd.DataFrame,
+                              images: np.ndarray) -> dict[str, float]:
+    """Logs eval_* metrics (macro AUC, accuracy, per-class recall and AUC), the per-class
+    ROC, the K x K confusion matrix and the galleries; returns the metrics."""
+    labels, probabilities = frame["label"].to_numpy(), probabilities_of(frame)
+    scores = metrics.multiclass_metrics(labels, probabilities)
+    mlflow.log_metrics({f"eval_{k}": v for k, v in scores.items()})
+    names = [c.split(".", 1)[1] for c in frame.columns if c.startswith("probability.")]
+    log_figure(metrics.per_class_roc_figure(labels, probabilities, names), "figures/roc.png")
+    log_figure(metrics.confusion_figure(metrics.confusion(labels, probabilities), names,
+                                        "Confusion matrix"), "figures/confusion.png")
+    log_galleries(frame, images, probabilities[np.arange(len(labels)), labels])
+    return scores
+
+
+def log_galleries(frame: pd.DataFrame, images: np.ndarray, true_class: np.ndarray) -> None:
+    """Logs figures/misclassified.png and figures/worst.png (error > WORST_ERROR), where the
+    error is 1 - the probability given to the true class (`true_class`, per image)."""
+    labels = frame["label"].to_numpy()
+    # binary: `true_class` is the positive class's probability
+    error = np.abs(labels - true_class) if "probability" in frame else 1 - true_class
     wrong = np.flatnonzero(frame["label"].to_numpy() != frame["predicted"].to_numpy())
     worst = np.flatnonzero(error > WORST_ERROR)
     for name, picked, title in (("misclassified", wrong, "Misclassified at the model's threshold"),
                                 ("worst", worst, f"Worst: |label - p| > {WORST_ERROR}")):
         picked = picked[np.argsort(-error[picked])]
-        captions = [f"y={frame['label'].iat[i]} p={frame['probability'].iat[i]:.2f}\n"
+        captions = [f"y={labels[i]} p={true_class[i]:.2f}\n"
                     f"{os.path.basename(frame['path'].iat[i])[:18]}" for i in picked]
         log_figure(metrics.patch_gallery_figure(images[picked], captions, title),
                    f"figures/{name}.png")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import keras
 import mlflow
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from mammo_core import metrics
 from mammo_core.baselines import logistic_baseline, max_pixel_scores
@@ -30,35 +29,58 @@ def evaluate_on_test(model: keras.Model, experiment: Experiment, dataset: Datase
     labels = dataset.labels[test]
     probabilities = predict_proba(model, images[test])
     scores = {f"test_{k}": v for k, v in
-              metrics.binary_metrics(labels, probabilities, experiment.training.threshold).items()}
+              metrics.scores(labels, probabilities, experiment.training.threshold).items()}
     scores.update(baseline_aucs(dataset, parts))
     scores["test_auc_margin_over_logreg"] = scores["test_auc"] - scores["baseline_logreg_test_auc"]
     mlflow.log_metrics(scores)
     log_test_figures(experiment, labels, probabilities)
-    rows = [f"{i},{l},{p:.6f}" for i, l, p in zip(test, labels, probabilities)]
-    mlflow.log_text("index,label,probability\n" + "\n".join(rows) + "\n", "predictions/test.csv")
+    mlflow.log_text(predictions_csv(test, labels, probabilities), "predictions/test.csv")
     return scores, probabilities
+
+
+def predictions_csv(index: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> str:
+    """Returns `index,label,probability` rows, or `index,label,probability_0..K-1`."""
+    columns = (probabilities.reshape(len(index), -1) if probabilities.ndim == 2
+               else probabilities[:, None])
+    names = (["probability"] if probabilities.ndim == 1
+             else [f"probability_{k}" for k in range(columns.shape[1])])
+    rows = [",".join([str(i), str(label)] + [f"{p:.6f}" for p in row])
+            for i, label, row in zip(index, labels, columns)]
+    return ",".join(["index", "label", *names]) + "\n" + "\n".join(rows) + "\n"
 
 
 def baseline_aucs(dataset: Dataset, parts: dict[str, np.ndarray]) -> dict[str, float]:
     """Returns the AUCs of the brightness baselines on the same test part.
 
-    The logistic regression trains on train + val (it has nothing to select).
+    The logistic regression trains on train + val (it has nothing to select); with several
+    classes it is multinomial (macro AUC), and the max-pixel score, one number for
+    several classes, is left out.
     """
     fit_index = np.concatenate([parts["train"], parts["val"]])
     test_labels = dataset.labels[parts["test"]]
-    scores = {
-        "baseline_max_pixel_test_auc": max_pixel_scores(dataset.images[parts["test"]]),
-        "baseline_logreg_test_auc": logistic_baseline(
-            dataset.images[fit_index], dataset.labels[fit_index], dataset.images[parts["test"]]),
-    }
-    return {name: float(roc_auc_score(test_labels, s)) for name, s in scores.items()}
+    scores = {"baseline_logreg_test_auc": logistic_baseline(
+        dataset.images[fit_index], dataset.labels[fit_index], dataset.images[parts["test"]])}
+    if len(np.unique(dataset.labels)) == 2:
+        scores["baseline_max_pixel_test_auc"] = max_pixel_scores(dataset.images[parts["test"]])
+    return {name: metrics.auc(test_labels, s) for name, s in scores.items()}
 
 
 def log_test_figures(experiment: Experiment, labels: np.ndarray, probabilities: np.ndarray) -> None:
-    """Logs figures/roc_test.png and figures/confusion_test.png."""
-    names = [experiment.data.class_names.get(k, str(k)) for k in sorted(set(labels.tolist()))]
-    log_figure(metrics.roc_figure(labels, probabilities, "ROC, test part"), "figures/roc_test.png")
+    """Logs figures/roc_test.png (one curve per class for several) and
+    figures/confusion_test.png."""
+    names = class_names(experiment, probabilities)
+    if probabilities.ndim == 2:
+        log_figure(metrics.per_class_roc_figure(labels, probabilities, names, "ROC per class, "
+                                                "test part"), "figures/roc_test.png")
+    else:
+        log_figure(metrics.roc_figure(labels, probabilities, "ROC, test part"),
+                   "figures/roc_test.png")
     matrix = metrics.confusion(labels, probabilities, experiment.training.threshold)
     log_figure(metrics.confusion_figure(matrix, names, "Confusion matrix, test part"),
                "figures/confusion_test.png")
+
+
+def class_names(experiment: Experiment, probabilities: np.ndarray) -> list[str]:
+    """Returns the task's class names in label order (two for binary probabilities)."""
+    k = probabilities.shape[1] if np.ndim(probabilities) == 2 else 2
+    return [experiment.data.class_names.get(label, str(label)) for label in range(k)]

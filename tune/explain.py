@@ -54,9 +54,13 @@ def explain_files(config: str, source: Path, output: Path, methods: tuple[str, .
     experiment, _ = load_config(config)
     use_tracking_store(PROJECT_ROOT)
     files = image_files(source)
-    raw = read_images(files, experiment.data.image_size, experiment.data.resizes)  # all first: a bad file stops here
+    # all files first: a bad file stops here, before any run starts
+    raw = read_images(files, experiment.data.image_size, experiment.data.resizes)
     uri = model_uri or default_model_uri(experiment)
     predictor = load_ensemble(uri)
+    if len(predictor.class_names) > 2:
+        raise UsageError(f"{uri} has {len(predictor.class_names)} classes; explanations are "
+                         "drawn for binary models only")
     units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
     names = output_names(files, source)
     rows = []

@@ -119,7 +119,8 @@ def best_result(grid: tune.ResultGrid, fold_index: int) -> tune.Result:
 def load_expert(result: tune.Result, experiment: Experiment, input_shape: tuple) -> keras.Model:
     """Returns the best trial's model with its best-epoch weights."""
     checkpoint = result.get_best_checkpoint(METRIC, MODE)
-    model = build_model(result.config, input_shape, experiment.model, seed=int(result.config["seed"]))
+    model = build_model(result.config, input_shape, experiment.model,
+                        seed=int(result.config["seed"]), n_classes=experiment.data.n_classes)
     with checkpoint.as_directory() as folder, warnings.catch_warnings():
         # The file also holds the trial's optimizer slots; an expert only predicts.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -159,10 +160,11 @@ def load_outcome(parent_id: str, fold: int) -> FoldOutcome | None:
 
 
 def predictions_of(run_id: str) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (image index, probability) from a run's predictions/test.csv."""
+    """Returns (image index, probability (N,) or probabilities (N, K)) from a run's
+    predictions/test.csv."""
     text = mlflow.artifacts.load_text(f"runs:/{run_id}/predictions/test.csv")
     table = np.loadtxt(text.splitlines()[1:], delimiter=",", ndmin=2)
-    return table[:, 0].astype(int), table[:, 2]
+    return table[:, 0].astype(int), table[:, 2] if table.shape[1] == 3 else table[:, 2:]
 
 
 def _fold_runs(parent_id: str, fold: int, status_filter: str) -> list:

@@ -46,9 +46,10 @@ def pipeline(args, run_id: str) -> None:
                             parent_run_id=run_id)
     mlflow.set_tags({"mammo.search_run": search_run, "mammo.model_version": registration.version,
                      "mammo.model_alias": registration.alias})
-    print(f"hold-out evaluation of {model_uri}: AUC {scores['auc']:.3f}, sensitivity "
-          f"{scores['sensitivity']:.3f}, specificity {scores['specificity']:.3f} (the weights "
-          f"were fitted on these images: the register run has the cross-fitted figures)")
+    shown = ", ".join(f"{name} {scores[name]:.3f}" for name in (
+        "auc", "sensitivity", "specificity", "balanced_accuracy") if name in scores)
+    print(f"hold-out evaluation of {model_uri}: {shown} (the weights were fitted on these "
+          "images: the register run has the cross-fitted figures)")
     print(f"\npipeline run: {run_id}\nsearch run:   {search_run}\nmodel:        "
           f"{registration.model_name} v{registration.version} @{registration.alias}\n"
           f"MLflow UI:    mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  "

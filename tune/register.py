@@ -27,7 +27,6 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.utils import _infer_schema
-from sklearn.metrics import roc_auc_score
 
 from mammo_core import ensemble as ens
 from mammo_core import metrics
@@ -37,7 +36,7 @@ from mammo_core.explanations import shap_backgrounds
 from mammo_core.families import family_of_model
 from mammo_core.folds import FoldPlan
 from mammo_core.model_card import CardFacts, render_card
-from mammo_core.predictor import EnsemblePredictor, write_bundle
+from mammo_core.predictor import EnsemblePredictor, probabilities_of, write_bundle
 from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
                                  use_tracking_store)
 from tune.explain import log_explanation_figures
@@ -133,8 +132,11 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     fingerprint = holdout_fingerprint(dataset, plan)
     describe_version(facts, holdout_auc, fingerprint)
     alias, reason = promote(experiment, name, version, raw, labels, holdout_auc, fingerprint)
-    log_explanation_figures(predictor, raw, labels, predictor.ensemble.combine(experts_p),
-                            explain, experiment.data.class_names)
+    if experiment.data.n_classes == 2:
+        log_explanation_figures(predictor, raw, labels, predictor.ensemble.combine(experts_p),
+                                explain, experiment.data.class_names)
+    else:  # Grad-CAM / SHAP figures of several classes are not built yet
+        mlflow.set_tag("mammo.explanations", "binary tasks only; none for several classes")
     return version, alias, reason, holdout_auc
 
 
@@ -161,19 +163,31 @@ def compare_methods(experts_p: np.ndarray, labels: np.ndarray, groups: np.ndarra
     """
     scores, curves = {}, {}
     table = pd.DataFrame({"label": labels, "group": groups})
+    several = experts_p.ndim == 3
     for k in range(experts_p.shape[1]):
-        table[f"expert_{k}"] = experts_p[:, k]
+        table[f"expert_{k}"] = experts_p[:, k].tolist() if several else experts_p[:, k]
     for method in ens.METHODS:
         probabilities, thresholds = ens.cross_fit(experts_p, labels, groups, method,
                                                   experiment.registry, experiment.split.seed)
-        scores[method] = metrics.label_metrics(labels, probabilities >= thresholds, probabilities)
-        curves[method.replace("_", " ")] = table[method] = probabilities
+        scores[method] = metrics.scores(labels, probabilities, thresholds)
+        curves[method.replace("_", " ")] = probabilities
+        table[method] = probabilities.tolist() if several else probabilities
         mlflow.log_metrics({f"holdout_{method}_{m}": v for m, v in scores[method].items()})
-        print(f"hold-out, {method:11s} (cross-fitted): AUC {scores[method]['auc']:.4f}, "
-              f"sensitivity {scores[method]['sensitivity']:.3f}, "
-              f"specificity {scores[method]['specificity']:.3f}")
-    log_figure(metrics.roc_comparison_figure(labels, curves, "Ensemble hold-out, cross-fitted"),
-               "figures/holdout_roc.png")
+        print(f"hold-out, {method:11s} (cross-fitted): " + ", ".join(
+            f"{m} {scores[method][m]:.4f}" for m in (
+                ("auc", "accuracy", "balanced_accuracy") if several
+                else ("auc", "sensitivity", "specificity"))))
+    if several:
+        names = [experiment.data.class_names.get(k, str(k)) for k in range(experts_p.shape[2])]
+        log_figure(metrics.per_class_roc_figure(labels, curves["learned"], names,
+                                                "Ensemble hold-out (learned), cross-fitted"),
+                   "figures/holdout_roc.png")
+        log_figure(metrics.confusion_figure(metrics.confusion(labels, curves["learned"]), names,
+                                            "Ensemble hold-out (learned), cross-fitted"),
+                   "figures/holdout_confusion.png")
+    else:
+        log_figure(metrics.roc_comparison_figure(labels, curves, "Ensemble hold-out, "
+                                                 "cross-fitted"), "figures/holdout_roc.png")
     mlflow.log_text(table.to_csv(index=False), "holdout/cross_fitted.csv")
     return scores
 
@@ -183,8 +197,7 @@ def log_final_ensemble(ensemble: ens.Ensemble, experts_p: np.ndarray, labels: np
     mlflow.log_params({f"ensemble.weight.fold{k}": f"{w:.4f}"
                        for k, w in enumerate(ensemble.weights)})
     mlflow.log_param("ensemble.threshold", f"{ensemble.threshold:.6f}")
-    combined = ensemble.combine(experts_p)
-    auc = float(roc_auc_score(labels, combined))
+    auc = metrics.auc(labels, ensemble.combine(experts_p))
     mlflow.log_metric("holdout_auc", auc)
     mlflow.log_dict(ensemble.to_dict(), "ensemble.json")
     return auc
@@ -193,10 +206,7 @@ def log_final_ensemble(ensemble: ens.Ensemble, experts_p: np.ndarray, labels: np
 def log_and_register(predictor: EnsemblePredictor, raw: np.ndarray, name: str) -> str:
     """Logs the pyfunc model (code file + mammo_core) and registers it; returns the version."""
     example = raw[:2]
-    out = predictor.predict(example)
-    frame = pd.DataFrame({"probability": out["probability"], "label": out["label"]}
-                         | {f"expert_{k}": out["experts"][:, k]
-                            for k in range(out["experts"].shape[1])})
+    frame = predictor.frame(predictor.predict(example))
     # No input schema on purpose: MLflow's tensor spec enforces one dtype and rank, and
     # this model accepts uint8/uint16/int/float patches with or without a channel axis; it
     # checks its input itself and names what is wrong.
@@ -219,7 +229,7 @@ def log_and_register(predictor: EnsemblePredictor, raw: np.ndarray, name: str) -
 def check_round_trip(name: str, version: str, raw: np.ndarray, expected: np.ndarray) -> None:
     """Loads the registered version back and checks it reproduces the in-process ensemble."""
     loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    got = loaded.predict(raw)["probability"].to_numpy()
+    got = probabilities_of(loaded.predict(raw))
     gap = float(np.max(np.abs(got - expected)))
     mlflow.log_metric("round_trip_max_abs_diff", gap)
     if gap > 1e-5:
@@ -243,7 +253,7 @@ def promote(experiment: Experiment, name: str, version: str, raw: np.ndarray,
         alias, reason = registry.champion_alias, f"first {registry.champion_alias} of {name}"
     else:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
-        champion_auc = float(roc_auc_score(labels, model.predict(raw)["probability"]))
+        champion_auc = metrics.auc(labels, probabilities_of(model.predict(raw)))
         promoted = auc >= champion_auc
         alias = registry.champion_alias if promoted else registry.challenger_alias
         reason = (f"hold-out AUC {auc:.4f} {'>=' if promoted else '<'} {champion_auc:.4f} of "

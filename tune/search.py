@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import ray
 
@@ -30,6 +31,7 @@ from mammo_core.folds import FoldPlan, make_fold_plan
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
+from tune.evaluation import class_names
 from tune.families import log_family_comparison, markdown
 from tune.fold import FoldOutcome, load_outcome, run_fold
 from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, base_parser, load_config, load_data,
@@ -147,17 +149,23 @@ def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[Fold
     mlflow.log_metrics({f"cv_{k}": v for k, v in aggregate.items()})
     mlflow.log_metric("search_wall_seconds", seconds)
     curves = [(dataset.labels[o.test_index], o.probabilities) for o in outcomes]
-    log_figure(metrics.cv_roc_figure(curves), "figures/cv_roc.png")
-    names = [experiment.data.class_names.get(k, str(k)) for k in sorted(experiment.data.class_names)]
+    names = class_names(experiment, outcomes[0].probabilities)
+    if outcomes[0].probabilities.ndim == 2:  # several classes: pooled out-of-fold, per class
+        log_figure(metrics.per_class_roc_figure(
+            np.concatenate([c[0] for c in curves]), np.concatenate([c[1] for c in curves]),
+            names, "ROC per class, outer test folds pooled"), "figures/cv_roc.png")
+    else:
+        log_figure(metrics.cv_roc_figure(curves), "figures/cv_roc.png")
     matrices = [metrics.confusion(labels, probs, experiment.training.threshold)
                 for labels, probs in curves]
     log_figure(metrics.confusion_grid_figure(matrices, names), "figures/cv_confusion.png")
     mlflow.log_dict({o.fold: o.best_config for o in outcomes}, CONFIGS_ARTIFACT)
     mlflow.set_tags({f"mammo.best_trial.fold{o.fold}": o.best_trial_run for o in outcomes})
+    max_pixel = aggregate.get("baseline_max_pixel_test_auc_mean")
     return (f"CV test AUC {aggregate['test_auc_mean']:.3f} ± {aggregate['test_auc_std']:.3f} "
-            f"(logistic regression {aggregate['baseline_logreg_test_auc_mean']:.3f}, max pixel "
-            f"{aggregate['baseline_max_pixel_test_auc_mean']:.3f}); per fold "
-            + ", ".join(f"{o.scores['test_auc']:.3f}" for o in outcomes))
+            f"(logistic regression {aggregate['baseline_logreg_test_auc_mean']:.3f}"
+            + (f", max pixel {max_pixel:.3f}" if max_pixel is not None else "")
+            + "); per fold " + ", ".join(f"{o.scores['test_auc']:.3f}" for o in outcomes))
 
 
 def search_tags(experiment: Experiment, dataset: Dataset) -> dict[str, str]:

@@ -62,13 +62,12 @@ def train_and_evaluate(experiment: Experiment, dataset: Dataset) -> dict[str, fl
     y = {name: dataset.labels[index] for name, index in parts.items()}
     set_seed(experiment.training.seed)
     model = build_model(experiment.hyperparameters, images.shape[1:], experiment.model,
-                        seed=experiment.training.seed)
+                        seed=experiment.training.seed, n_classes=experiment.data.n_classes)
     history = fit(model, (x["train"], y["train"]), (x["val"], y["val"]),
                   experiment.training, callbacks=[EpochLogger()])
     mlflow.log_metric("epochs_trained", len(history.history["loss"]))
     log_figure(metrics.learning_curves_figure(history.history), "figures/learning_curves.png")
-    val = metrics.binary_metrics(y["val"], predict_proba(model, x["val"]),
-                                 experiment.training.threshold)
+    val = metrics.scores(y["val"], predict_proba(model, x["val"]), experiment.training.threshold)
     mlflow.log_metrics({f"val_{k}": v for k, v in val.items()})
     test, _ = evaluate_on_test(model, experiment, dataset, images, parts)
     log_keras_model(model, x["train"][:4])

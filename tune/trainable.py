@@ -17,7 +17,7 @@ from ray import tune
 from mammo_core.balance import balanced
 from mammo_core.config import Experiment
 from mammo_core.families import build_model, count_params
-from mammo_core.training import limit_tensorflow_threads, set_seed
+from mammo_core.training import limit_tensorflow_threads, macro_auc, set_seed
 
 WEIGHTS = "model.weights.h5"
 STATE = "state.json"
@@ -33,8 +33,9 @@ def train_trial(config: dict, data: dict[str, np.ndarray], experiment: Experimen
     """
     limit_tensorflow_threads()
     set_seed(int(config["seed"]))
+    n_classes = experiment.data.n_classes
     model = build_model(config, data["x_train"].shape[1:], experiment.model,
-                        seed=int(config["seed"]))
+                        seed=int(config["seed"]), n_classes=n_classes)
     initial_epoch, best = restore(model)
     x, y, class_weight = balanced(data["x_train"], data["y_train"],
                                   experiment.training.class_balance, int(config["seed"]))
@@ -42,7 +43,8 @@ def train_trial(config: dict, data: dict[str, np.ndarray], experiment: Experimen
               validation_data=(data["x_val"], data["y_val"]),
               initial_epoch=initial_epoch, epochs=experiment.search.max_epochs,
               batch_size=experiment.training.batch_size, verbose=0,
-              callbacks=[ReportToTune(best, count_params(model))])
+              callbacks=[*macro_auc(n_classes, data["x_val"], data["y_val"]),
+                         ReportToTune(best, count_params(model))])
 
 
 def restore(model: keras.Model) -> tuple[int, float]:
