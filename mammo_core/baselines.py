@@ -22,11 +22,14 @@ def max_pixel_scores(images: np.ndarray) -> np.ndarray:
 
 
 def intensity_features(images: np.ndarray, blur_sigma: float = 2.0) -> np.ndarray:
-    """Returns (N, 8) features per image, in the order of FEATURE_NAMES.
+    """Returns (N, 8) features per image, in the order of FEATURE_NAMES; (N, 16) for pairs
+    of patches (N, 2, H, W): the baseline's features, then the abnormal patch's.
 
     The high-pass image is the image minus a Gaussian blur (sigma `blur_sigma` pixels);
     bright_fraction is the share of pixels above mean + 3 std.
     """
+    if images.ndim == 4 and images.shape[1] == 2 and images.shape[-1] != 1:
+        return np.hstack([intensity_features(images[:, k], blur_sigma) for k in (0, 1)])
     flat = images.reshape(len(images), -1).astype(np.float64)
     highpass = images - gaussian_filter(images.astype(np.float64), sigma=(0, blur_sigma, blur_sigma))
     highpass = highpass.reshape(len(images), -1)

@@ -48,8 +48,10 @@ def array_files(root: Path, config: DataConfig) -> dict[str, tuple[Path, Path]]:
 def load_cbis_arrays(root: Path, config: DataConfig) -> Dataset:
     """Returns the patches whose source label `config.label_map` maps, with pair groups.
 
-    cases / rois: "<partition>/<pair index>" (a patient). Raises DataError naming the file
-    for unreadable arrays, mismatched lengths, an odd count, or a pair that is not
+    With `config.pairs`, each row is a patient's (baseline, abnormal) pair, images shaped
+    (N, 2, rows, columns), labelled by the abnormal patch. cases / rois:
+    "<partition>/<pair index>" (a patient). Raises DataError naming the file for
+    unreadable arrays, mismatched lengths, an odd count, or a pair that is not
     (baseline, abnormal).
     """
     parts = []
@@ -57,12 +59,17 @@ def load_cbis_arrays(root: Path, config: DataConfig) -> Dataset:
         images, depth = _unit_images(images_file, config)
         labels = _labels(labels_file, len(images))
         _check_pairs(labels, labels_file)
-        keep = np.array([str(label) in config.label_map for label in labels.tolist()])
-        index = np.flatnonzero(keep)
+        if config.pairs:  # row k: patches 2k (baseline) and 2k + 1 (abnormal)
+            images = images.reshape(len(images) // 2, 2, *images.shape[1:])
+            labels, step = labels[1::2], 2
+        else:
+            step = 1
+        index = np.flatnonzero([str(label) in config.label_map for label in labels.tolist()])
         parts.append((images[index], np.full(len(index), depth),
                       np.array([config.label_map[str(v)] for v in labels[index].tolist()]),
-                      [f"{images_file}#{i}" for i in index],
-                      np.array([f"{partition}/{i // 2}" for i in index]), partition))
+                      [f"{images_file}#{step * i}" + (f",{step * i + 1}" if step == 2 else "")
+                       for i in index],
+                      np.array([f"{partition}/{step * i // 2}" for i in index]), partition))
     if not sum(len(p[0]) for p in parts):
         raise DataError(f"{root}: no patch has a label in data.label_map "
                         f"{sorted(config.label_map)}")

@@ -52,6 +52,9 @@ class DataConfig:
     # centre, and from normal tissue of normal images)
     mias_task: Literal["whole", "roi"] = "whole"
     mias_info_file: str = "Info.txt"
+    # cbis_npy: one input per patient, the (baseline, abnormal) pair of patches, labelled
+    # by the abnormal patch's task label (the siamese family takes pairs)
+    pairs: bool = False
     roi_patch_size: int = 128  # source pixels per side of a cut patch (mias roi)
     normal_patches_per_image: int = 2  # mias roi: tissue patches per normal mammogram
     # class-folder name -> integer label; the folder names are also the class names
@@ -117,7 +120,16 @@ class AugmentationConfig:
 # Model families (mammo_core/families.py builds them; kept here so configs are checked
 # without importing Keras).
 FAMILIES = ("hypermodel", "microcal_cnn", *(f"mass_calc_m{k}" for k in range(6)), "mias_cnn",
-            "vgg16", "inception_v3")
+            "vgg16", "inception_v3", "siamese")
+
+
+@dataclass(frozen=True)
+class SiameseConfig:
+    """The siamese family: one shared encoder over a (baseline, abnormal) pair of patches."""
+
+    trunk: str = "hypermodel"  # the family whose network (without its output) encodes a patch
+    head_units: int = 32  # dense layer over [abnormal - baseline, baseline, abnormal]
+    dropout: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -143,6 +155,7 @@ class ModelConfig:
 
     family: str = "hypermodel"
     backbone: BackboneConfig = BackboneConfig()
+    siamese: SiameseConfig = SiameseConfig()
 
     conv_blocks: int = 3
     kernel_size: int = 3
@@ -476,10 +489,12 @@ def _validate(experiment: Experiment) -> None:
     if experiment.model.family not in FAMILIES:
         raise ConfigError(f"'model.family' must be one of {list(FAMILIES)}, "
                           f"got {experiment.model.family!r}")
+    _validate_pairs(experiment)
     family = experiment.search_space.get("family")
     families = set(family.values) if family else {experiment.model.family}
     missing = [k for k in REQUIRED_HYPERPARAMETERS if k not in experiment.hyperparameters]
-    if missing and "hypermodel" in families:  # the other families have fixed designs
+    trunks = families | ({experiment.model.siamese.trunk} if "siamese" in families else set())
+    if missing and "hypermodel" in trunks:  # the other families have fixed designs
         raise ConfigError(f"'hyperparameters' is missing {missing}")
     for name, space in experiment.search_space.items():
         _validate_space(name, space)
@@ -496,6 +511,24 @@ def _validate_data(data: DataConfig) -> None:
     if data.roi_patch_size < 8 or data.normal_patches_per_image < 0:
         raise ConfigError("'data.roi_patch_size' must be >= 8 and "
                           "'data.normal_patches_per_image' >= 0")
+
+
+def _validate_pairs(experiment: Experiment) -> None:
+    """Pairs of patches and the siamese family go together."""
+    family = experiment.search_space.get("family")
+    families = set(family.values) if family else {experiment.model.family}
+    if experiment.data.pairs and families != {"siamese"}:
+        raise ConfigError("'data.pairs' feeds (baseline, abnormal) pairs: 'model.family' must "
+                          "be siamese (and only siamese searched)")
+    if "siamese" in families and not experiment.data.pairs:
+        raise ConfigError("the siamese family takes pairs: set 'data.pairs: true' "
+                          "(cbis_npy layout)")
+    if experiment.data.pairs and experiment.data.layout != "cbis_npy":
+        raise ConfigError("'data.pairs' needs the cbis_npy layout (baseline/abnormal pairs)")
+    trunk = experiment.model.siamese.trunk
+    if trunk not in FAMILIES or trunk == "siamese":
+        raise ConfigError(f"'model.siamese.trunk' must be one of "
+                          f"{[f for f in FAMILIES if f != 'siamese']}, got {trunk!r}")
 
 
 def _validate_search(experiment: Experiment) -> None:

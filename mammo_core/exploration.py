@@ -14,13 +14,15 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from mammo_core.folds import FoldPlan  # noqa: E402
+from mammo_core.metrics import side_by_side  # noqa: E402
 
 _BINS = 50
 
 
 def examples_figure(images: np.ndarray, labels: np.ndarray, class_names: Mapping[int, str],
                     per_class: int = 8, seed: int = 0) -> Figure:
-    """Returns a grid with one row per class of `per_class` random example images."""
+    """Returns a grid with one row per class of `per_class` random example images (pairs
+    of patches side by side, baseline left)."""
     rng = np.random.default_rng(seed)
     classes = sorted(set(labels.tolist()))
     fig, axes = plt.subplots(len(classes), per_class, squeeze=False,
@@ -31,7 +33,7 @@ def examples_figure(images: np.ndarray, labels: np.ndarray, class_names: Mapping
         for col, ax in enumerate(axes[row]):
             ax.set(xticks=[], yticks=[])
             if col < len(picked):
-                ax.imshow(images[picked[col]], cmap="gray", vmin=0, vmax=1)
+                ax.imshow(side_by_side(images[picked[col]]), cmap="gray", vmin=0, vmax=1)
         axes[row, 0].set_ylabel(f"{class_names.get(label, label)}\n(n={len(rows)})", fontsize=8)
     fig.suptitle("Example images per class (intensities in [0, 1])", fontsize=10)
     fig.tight_layout()

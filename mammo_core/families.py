@@ -19,6 +19,9 @@ Families:
   vgg16, inception_v3 keras.applications backbones behind a learned 1x1 conv (1 -> 3
                       channels), upsized to the backbone's minimum, cut at `cut`, with
                       `trainable_layers` fine-tuned and a dense head (model.backbone)
+  siamese             one shared encoder (any family above without its output layer,
+                      model.siamese.trunk) over a (baseline, abnormal) pair of patches,
+                      input (2, H, W, 1); merged as [abnormal - baseline, baseline, abnormal]
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import keras
 from keras import layers
 
 from mammo_core.config import FAMILIES, AugmentationConfig, ModelConfig
-from mammo_core.hypermodel import augmentation, compile_classifier, output_layer
+from mammo_core.hypermodel import AUGMENTATION, augmentation, compile_classifier, output_layer
 from mammo_core.hypermodel import build_model as build_hypermodel
 
 BODY = "body"
@@ -252,6 +255,42 @@ def _load_backbone_weights(family: str, spec: Backbone, weights: str, shape: tup
         ours.set_weights(loaded.get_weights())
 
 
+# --- siamese ----------------------------------------------------------------------------
+
+def siamese(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
+            n_classes: int = 2) -> keras.Model:
+    """The siamese network: the trunk family's encoder, shared by the baseline and the
+    abnormal patch of a pair (input (2, H, W, 1)), the difference and both encodings
+    concatenated, a dense head; Adam. The trunk keeps its training-only augmentation."""
+    if len(input_shape) != 4 or input_shape[0] != 2:
+        raise ValueError(f"siamese takes pairs of patches shaped (2, H, W, 1), got "
+                         f"{input_shape}: set data.pairs")
+    options = config.siamese
+    single = build_model({**hp, "family": options.trunk}, input_shape[1:], config, seed,
+                         n_classes)
+    encoder = trunk_of(single)
+    pair = keras.Input(input_shape, name="pair")
+    baseline, abnormal = encoder(pair[:, 0]), encoder(pair[:, 1])
+    x = layers.Concatenate()([layers.Subtract()([abnormal, baseline]), baseline, abnormal])
+    x = layers.Dense(options.head_units, activation="relu", name="pair_head")(x)
+    x = layers.Dropout(options.dropout)(x)
+    model = keras.Model(pair, output_layer(n_classes)(x), name="siamese")
+    return compile_classifier(model, keras.optimizers.Adam(float(hp.get("learning_rate", 1e-3))),
+                              n_classes)
+
+
+def trunk_of(model: keras.Model) -> keras.Model:
+    """Returns a built family's network without its output layer: patch -> features, the
+    training-only augmentation first (named `encoder`)."""
+    names = [layer.name for layer in model.layers]
+    if BODY not in names:  # the hypermodel: one flat model
+        return keras.Model(model.input, model.get_layer("probability").input, name="encoder")
+    body = model.get_layer(BODY)
+    features = keras.Model(body.input, body.get_layer("probability").input, name="features_of")
+    inputs = keras.Input(model.input.shape[1:])
+    return keras.Model(inputs, features(model.get_layer(AUGMENTATION)(inputs)), name="encoder")
+
+
 # --- shared pieces ----------------------------------------------------------------------
 
 def _assemble(family: str, inputs, features, stack: AugmentationConfig, seed: int,
@@ -276,5 +315,6 @@ BUILDERS: dict[str, Callable[..., keras.Model]] = {
     **{f"mass_calc_m{k}": mass_calc(k) for k in range(len(MASS_CALC))},
     "mias_cnn": mias_cnn,
     **{name: backbone(name) for name in BACKBONES},
+    "siamese": siamese,
 }
 assert tuple(BUILDERS) == FAMILIES, "config.FAMILIES and the builders must agree"

@@ -129,7 +129,8 @@ def roc_figure(labels: np.ndarray, probabilities: np.ndarray, title: str = "ROC"
 def confusion_figure(matrix: np.ndarray, class_names: Sequence[str],
                      title: str = "Confusion matrix") -> Figure:
     """Returns a confusion-matrix heatmap with counts and row percentages."""
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    side = max(4.5, 1.1 * len(class_names) + 1.5)
+    fig, ax = plt.subplots(figsize=(side, side - 0.5))
     ax.imshow(matrix, cmap="Blues")
     totals = matrix.sum(axis=1, keepdims=True).clip(min=1)
     for (row, col), count in np.ndenumerate(matrix):
@@ -139,8 +140,17 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str],
     ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
            xticklabels=class_names, yticklabels=class_names,
            xlabel="predicted", ylabel="true", title=title)
+    _slant(ax, class_names)
     fig.tight_layout()
     return fig
+
+
+def _slant(ax, class_names: Sequence[str]) -> None:
+    """Turns long or many column labels 45 degrees, so they do not overlap."""
+    if len(class_names) > 2 or max(len(n) for n in class_names) > 12:
+        ax.tick_params(axis="x", labelrotation=45)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
 
 
 def learning_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
@@ -204,15 +214,18 @@ def cv_roc_figure(curves: Sequence[tuple[np.ndarray, np.ndarray]],
 
 def confusion_grid_figure(matrices: Sequence[np.ndarray], class_names: Sequence[str]) -> Figure:
     """Returns one confusion-matrix panel per fold, side by side."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(3.2 * len(matrices), 3.2), squeeze=False)
+    side = max(3.2, 0.8 * len(class_names) + 1.5)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side),
+                             squeeze=False)
     for k, (ax, matrix) in enumerate(zip(axes[0], matrices)):
         ax.imshow(matrix, cmap="Blues")
         for (row, col), count in np.ndenumerate(matrix):
             ax.text(col, row, str(count), ha="center", va="center",
                     color="white" if count > matrix.max() / 2 else "black")
         ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)),
-               xticklabels=class_names, yticklabels=class_names, title=f"fold {k + 1}",
-               xlabel="predicted", ylabel="true" if k == 0 else "")
+               xticklabels=class_names, yticklabels=class_names if k == 0 else [],
+               title=f"fold {k + 1}", xlabel="predicted", ylabel="true" if k == 0 else "")
+        _slant(ax, class_names)
     fig.tight_layout()
     return fig
 
@@ -291,11 +304,18 @@ def patch_gallery_figure(images: np.ndarray, captions: Sequence[str], title: str
     for ax in axes.ravel():
         ax.axis("off")
     for ax, image, caption in zip(axes.ravel(), images, captions):
-        ax.imshow(np.squeeze(image), cmap="gray")
+        ax.imshow(side_by_side(image), cmap="gray")
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title if len(images) else f"{title}: none", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def side_by_side(image: np.ndarray) -> np.ndarray:
+    """Returns a patch as one 2-D picture: a (baseline, abnormal) pair (2, H, W) side by
+    side, a single patch (H, W[, 1]) as it is."""
+    image = np.squeeze(image)
+    return np.concatenate(list(image), axis=1) if image.ndim == 3 else image
 
 
 def _finish_roc(fig: Figure, ax, title: str) -> Figure:

@@ -105,6 +105,15 @@ def _per_class_lines(facts: CardFacts) -> list[str]:
     return lines
 
 
+def input_shape(experiment: Experiment) -> str:
+    """Returns the input a model of this experiment takes, in words."""
+    rows, cols = experiment.data.image_size
+    if experiment.data.pairs:
+        return (f"(baseline, abnormal) pairs of patches shaped (N, 2, {rows}, {cols}) or "
+                f"(N, 2, {rows}, {cols}, 1)")
+    return f"patches shaped (N, {rows}, {cols}) or (N, {rows}, {cols}, 1)"
+
+
 def class_names(experiment: Experiment) -> list[str]:
     """Returns the task's class names in label order."""
     names = experiment.data.class_names
@@ -113,7 +122,6 @@ def class_names(experiment: Experiment) -> list[str]:
 
 def _input_section(facts: CardFacts) -> list[str]:
     e = facts.experiment
-    rows, cols = e.data.image_size
     wavelet = e.preprocessing.wavelet
     steps = ["scaling to [0, 1]"]
     if e.preprocessing.clahe.enabled:
@@ -127,7 +135,7 @@ def _input_section(facts: CardFacts) -> list[str]:
               f"`probability.<class>` per class, `label` ({labels}: the most probable), "
               f"`expert_<k>.<class>`")
     return ["## Input and output",
-            f"- input: patches shaped (N, {rows}, {cols}) or (N, {rows}, {cols}, 1); uint8 and "
+            f"- input: {input_shape(e)}; uint8 and "
             f"uint16 are scaled by their full range, other integers are raw "
             f"{facts.bit_depth}-bit pixels, floats must already lie in [0, 1]",
             f"- preprocessing inside the model: {', '.join(steps)}",
@@ -135,4 +143,5 @@ def _input_section(facts: CardFacts) -> list[str]:
             f"- explanations: Grad-CAM, Deep SHAP against {e.explanations.background_size} "
             f"preprocessed training patches per expert (stored in the model as "
             f"`background.npz`), partition SHAP; see the register run's "
-            f"`figures/explanations/`"]
+            f"`figures/explanations/`" if e.data.n_classes == 2 else
+            "- explanations: none yet for models of several classes"]

@@ -13,18 +13,22 @@ class PatchError(ValueError):
     """Raised for input that is not a batch of patches this model can score."""
 
 
-def as_unit_patches(array: np.ndarray, image_size: tuple[int, int], bit_depth: int) -> np.ndarray:
-    """Returns the batch as float32 (N, rows, columns) intensities in [0, 1].
+def as_unit_patches(array: np.ndarray, image_size: tuple[int, int], bit_depth: int,
+                    pairs: bool = False) -> np.ndarray:
+    """Returns the batch as float32 (N, rows, columns) intensities in [0, 1]; with `pairs`,
+    (N, 2, rows, columns): each item a (baseline, abnormal) pair of patches.
 
     uint8 and uint16 are scaled by their full range. Other integer arrays (JSON gives
     int64) hold raw intensities of the training data's `bit_depth` and must fit in it.
     Floats must be finite and already in [0, 1]. Raises PatchError naming the problem.
     """
     array = np.asarray(array)
-    expected = f"(N, {image_size[0]}, {image_size[1]}) or (N, {image_size[0]}, {image_size[1]}, 1)"
-    if array.ndim == 4 and array.shape[-1] == 1:
+    shape = (2, *image_size) if pairs else tuple(image_size)
+    dims = ", ".join(map(str, shape))
+    expected = f"(N, {dims}) or (N, {dims}, 1)" + (" (baseline, abnormal pairs)" if pairs else "")
+    if array.ndim == len(shape) + 2 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim != 3 or array.shape[1:] != tuple(image_size):
+    if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
         raise PatchError(f"expected patches shaped {expected}, got {tuple(array.shape)}")
     if array.shape[0] == 0:
         raise PatchError("expected at least one patch, got an empty batch")

@@ -40,7 +40,8 @@ class EnsemblePredictor:
 
     def model_inputs(self, raw: np.ndarray) -> np.ndarray:
         """Returns raw patches checked and preprocessed as in training, (N, H, W, 1)."""
-        units = as_unit_patches(raw, self.experiment.data.image_size, self.bit_depth)
+        units = as_unit_patches(raw, self.experiment.data.image_size, self.bit_depth,
+                                pairs=self.experiment.data.pairs)
         return preprocess(units, self.experiment.preprocessing)
 
     @property

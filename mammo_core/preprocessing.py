@@ -70,11 +70,15 @@ def clahe(images: np.ndarray, config: ClaheConfig) -> np.ndarray:
 
 
 def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
-    """Returns model-ready float32 images shaped (N, H, W, 1).
+    """Returns model-ready float32 images shaped (N, H, W, 1), or (N, 2, H, W, 1) for
+    pairs of patches (N, 2, H, W), each patch preprocessed on its own.
 
     Steps, each switched in the config: scale to [0, 1], CLAHE, wavelet filter. CLAHE
     comes first because it expects intensities, not the signed wavelet output.
     """
+    if images.ndim == 4 and images.shape[1] == 2 and images.shape[-1] != 1:
+        return preprocess(images.reshape(-1, *images.shape[2:]), config).reshape(
+            *images.shape, 1)
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
     if images.ndim != 3:

@@ -170,7 +170,7 @@ class PatchScorer:
         raw = await read_patches(request, reading(self.settings, self.model),
                                  self.model.info["image_size"])
         units = as_unit_patches(raw, tuple(self.model.info["image_size"]),
-                                self.model.predictor.bit_depth)
+                                self.model.predictor.bit_depth, pairs=self.model.info["pairs"])
         out, info = await self.score_all(units)
         return {"predictions": answers(out, self.model.predictor.class_names),
                 "model": {"name": info["name"], "version": info["version"]}}
@@ -187,9 +187,11 @@ class PatchScorer:
         if method not in ("gradcam", "shap"):
             raise BadRequest(422, f"method must be 'gradcam' or 'shap', got '{method}'")
         model = self.model
-        if len(model.predictor.class_names) > 2:
-            raise BadRequest(422, "explanations are drawn for binary models only; this model "
-                                  f"has {len(model.predictor.class_names)} classes")
+        if len(model.predictor.class_names) > 2 or model.info["pairs"]:
+            raise BadRequest(422, "explanations are drawn for binary models of single patches "
+                                  "only; this model has "
+                                  + ("pairs as input" if model.info["pairs"] else
+                                     f"{len(model.predictor.class_names)} classes"))
         raw = await read_patches(request, reading(self.settings, model), model.info["image_size"])
         if len(raw) != 1:
             raise BadRequest(422, f"/explain takes exactly one image, got {len(raw)}")

@@ -29,6 +29,7 @@ def load_model(model_uri: str, store: str = "") -> LoadedModel:
     info.update(card_facts(info), image_size=list(predictor.experiment.data.image_size),
                 # image files of another size are resampled when the study does so
                 resizes=predictor.experiment.data.resizes,
+                pairs=predictor.experiment.data.pairs,  # siamese: (baseline, abnormal) pairs
                 threshold=predictor.ensemble.threshold,
                 weights=[float(w) for w in predictor.ensemble.weights],
                 input={"shape": "(N, rows, cols) per request, N <= max_images_per_request",

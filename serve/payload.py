@@ -1,7 +1,9 @@
 """Turning HTTP request bodies into patch arrays, or into a 4xx error that says why.
 
 Three shapes are accepted: JSON `{"images": [base64 PNG/PGM, ...]}`, MLflow-style JSON
-`{"inputs": nested array (N, rows, cols)}`, and multipart uploads of image files.
+`{"inputs": nested array (N, rows, cols)}`, and multipart uploads of image files; a model
+of pairs (siamese) takes `{"pairs": [[baseline base64, abnormal base64], ...]}` or inputs
+shaped (N, 2, rows, cols).
 Images come back as [0, 1] intensities, each scaled by its own bit depth; `inputs` as the
 numbers sent. The body is bounded while it is read (chunked or not), and parsing and
 decoding run in a worker thread, off the replica's event loop.
@@ -21,7 +23,7 @@ from mammo_core.errors import ImageError
 from mammo_core.images import decode_image
 from serve.settings import ServeSettings
 
-JSON_KEYS = ("images", "inputs")
+JSON_KEYS = ("images", "inputs", "pairs")
 
 
 class BadRequest(Exception):
@@ -49,7 +51,8 @@ def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSetting
         raise BadRequest(400, "body is not valid JSON: nested too deeply") from err
     if not isinstance(data, dict) or len(set(data) & set(JSON_KEYS)) != 1:
         raise BadRequest(400, 'expected a JSON object with one of the keys "images" (base64 '
-                              'PNG/PGM strings) or "inputs" (nested array N x rows x cols)')
+                              'PNG/PGM strings), "inputs" (nested array N x rows x cols) or '
+                              '"pairs" ([baseline, abnormal] base64 pairs, siamese models)')
     unknown = sorted(set(data) - set(JSON_KEYS))
     if unknown:
         raise BadRequest(400, f"unknown keys {unknown}; allowed: {list(JSON_KEYS)}")
@@ -60,7 +63,18 @@ def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSetting
     check_count(len(items), settings)
     if key == "images":
         return np.stack([decode_base64(item, i, size, settings) for i, item in enumerate(items)])
+    if key == "pairs":
+        return np.stack([decode_pair(item, i, size, settings) for i, item in enumerate(items)])
     return numeric_array(items)
+
+
+def decode_pair(item, index: int, size: tuple[int, int], settings: ServeSettings) -> np.ndarray:
+    """Returns one [baseline, abnormal] pair of base64 images as a (2, rows, cols) array."""
+    if not isinstance(item, list) or len(item) != 2:
+        raise BadRequest(400, f"pairs[{index}] must be a list of two base64 images "
+                              "[baseline, abnormal]")
+    return np.stack([decode_base64(image, f"{index}][{k}", size, settings)
+                     for k, image in enumerate(item)])
 
 
 def patches_from_files(files: list[tuple[str, bytes]], size: tuple[int, int],

@@ -22,6 +22,7 @@ from test_families_search import free_port, post
 
 from mammo_core.config import load_experiment
 from mammo_core.data import load_dataset
+from mammo_core.predictor import probabilities_of
 from serve.server import deploy
 from serve.settings import ServeSettings
 from tune.cluster import start_ray
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # study -> the fixture folder it reads (a key of `collections`)
 STUDIES = {"cbis_mass_vs_calc": "cbis_npy", "cbis_benign_vs_malignant": "cbis_npy",
+           "cbis_5class": "cbis_npy", "cbis_siamese_mass_vs_calc": "cbis_npy",
            "cbis_folders_mass_vs_calc": "cbis_folders", "mias_normal_vs_abnormal": "mias",
            "mias_roi_patches": "mias"}
 
@@ -71,7 +73,9 @@ def test_each_study_registers_a_model_under_its_task_name(store):
                 "figures/data_fold_labels.png"} <= figures
         counts = client.download_artifacts(search.info.run_id, "data/fold_labels.csv",
                                            str(store))
-        assert Path(counts).read_text().splitlines()[0] == "part,0,1"
+        header = Path(counts).read_text().splitlines()[0]
+        assert header == ("part,0,1,2,3,4" if "5class" in search.data.tags["mlflow.runName"]
+                          else "part,0,1")
 
 
 def test_class_balancing_is_logged_with_the_config(store):
@@ -95,18 +99,51 @@ def test_pyfunc_and_rest_answers_agree_for_every_study(store, collections):
             expected = mlflow.pyfunc.load_model(f"models:/{study}/1").predict(pixels)
             deploy(ServeSettings(model_uri=f"models:/{study}@champion", port=port,
                                  tracking_uri=f"sqlite:///{store / 'mlflow.db'}"))
-            body = json.dumps({"images": [base64.b64encode(f).decode() for f in files]})
+            body = json.dumps(request_body(files))
             answer = post(f"http://127.0.0.1:{port}/predict", body.encode())
-            got = [p["probability"] for p in answer["predictions"]]
-            np.testing.assert_allclose(got, expected["probability"], atol=1e-5, err_msg=study)
             assert answer["model"]["name"] == study
+            np.testing.assert_allclose(rest_probabilities(answer), probabilities_of(expected),
+                                       atol=1e-5, err_msg=study)
+            assert [p["label"] for p in answer["predictions"]] == expected["label"].tolist()
     finally:
         serve.shutdown()
         ray.shutdown()
         mp.undo()
 
 
-def study_inputs(study: str, root: Path) -> tuple[np.ndarray, list[bytes]]:
+def request_body(files: list) -> dict:
+    """Returns {"images": [base64]} or, for pairs of files, {"pairs": [[base64, base64]]}."""
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+    if isinstance(files[0], list):
+        return {"pairs": [[b64(a), b64(b)] for a, b in files]}
+    return {"images": [b64(f) for f in files]}
+
+
+def rest_probabilities(answer: dict) -> np.ndarray:
+    """Returns the answer's probabilities: (N,) binary, (N, K) from {"probabilities": {...}}."""
+    rows = answer["predictions"]
+    if "probability" in rows[0]:
+        return np.array([row["probability"] for row in rows])
+    return np.array([list(row["probabilities"].values()) for row in rows])
+
+
+def test_a_model_of_five_classes_answers_per_class(store, monkeypatch):
+    client = use_store(store, monkeypatch)
+    card = client.get_model_version("cbis_5class", "1").description
+    assert "| calcification malignant |" in card and "balanced_accuracy" in card
+    (search,) = [r for r in runs_of(store) if r.data.tags.get("mlflow.runName")
+                 == "search-cbis-5class-quick"]
+    assert {f"cv_test_auc_{k}_mean" for k in range(5)} <= set(search.data.metrics)
+    frame = mlflow.pyfunc.load_model("models:/cbis_5class/1").predict(
+        np.zeros((2, 48, 48), np.uint16))
+    assert [c for c in frame.columns if c.startswith("probability.")] == [
+        "probability.baseline", "probability.mass benign", "probability.mass malignant",
+        "probability.calcification benign", "probability.calcification malignant"]
+    np.testing.assert_allclose(probabilities_of(frame).sum(axis=1), 1, atol=1e-5)
+
+
+def study_inputs(study: str, root: Path) -> tuple[np.ndarray, list]:
     """Returns (patches as the pyfunc takes them, the same images as files for REST).
 
     CBIS patches go as 16-bit PNGs; whole MIAS mammograms go as their original 1024x1024
@@ -118,6 +155,8 @@ def study_inputs(study: str, root: Path) -> tuple[np.ndarray, list[bytes]]:
         paths = [Path(p) for p in dataset.paths[:3]]
         return dataset.images[:3], [p.read_bytes() for p in paths]
     stored = dataset.stored_pixels()[:3]
+    if dataset.images.ndim == 4:  # (baseline, abnormal) pairs: REST takes {"pairs": ...}
+        return stored, [[png(patch) for patch in pair] for pair in stored]
     return stored, [png(image) for image in stored]
 
 

@@ -58,9 +58,9 @@ def explain_files(config: str, source: Path, output: Path, methods: tuple[str, .
     raw = read_images(files, experiment.data.image_size, experiment.data.resizes)
     uri = model_uri or default_model_uri(experiment)
     predictor = load_ensemble(uri)
-    if len(predictor.class_names) > 2:
-        raise UsageError(f"{uri} has {len(predictor.class_names)} classes; explanations are "
-                         "drawn for binary models only")
+    if len(predictor.class_names) > 2 or predictor.experiment.data.pairs:
+        raise UsageError(f"{uri} takes pairs or has several classes; explanations are drawn "
+                         "for binary models of single patches only")
     units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
     names = output_names(files, source)
     rows = []

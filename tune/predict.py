@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 def predict_files(config: str, source: Path, output: str, model_uri: str) -> None:
     """Scores every image of `source` and writes the CSV (path, probability, label, experts)."""
     experiment, _ = load_config(config)
+    if experiment.data.pairs:
+        raise UsageError("this study scores (baseline, abnormal) pairs, not single files: use "
+                         "the pyfunc with arrays (N, 2, rows, cols) or REST {\"pairs\": [...]}")
     use_tracking_store(PROJECT_ROOT)
     files = image_files(source)
     images = read_images(files, experiment.data.image_size, experiment.data.resizes)
@@ -45,8 +48,9 @@ def predict_files(config: str, source: Path, output: str, model_uri: str) -> Non
     table = model.predict(images)
     table.insert(0, "path", [str(f) for f in files])
     table.to_csv(output, index=False, float_format="%.6f")
-    print(f"{len(files)} images scored with {uri}: {int(table['label'].sum())} labelled 1; "
-          f"wrote {output}")
+    counts = table["label"].value_counts().sort_index()
+    print(f"{len(files)} images scored with {uri}: "
+          + ", ".join(f"{n} labelled {label}" for label, n in counts.items()) + f"; wrote {output}")
 
 
 def read_images(files: list[Path], size: tuple[int, int], resize: bool = False) -> np.ndarray:

@@ -35,7 +35,7 @@ from mammo_core.data import Dataset
 from mammo_core.explanations import shap_backgrounds
 from mammo_core.families import family_of_model
 from mammo_core.folds import FoldPlan
-from mammo_core.model_card import CardFacts, render_card
+from mammo_core.model_card import CardFacts, input_shape, render_card
 from mammo_core.predictor import EnsemblePredictor, probabilities_of, write_bundle
 from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
                                  use_tracking_store)
@@ -132,11 +132,11 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     fingerprint = holdout_fingerprint(dataset, plan)
     describe_version(facts, holdout_auc, fingerprint)
     alias, reason = promote(experiment, name, version, raw, labels, holdout_auc, fingerprint)
-    if experiment.data.n_classes == 2:
+    if experiment.data.n_classes == 2 and not experiment.data.pairs:
         log_explanation_figures(predictor, raw, labels, predictor.ensemble.combine(experts_p),
                                 explain, experiment.data.class_names)
-    else:  # Grad-CAM / SHAP figures of several classes are not built yet
-        mlflow.set_tag("mammo.explanations", "binary tasks only; none for several classes")
+    else:  # Grad-CAM / SHAP figures of several classes or of pairs are not built yet
+        mlflow.set_tag("mammo.explanations", "binary models of single patches only")
     return version, alias, reason, holdout_auc
 
 
@@ -213,7 +213,6 @@ def log_and_register(predictor: EnsemblePredictor, raw: np.ndarray, name: str) -
     with warnings.catch_warnings():  # a hint about missing values in integer *inputs*
         warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
         signature = ModelSignature(inputs=None, outputs=_infer_schema(frame))
-    rows, cols = predictor.experiment.data.image_size
     with tempfile.TemporaryDirectory() as folder:
         paths = write_bundle(Path(folder), predictor)
         info = mlflow.pyfunc.log_model(
@@ -221,7 +220,7 @@ def log_and_register(predictor: EnsemblePredictor, raw: np.ndarray, name: str) -
             code_paths=[str(PROJECT_ROOT / "mammo_core")], signature=signature,
             input_example=example, pip_requirements=runtime_requirements() + ["pandas"],
             registered_model_name=name,
-            metadata={"input_shape": f"(N, {rows}, {cols}) or (N, {rows}, {cols}, 1)",
+            metadata={"input_shape": input_shape(predictor.experiment),
                       "input_dtypes": "uint8, uint16, integers (raw pixels), float in [0, 1]"})
     return str(info.registered_model_version)
 
