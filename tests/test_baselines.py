@@ -27,3 +27,13 @@ def test_logistic_baseline_separates_bright_spots():
     test = np.concatenate([spotted(10, 3, False), spotted(10, 4, True)])
     probabilities = logistic_baseline(train, labels, test)
     assert roc_auc_score([0] * 10 + [1] * 10, probabilities) > 0.95
+
+
+def test_pairs_get_the_features_of_both_patches():
+    from mammo_core.baselines import intensity_features
+
+    rng = np.random.default_rng(0)
+    pairs = rng.random((5, 2, 20, 20))
+    features = intensity_features(pairs)
+    assert features.shape == (5, 16)
+    np.testing.assert_allclose(features[:, 8:], intensity_features(pairs[:, 1]))

@@ -120,3 +120,13 @@ def test_a_task_without_a_label_map_is_a_config_error():
         _validate(replace(Experiment("x", hyperparameters={"init": 1, "rate": 0, "depth": 1,
                                                            "learning_rate": 1e-3}),
                           data=DataConfig(layout="cbis_npy")))
+
+
+def test_pairs_keep_baseline_and_abnormal_together_labelled_by_the_abnormal(tmp_path):
+    root = write_cbis_arrays(tmp_path, {"train": 8})
+    dataset = load_dataset(root, config(pairs=True))
+    images, labels = np.load(root / "train_images.npy"), np.load(root / "train_labels.npy")
+    assert dataset.images.shape == (8, 2, 48, 48)
+    np.testing.assert_array_equal(dataset.stored_pixels()[3], images[6:8])
+    np.testing.assert_array_equal(dataset.labels, (labels[1::2] >= 3).astype(int))
+    assert dataset.paths[3].endswith("train_images.npy#6,7") and dataset.cases[3] == "train/3"

@@ -101,3 +101,39 @@ def test_scientific_notation_strings_become_floats():
     raw = base()
     raw["hyperparameters"]["learning_rate"] = "1e-3"
     assert experiment_from_dict(raw).hyperparameters["learning_rate"] == pytest.approx(1e-3)
+
+
+STUDIES = sorted(p.stem for p in (ROOT / "experiments").glob("*.yaml")
+                 if not p.stem.startswith(("microcal", "wavelet", "families")))
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_config_loads_and_names_its_model_after_the_task(name):
+    experiment = load_experiment(ROOT / "experiments" / f"{name}.yaml")
+    task = name.removesuffix("_quick")
+    assert experiment.tracking.registered_model_name == task
+    assert experiment.data.n_classes == (5 if task == "cbis_5class" else 2)
+    assert (ROOT / "experiments" / f"{task}_quick.yaml").is_file()
+
+
+def test_pairs_and_the_siamese_family_go_together():
+    raw = base()
+    raw["data"] |= {"layout": "cbis_npy", "label_map": {1: 0, 3: 1}, "pairs": True}
+    with pytest.raises(ConfigError, match="'model.family' must be siamese"):
+        experiment_from_dict(raw)
+    raw["model"]["family"] = "siamese"
+    raw["model"]["siamese"] = {"trunk": "siamese"}
+    with pytest.raises(ConfigError, match="model.siamese.trunk"):
+        experiment_from_dict(raw)
+    raw["model"]["siamese"] = {"trunk": "microcal_cnn"}
+    assert experiment_from_dict(raw).data.pairs
+    raw["data"]["pairs"] = False
+    with pytest.raises(ConfigError, match="siamese family takes pairs"):
+        experiment_from_dict(raw)
+
+
+def test_a_class_balancing_typo_is_named():
+    raw = base()
+    raw["training"]["class_balance"] = "smote"
+    with pytest.raises(ConfigError, match="training.class_balance"):
+        experiment_from_dict(raw)

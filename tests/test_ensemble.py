@@ -67,3 +67,28 @@ def test_ensemble_round_trips_through_a_dict():
     np.testing.assert_array_equal(again.weights, ensemble.weights)
     assert again.threshold == 0.4
     np.testing.assert_allclose(again.combine(np.array([[0.2, 0.6]])), [0.5])
+
+
+def three_class_experts(n: int = 150, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (expert probabilities (N, 2 experts, 3 classes): one informative, one noise;
+    labels)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    good = np.full((n, 3), 0.1) + 0.7 * np.eye(3)[labels] + rng.uniform(0, 0.1, (n, 3))
+    noise = rng.dirichlet(np.ones(3), n)
+    stack = np.stack([good / good.sum(axis=1, keepdims=True), noise], axis=1)
+    return stack, labels
+
+
+def test_several_classes_weight_experts_on_probability_vectors():
+    p, labels = three_class_experts()
+    weights = fit_weights(p, labels)
+    assert weights[0] > 0.9 and weights.sum() == pytest.approx(1)
+    ensemble = fit_ensemble(p, labels, "learned", RegistryConfig())
+    combined = ensemble.combine(p)
+    assert combined.shape == (150, 3)
+    np.testing.assert_allclose(combined.sum(axis=1), 1)
+    assert (ensemble.labels(combined) == labels).mean() > 0.95  # most probable class
+    probabilities, thresholds = cross_fit(p, labels, np.arange(150) // 3, "best_single",
+                                          RegistryConfig())
+    assert probabilities.shape == (150, 3) and thresholds.shape == (150,)

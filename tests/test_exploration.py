@@ -34,3 +34,9 @@ def test_label_counts_per_fold_part():
     assert rows[1] == {"part": "fold0/train", "0": 7, "1": 0}
     assert rows[3] == {"part": "fold0/test", "0": 0, "1": 6}
     assert isinstance(fold_counts_figure(rows, NAMES), Figure)
+
+
+def test_pairs_are_shown_side_by_side():
+    pairs = RNG.random((6, 2, 16, 16)).astype(np.float32)
+    fig = examples_figure(pairs, np.array([0, 1] * 3), NAMES, per_class=3)
+    assert fig.axes[0].images[0].get_array().shape == (16, 32)

@@ -13,7 +13,7 @@ from mammo_core.explanations import deep_shap, gradcam, inference_model
 from mammo_core.families import (BACKBONES, build_model, count_params, family_of,
                                  family_of_model)
 
-SHAPES = {"mias_cnn": (128, 128, 1)}
+SHAPES = {"mias_cnn": (128, 128, 1), "siamese": (2, 32, 32, 1)}
 SMALL = ModelConfig(conv_blocks=2, dense_units=8)
 
 
@@ -32,7 +32,7 @@ def test_each_family_builds_trains_an_epoch_and_survives_save_and_load(family, t
     shape = SHAPES.get(family, (60, 60, 1))
     hp = {"family": family, "init": 4, "rate": 0.1, "depth": 1, "learning_rate": 1e-3}
     model = build_model(hp, shape, SMALL, seed=0)
-    x, y = toy_data(shape)
+    x, y = toy_data(shape) if family != "siamese" else toy_pairs(shape)
     history = model.fit(x, y, epochs=1, batch_size=4, verbose=0)
     assert {"loss", "auc", "accuracy"} <= set(history.history)  # same names for every family
     assert model.output_shape == (None, 1) and family_of_model(model) == family
@@ -42,8 +42,35 @@ def test_each_family_builds_trains_an_epoch_and_survives_save_and_load(family, t
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
     assert family_of_model(loaded) == family
+    if family == "siamese":  # Grad-CAM of pairs is not built: the error says so
+        with pytest.raises(ValueError, match="no Conv2D layer"):
+            gradcam(loaded, x[:2])
+        return
     cam = gradcam(loaded, x[:2])
     assert cam.shape == (2, *shape[:2]) and np.all((cam >= 0) & (cam <= 1))
+
+
+def toy_pairs(shape: tuple, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (baseline, abnormal): the abnormal patch of class 1 has the bright spot."""
+    baseline, _ = toy_data(shape[1:], n, seed=1)
+    abnormal, y = toy_data(shape[1:], n, seed=2)
+    return np.stack([baseline, abnormal], axis=1), y
+
+
+@pytest.mark.parametrize("trunk", ["hypermodel", "microcal_cnn", "vgg16"])
+def test_the_siamese_encoder_is_one_trunk_shared_by_both_patches(trunk):
+    config = dataclasses.replace(SMALL, family="siamese", backbone=BackboneConfig(cut="top+4"),
+                                 siamese=dataclasses.replace(SMALL.siamese, trunk=trunk))
+    hp = {"init": 4, "rate": 0.1, "depth": 1, "learning_rate": 1e-3}
+    model = build_model(hp, (2, 32, 32, 1), config, seed=0)
+    (encoder,) = [layer for layer in model.layers if layer.name == "encoder"]
+    x, _ = toy_pairs((2, 32, 32, 1), n=2)
+    assert model.predict(x, verbose=0).shape == (2, 1) and len(encoder.weights) > 0
+    # one encoder layer, called on both patches: its weights are shared, not copied
+    assert sum(layer.name == "encoder" for layer in model.layers) == 1
+    assert len(encoder._inbound_nodes) == 2
+    with pytest.raises(ValueError, match="pairs of patches"):
+        build_model(hp, (32, 32, 1), config)
 
 
 def test_the_family_comes_from_the_trial_or_the_config():

@@ -54,3 +54,18 @@ def test_explanation_figure_has_a_row_per_patch_and_a_column_per_method():
     maps = {"Grad-CAM": (patches, False), "SHAP": (patches - 0.5, True)}
     figure = explanation_figure(patches, maps, ["a", "b"], "title")
     assert len(figure.axes) == 6
+
+
+def test_several_classes_macro_auc_recall_and_a_k_by_k_confusion():
+    from mammo_core.metrics import multiclass_metrics, per_class_roc_figure, scores
+
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[.8, .1, .1], [.6, .3, .1], [.2, .7, .1], [.5, .4, .1],
+                      [.1, .1, .8], [.1, .2, .7]])
+    m = multiclass_metrics(labels, probs)
+    assert m["auc"] == pytest.approx(np.mean([m["auc_0"], m["auc_1"], m["auc_2"]]))
+    assert m["accuracy"] == pytest.approx(5 / 6) and m["recall_1"] == pytest.approx(0.5)
+    assert m["balanced_accuracy"] == pytest.approx((1 + 0.5 + 1) / 3)
+    assert scores(labels, probs) == m
+    np.testing.assert_array_equal(confusion(labels, probs), [[2, 0, 0], [1, 1, 0], [0, 0, 2]])
+    assert isinstance(per_class_roc_figure(labels, probs, ["a", "b", "c"]), Figure)

@@ -42,3 +42,14 @@ def test_uint16_is_scaled_by_its_own_range():
 def test_bad_input_names_the_problem(array, message):
     with pytest.raises(PatchError, match=message):
         as_unit_patches(array, SIZE, bit_depth=8)
+
+
+def test_pairs_of_patches_keep_their_pair_axis():
+    pairs = np.stack([pixels(2), pixels(2)[::-1]], axis=1)  # (2, 2, 60, 60)
+    out = as_unit_patches(pairs, SIZE, 8, pairs=True)
+    assert out.shape == (2, 2, *SIZE) and out.max() <= 1
+    assert as_unit_patches(pairs[..., None], SIZE, 8, pairs=True).shape == (2, 2, *SIZE)
+    with pytest.raises(PatchError, match=r"\(N, 2, 60, 60\).*baseline, abnormal pairs"):
+        as_unit_patches(pixels(2), SIZE, 8, pairs=True)
+    with pytest.raises(PatchError, match=r"expected patches shaped \(N, 60, 60\)"):
+        as_unit_patches(pairs, SIZE, 8)

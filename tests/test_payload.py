@@ -103,3 +103,19 @@ def test_deep_json_and_forged_headers_are_4xx_not_crashes():
     with pytest.raises(BadRequest) as caught:
         patches_from_json(body({"images": [b64(bytes(forged))]}), SIZE, SETTINGS)
     assert caught.value.status in (400, 422) and "images[0]" in caught.value.message
+
+
+def test_pairs_of_base64_images_for_a_siamese_model():
+    pair = [b64(png(PATCH)), b64(png(PATCH[::-1]))]
+    out = patches_from_json(body({"pairs": [pair, pair]}), SIZE, SETTINGS)
+    assert out.shape == (2, 2, *SIZE)
+    np.testing.assert_allclose(out[0, 1], PATCH[::-1] / 255, atol=1e-7)
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([["only-one"]], "pairs\\[0\\] must be a list of two"), (["x"], "pairs\\[0\\] must be a list"),
+    ([[b64(png(PATCH)), "@@"]], "images\\[0\\]\\[1\\] is not valid base64")])
+def test_malformed_pairs_are_named(pairs, message):
+    with pytest.raises(BadRequest, match=message) as err:
+        patches_from_json(body({"pairs": pairs}), SIZE, SETTINGS)
+    assert 400 <= err.value.status < 500

@@ -1,6 +1,7 @@
 import io
 
 import numpy as np
+import pytest
 
 from mammo_core.config import ModelConfig, TrainingConfig
 from mammo_core.hypermodel import build_model
@@ -51,3 +52,22 @@ def test_same_seed_same_result():
         fit(model, toy_data(0), toy_data(1), TrainingConfig(epochs=2, batch_size=16), stream=None)
         return predict_proba(model, toy_data(2)[0])
     np.testing.assert_allclose(run(), run(), atol=1e-5)
+
+
+def test_several_classes_train_with_a_macro_auc_objective():
+    from mammo_core.metrics import auc
+
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 16, 16, 1), dtype=np.float32) * 0.5
+    y = np.arange(60) % 3
+    for k in range(3):  # each class has its own bright spot
+        x[y == k, 4 + 4 * k, 8, 0] = 1.0
+    set_seed(0)
+    model = build_model(HP, (16, 16, 1), ModelConfig(conv_blocks=2, dense_units=8),
+                        n_classes=3)
+    config = TrainingConfig(epochs=3, batch_size=16, early_stopping_patience=3)
+    history = fit(model, (x[:40], y[:40]), (x[40:], y[40:]), config, stream=None)
+    assert len(history.history["val_auc"]) == 3  # MacroAUC fills what early stopping reads
+    probabilities = predict_proba(model, x[40:])
+    assert probabilities.shape == (20, 3)
+    assert max(history.history["val_auc"]) == pytest.approx(auc(y[40:], probabilities), abs=1e-6)

@@ -40,11 +40,13 @@ def main(argv: list[str] | None = None) -> int:
             dataset, summary = load_data(experiment, args.data_dir)
             log_data(dataset, summary)
             test = train_and_evaluate(experiment, dataset)
-        print(f"run {run.info.run_id} FINISHED: test AUC {test['test_auc']:.3f} "
-              f"(baselines on the same images: max pixel "
-              f"{test['baseline_max_pixel_test_auc']:.3f}, logistic regression "
-              f"{test['baseline_logreg_test_auc']:.3f}), sensitivity "
-              f"{test['test_sensitivity']:.3f}, specificity {test['test_specificity']:.3f}")
+        print(f"run {run.info.run_id} FINISHED: test AUC {test['test_auc']:.3f} (baselines "
+              "on the same images: " + ", ".join(
+                  f"{name} {test[key]:.3f}" for name, key in (
+                      ("max pixel", "baseline_max_pixel_test_auc"),
+                      ("logistic regression", "baseline_logreg_test_auc")) if key in test)
+              + "), " + ", ".join(f"{m} {test['test_' + m]:.3f}" for m in (
+                  "sensitivity", "specificity", "balanced_accuracy") if "test_" + m in test))
 
     return run_entry(body)
 
