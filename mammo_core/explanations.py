@@ -13,6 +13,10 @@ Three methods, all returning one map per patch with the patch's shape (H, W):
 The ensemble's maps combine the experts' maps with the ensemble weights. For SHAP this
 is exact: the ensemble probability is the weighted sum of the experts', so the weighted
 attributions add up to it.
+
+A siamese model explains a (baseline, abnormal) pair: its maps are the two patches' maps
+side by side (H, 2W), baseline left, like `metrics.side_by_side` shows the pair. Partition
+SHAP takes single patches only.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mammo_core.config import PreprocessingConfig
-from mammo_core.families import BODY, FEATURES
+from mammo_core.families import BODY, ENCODER, FEATURES, PAIR_HEAD
 from mammo_core.hypermodel import AUGMENTATION
 from mammo_core.patches import as_unit_patches
 from mammo_core.predictor import EnsemblePredictor
@@ -71,6 +75,27 @@ def inference_model(model: keras.Model, tap: str | None = None) -> keras.Model:
     return keras.Model(inputs, [tapped, x] if tap else x, name=f"{model.name}_inference")
 
 
+def pair_inference_model(model: keras.Model, tap: str | None = None) -> keras.Model:
+    """Returns a siamese model rebuilt from its own layers without the augmentation: the
+    shared encoder's inference model applied to both patches, then the pair head. With
+    `tap`, outputs [baseline's tapped layer, abnormal's tapped layer, probability]."""
+    probe = inference_model(model.get_layer(ENCODER), tap)
+    pair = keras.Input(model.input_shape[1:], name="pair")
+    outs = [probe(pair[:, k]) for k in (0, 1)]
+    baseline, abnormal = [out[1] if tap else out for out in outs]
+    x = model.get_layer(PAIR_HEAD[0])(
+        [model.get_layer("difference")([abnormal, baseline]), baseline, abnormal])
+    for name in (*PAIR_HEAD[1:], "probability"):
+        x = model.get_layer(name)(x)
+    return keras.Model(pair, [outs[0][0], outs[1][0], x] if tap else x,
+                       name=f"{model.name}_inference")
+
+
+def is_pair_model(model: keras.Model) -> bool:
+    """Returns whether the model takes (baseline, abnormal) pairs (the siamese family)."""
+    return any(layer.name == ENCODER for layer in model.layers)
+
+
 def last_conv_layer(model: keras.Model) -> str:
     """Returns the layer Grad-CAM looks at: a backbone's feature map (FEATURES), else the
     last 2-D convolution, in the model or in its nested BODY."""
@@ -91,17 +116,30 @@ def gradcam(model: keras.Model, images: np.ndarray, layer: str | None = None) ->
     sum of channels is rectified, upsampled bilinearly and scaled to a maximum of 1 per
     image (all zeros where nothing speaks for class 1).
     """
-    probe = inference_model(model, tap=layer or last_conv_layer(model))
     x = tf.convert_to_tensor(images, tf.float32)
-    with tf.GradientTape() as tape:
-        activations, output = probe(x, training=False)
-        score = output[:, 0]
-    grads = tape.gradient(score, activations)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))[..., tf.newaxis]
-    cam = tf.image.resize(cam, images.shape[1:3], method="bilinear")[..., 0].numpy()
+    if is_pair_model(model):  # both patches' maps, side by side, on one scale
+        probe = pair_inference_model(model, layer or last_conv_layer(model.get_layer(ENCODER)))
+        with tf.GradientTape() as tape:
+            *activations, output = probe(x, training=False)
+            score = output[:, 0]
+        grads = tape.gradient(score, activations)
+        cam = np.concatenate([_cam(g, a, images.shape[2:4]) for g, a in zip(grads, activations)],
+                             axis=2)
+    else:
+        probe = inference_model(model, tap=layer or last_conv_layer(model))
+        with tf.GradientTape() as tape:
+            activations, output = probe(x, training=False)
+            score = output[:, 0]
+        cam = _cam(tape.gradient(score, activations), activations, images.shape[1:3])
     peak = cam.max(axis=(1, 2), keepdims=True)
     return np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+
+
+def _cam(grads, activations, size: tuple[int, int]) -> np.ndarray:
+    """Returns the rectified, gradient-weighted channel sum, upsampled to `size`: (N, H, W)."""
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))[..., tf.newaxis]
+    return tf.image.resize(cam, size, method="bilinear")[..., 0].numpy()
 
 
 def deep_shap(model: keras.Model, images: np.ndarray,
@@ -120,12 +158,18 @@ def deep_shap(model: keras.Model, images: np.ndarray,
             # "graph support has been removed in eager mode": the plain CNN needs none of it.
             warnings.filterwarnings("ignore", message="Your TensorFlow version is newer")
             warnings.filterwarnings("ignore", message="The structure of `inputs`")
-            explainer = shap.DeepExplainer(inference_model(model), background.astype(np.float32))
+            network = (pair_inference_model(model) if is_pair_model(model)
+                       else inference_model(model))
+            explainer = shap.DeepExplainer(network, background.astype(np.float32))
             values = explainer.shap_values(images.astype(np.float32), check_additivity=False)
     finally:
         logger.setLevel(level)
-    values = np.asarray(values, dtype=np.float64).reshape(images.shape[:3])
-    return values, float(np.ravel(explainer.expected_value)[0])
+    values = np.asarray(values, dtype=np.float64)
+    if is_pair_model(model):  # (N, 2, H, W): the two patches side by side
+        values = values.reshape(images.shape[:4])
+        return np.concatenate([values[:, 0], values[:, 1]], axis=2), float(
+            np.ravel(explainer.expected_value)[0])
+    return values.reshape(images.shape[:3]), float(np.ravel(explainer.expected_value)[0])
 
 
 def partition_shap(predict: Callable[[np.ndarray], np.ndarray], units: np.ndarray,
@@ -161,6 +205,9 @@ def explain(predictor: EnsemblePredictor, raw: np.ndarray, method: str,
         raise ValueError(f"unknown explanation method '{method}' (known: {', '.join(METHODS)})")
     chosen, weights = _chosen_experts(predictor, expert)
     if method == "partition":
+        if predictor.experiment.data.pairs:
+            raise ValueError("partition SHAP takes single patches; explain pairs with "
+                             "gradcam or shap")
         return _partition(predictor, raw, chosen, weights, max_evals)
     images = predictor.model_inputs(raw)
     probability = predictor.expert_probabilities(images)[:, chosen] @ weights
@@ -170,7 +217,7 @@ def explain(predictor: EnsemblePredictor, raw: np.ndarray, method: str,
     if len(predictor.backgrounds) != len(predictor.experts):
         raise ValueError("this model has no stored SHAP background (registered before "
                          "explanations existed): use gradcam or partition")
-    maps, expected = np.zeros(images.shape[:3]), 0.0
+    maps, expected = 0.0, 0.0
     for k, w in zip(chosen, weights):
         values, base = deep_shap(predictor.experts[k], images, predictor.backgrounds[k])
         maps, expected = maps + w * values, expected + w * base

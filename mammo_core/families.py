@@ -37,6 +37,9 @@ from mammo_core.hypermodel import AUGMENTATION, augmentation, compile_classifier
 from mammo_core.hypermodel import build_model as build_hypermodel
 
 BODY = "body"
+ENCODER = "encoder"  # the siamese family's shared trunk
+# the siamese head after the two encodings: merge, dense, dropout (then `probability`)
+PAIR_HEAD = ("merge", "pair_head", "pair_dropout")
 FEATURES = "features"  # the backbones' last feature map: what Grad-CAM looks at
 
 
@@ -271,9 +274,10 @@ def siamese(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
     encoder = trunk_of(single)
     pair = keras.Input(input_shape, name="pair")
     baseline, abnormal = encoder(pair[:, 0]), encoder(pair[:, 1])
-    x = layers.Concatenate()([layers.Subtract()([abnormal, baseline]), baseline, abnormal])
-    x = layers.Dense(options.head_units, activation="relu", name="pair_head")(x)
-    x = layers.Dropout(options.dropout)(x)
+    x = layers.Concatenate(name=PAIR_HEAD[0])(
+        [layers.Subtract(name="difference")([abnormal, baseline]), baseline, abnormal])
+    x = layers.Dense(options.head_units, activation="relu", name=PAIR_HEAD[1])(x)
+    x = layers.Dropout(options.dropout, name=PAIR_HEAD[2])(x)
     model = keras.Model(pair, output_layer(n_classes)(x), name="siamese")
     return compile_classifier(model, keras.optimizers.Adam(float(hp.get("learning_rate", 1e-3))),
                               n_classes)
@@ -281,14 +285,15 @@ def siamese(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
 
 def trunk_of(model: keras.Model) -> keras.Model:
     """Returns a built family's network without its output layer: patch -> features, the
-    training-only augmentation first (named `encoder`)."""
+    training-only augmentation first (named ENCODER; a nested network stays BODY, so
+    explanations find its layers as in any family)."""
     names = [layer.name for layer in model.layers]
     if BODY not in names:  # the hypermodel: one flat model
-        return keras.Model(model.input, model.get_layer("probability").input, name="encoder")
+        return keras.Model(model.input, model.get_layer("probability").input, name=ENCODER)
     body = model.get_layer(BODY)
-    features = keras.Model(body.input, body.get_layer("probability").input, name="features_of")
+    features = keras.Model(body.input, body.get_layer("probability").input, name=BODY)
     inputs = keras.Input(model.input.shape[1:])
-    return keras.Model(inputs, features(model.get_layer(AUGMENTATION)(inputs)), name="encoder")
+    return keras.Model(inputs, features(model.get_layer(AUGMENTATION)(inputs)), name=ENCODER)
 
 
 # --- shared pieces ----------------------------------------------------------------------

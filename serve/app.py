@@ -22,6 +22,7 @@ from ray.serve import Application
 from starlette.exceptions import HTTPException
 
 from mammo_core.explanations import explain, overlay_png
+from mammo_core.metrics import side_by_side
 from mammo_core.patches import PatchError, as_unit_patches
 from mammo_core.training import limit_tensorflow_threads
 from serve.model import load_model
@@ -82,9 +83,10 @@ def reading(settings: ServeSettings, model) -> ServeSettings:
 def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
     """Returns the /explain response for a one-patch Explanation (label: ensemble only,
     since the decision threshold belongs to the ensemble)."""
-    units = as_unit_patches(raw, tuple(model.info["image_size"]), model.predictor.bit_depth)
-    heatmap = result.maps[0]
-    png = overlay_png(units[0], heatmap, signed=result.method != "gradcam")
+    units = as_unit_patches(raw, tuple(model.info["image_size"]), model.predictor.bit_depth,
+                            pairs=model.info["pairs"])
+    heatmap = result.maps[0]  # a pair's two maps side by side, like the overlay
+    png = overlay_png(side_by_side(units[0]), heatmap, signed=result.method != "gradcam")
     probability = float(result.probability[0])
     return {"method": result.method, "probability": probability,
             "label": int(probability >= model.predictor.ensemble.threshold) if ensemble else None,
@@ -187,11 +189,9 @@ class PatchScorer:
         if method not in ("gradcam", "shap"):
             raise BadRequest(422, f"method must be 'gradcam' or 'shap', got '{method}'")
         model = self.model
-        if len(model.predictor.class_names) > 2 or model.info["pairs"]:
-            raise BadRequest(422, "explanations are drawn for binary models of single patches "
-                                  "only; this model has "
-                                  + ("pairs as input" if model.info["pairs"] else
-                                     f"{len(model.predictor.class_names)} classes"))
+        if len(model.predictor.class_names) > 2:
+            raise BadRequest(422, "explanations are drawn for binary models only; this model "
+                                  f"has {len(model.predictor.class_names)} classes")
         raw = await read_patches(request, reading(self.settings, model), model.info["image_size"])
         if len(raw) != 1:
             raise BadRequest(422, f"/explain takes exactly one image, got {len(raw)}")

@@ -42,12 +42,10 @@ def test_each_family_builds_trains_an_epoch_and_survives_save_and_load(family, t
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
                                atol=1e-5)
     assert family_of_model(loaded) == family
-    if family == "siamese":  # Grad-CAM of pairs is not built: the error says so
-        with pytest.raises(ValueError, match="no Conv2D layer"):
-            gradcam(loaded, x[:2])
-        return
     cam = gradcam(loaded, x[:2])
-    assert cam.shape == (2, *shape[:2]) and np.all((cam >= 0) & (cam <= 1))
+    side = shape[1:3] if family == "siamese" else shape[:2]  # a pair's maps side by side
+    assert cam.shape == (2, side[0], side[1] * (2 if family == "siamese" else 1))
+    assert np.all((cam >= 0) & (cam <= 1))
 
 
 def toy_pairs(shape: tuple, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +69,17 @@ def test_the_siamese_encoder_is_one_trunk_shared_by_both_patches(trunk):
     assert len(encoder._inbound_nodes) == 2
     with pytest.raises(ValueError, match="pairs of patches"):
         build_model(hp, (32, 32, 1), config)
+
+
+def test_deep_shap_of_a_pair_adds_up_to_the_probability_and_shows_both_patches():
+    config = dataclasses.replace(SMALL, family="siamese")
+    model = build_model({"init": 4, "rate": 0.1, "depth": 1, "learning_rate": 1e-3},
+                        (2, 32, 32, 1), config, seed=0)
+    x, _ = toy_pairs((2, 32, 32, 1), n=6)
+    values, base = deep_shap(model, x[:2], x[2:])
+    assert values.shape == (2, 32, 64)  # baseline's attributions left, abnormal's right
+    np.testing.assert_allclose(values.sum(axis=(1, 2)) + base,
+                               model.predict(x[:2], verbose=0).ravel(), atol=1e-4)
 
 
 def test_the_family_comes_from_the_trial_or_the_config():

@@ -105,6 +105,10 @@ def test_pyfunc_and_rest_answers_agree_for_every_study(store, collections):
             np.testing.assert_allclose(rest_probabilities(answer), probabilities_of(expected),
                                        atol=1e-5, err_msg=study)
             assert [p["label"] for p in answer["predictions"]] == expected["label"].tolist()
+            if study == "cbis_siamese_mass_vs_calc":  # a pair is explained side by side
+                one = json.dumps(request_body(files[:1])).encode()
+                explained = post(f"http://127.0.0.1:{port}/explain?method=gradcam", one)
+                assert np.array(explained["heatmap"]).shape == (48, 96)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -75,7 +75,7 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
         scores = log_evaluation(experiment, frame, dataset.images[index])
         predictor = ensemble_inside(model)
         # any pyfunc may be evaluated; explanations are drawn for binary tasks
-        if predictor is not None and "probability" in frame and not experiment.data.pairs:
+        if predictor is not None and "probability" in frame:
             log_explanation_figures(predictor, dataset.images[index], frame["label"].to_numpy(),
                                     frame["probability"].to_numpy(), experiment.explanations,
                                     experiment.data.class_names)

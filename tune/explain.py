@@ -58,9 +58,12 @@ def explain_files(config: str, source: Path, output: Path, methods: tuple[str, .
     raw = read_images(files, experiment.data.image_size, experiment.data.resizes)
     uri = model_uri or default_model_uri(experiment)
     predictor = load_ensemble(uri)
-    if len(predictor.class_names) > 2 or predictor.experiment.data.pairs:
-        raise UsageError(f"{uri} takes pairs or has several classes; explanations are drawn "
-                         "for binary models of single patches only")
+    if len(predictor.class_names) > 2:
+        raise UsageError(f"{uri} has {len(predictor.class_names)} classes; explanations are "
+                         "drawn for binary models only")
+    if predictor.experiment.data.pairs:
+        raise UsageError(f"{uri} takes (baseline, abnormal) pairs, not image files: explain "
+                         "them with POST /explain and {\"pairs\": [[baseline, abnormal]]}")
     units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
     names = output_names(files, source)
     rows = []
@@ -150,7 +153,10 @@ def log_explanation_figures(predictor: EnsemblePredictor, raw: np.ndarray, label
     groups["misclassified"] = wrong[np.argsort(-np.abs(labels[wrong] - probability[wrong]))][
         :config.max_misclassified]
     best = most_reliable_expert(predictor)
-    units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
+    units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth,
+                            pairs=predictor.experiment.data.pairs)
+    if units.ndim == 4:  # (baseline, abnormal) pairs: shown side by side, like their maps
+        units = np.concatenate([units[:, 0], units[:, 1]], axis=2)
     for name, picked in groups.items():
         if len(picked) == 0:
             continue

@@ -132,11 +132,11 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     fingerprint = holdout_fingerprint(dataset, plan)
     describe_version(facts, holdout_auc, fingerprint)
     alias, reason = promote(experiment, name, version, raw, labels, holdout_auc, fingerprint)
-    if experiment.data.n_classes == 2 and not experiment.data.pairs:
+    if experiment.data.n_classes == 2:
         log_explanation_figures(predictor, raw, labels, predictor.ensemble.combine(experts_p),
                                 explain, experiment.data.class_names)
-    else:  # Grad-CAM / SHAP figures of several classes or of pairs are not built yet
-        mlflow.set_tag("mammo.explanations", "binary models of single patches only")
+    else:  # Grad-CAM / SHAP of several classes are not built yet
+        mlflow.set_tag("mammo.explanations", "binary models only")
     return version, alias, reason, holdout_auc
 
 
