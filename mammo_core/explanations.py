@@ -149,7 +149,13 @@ def deep_shap(model: keras.Model, images: np.ndarray,
     Attributions of each image add up to its probability minus the expected value.
     """
     import shap  # heavy import (numba): only where SHAP is used
+    from shap.explainers._deep import deep_tf
 
+    # The backbones' `upsize` layer is a bilinear resize, which SHAP's TF graph walker
+    # does not know ("gradient registry has no entry for shap_ResizeBilinear"). It is
+    # linear in its image, so the DeepLIFT rule for it is its plain gradient.
+    for op in ("ResizeBilinear", "ResizeNearestNeighbor"):
+        deep_tf.op_handlers.setdefault(op, deep_tf.linearity_1d(0))
     logger, level = tf.get_logger(), tf.get_logger().level
     # Each explainer traces its own gradient graph; TF's "retracing" warning says so.
     logger.setLevel("ERROR")

@@ -142,9 +142,11 @@ def test_a_missing_weights_file_names_how_to_supply_one(tmp_path):
         build_model({}, (60, 60, 1), config)
 
 
-def test_deep_shap_adds_up_for_a_family_model():
-    shape = (60, 60, 1)
-    model = build_model({}, shape, ModelConfig(family="mass_calc_m3"), seed=0)
+@pytest.mark.parametrize("family, shape", [("mass_calc_m3", (60, 60, 1)),
+                                           ("vgg16", (24, 24, 1))])  # vgg16: upsized to 32
+def test_deep_shap_adds_up_for_a_family_model(family, shape):
+    config = ModelConfig(family=family, backbone=BackboneConfig(cut="top+3", head_units=8))
+    model = build_model({}, shape, config, seed=0)
     x, y = toy_data(shape, n=16)
     model.fit(x, y, epochs=2, batch_size=8, verbose=0)
     values, expected = deep_shap(model, x[:2], x[8:])
