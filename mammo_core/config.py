@@ -108,6 +108,10 @@ class ClaheConfig:
 class PreprocessingConfig:
     wavelet: WaveletConfig = WaveletConfig()
     clahe: ClaheConfig = ClaheConfig()
+    # per-patch standardisation (zero mean, unit std), for insensitivity to a scanner's
+    # gain and offset: before the wavelet filter (on intensities) or after it (on its
+    # output); none keeps the absolute contrast (see docs/benchmarks.md, shift)
+    standardize: Literal["none", "before", "after"] = "none"
 
 
 @dataclass(frozen=True)
@@ -247,6 +251,11 @@ class RegistryConfig:
     fixed_threshold: float = 0.5
     target_sensitivity: float = 0.9
     cross_fit_folds: int = 5  # grouped splits of the hold-out for honest ensemble estimates
+    # which ensemble is registered: auto = the method with the best cross-fitted hold-out
+    # AUC (ties: the simpler one, average before learned before best_single)
+    method: Literal["auto", "average", "learned", "best_single"] = "auto"
+    # binary tasks: Platt scaling of the combined probability, fitted with the weights
+    calibration: Literal["none", "platt"] = "platt"
     champion_alias: str = "champion"
     challenger_alias: str = "challenger"
 

@@ -18,6 +18,7 @@ from scipy.optimize import minimize
 from sklearn.metrics import roc_curve
 from sklearn.model_selection import StratifiedGroupKFold
 
+from mammo_core.calibration import Calibration, fit_platt
 from mammo_core.config import RegistryConfig
 from mammo_core.metrics import auc
 
@@ -27,16 +28,19 @@ _EPS = 1e-6
 
 @dataclass(frozen=True)
 class Ensemble:
-    """Non-negative weights summing to 1 and the decision threshold on the combination."""
+    """Non-negative weights summing to 1, the calibration of the weighted binary
+    probability, and the decision threshold on the calibrated probability."""
 
     weights: np.ndarray
     threshold: float
+    calibration: Calibration = Calibration()
 
     def combine(self, expert_probabilities: np.ndarray) -> np.ndarray:
-        """Returns the ensemble probability per image (N,) from (N, experts), or per image
-        and class (N, K) from (N, experts, K)."""
-        return np.tensordot(np.asarray(expert_probabilities, dtype=np.float64), self.weights,
-                            axes=([1], [0]))
+        """Returns the (calibrated) ensemble probability per image (N,) from (N, experts),
+        or per image and class (N, K) from (N, experts, K)."""
+        weighted = np.tensordot(np.asarray(expert_probabilities, dtype=np.float64),
+                                self.weights, axes=([1], [0]))
+        return weighted if weighted.ndim == 2 else self.calibration.apply(weighted)
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         """Returns the decided label per image: probability >= threshold, or the most
@@ -46,11 +50,14 @@ class Ensemble:
         return (probabilities >= self.threshold).astype(np.int64)
 
     def to_dict(self) -> dict:
-        return {"weights": [float(w) for w in self.weights], "threshold": float(self.threshold)}
+        return {"weights": [float(w) for w in self.weights], "threshold": float(self.threshold),
+                "calibration": self.calibration.to_dict()}
 
     @classmethod
     def from_dict(cls, raw: dict) -> Ensemble:
-        return cls(np.asarray(raw["weights"], dtype=np.float64), float(raw["threshold"]))
+        # models registered before calibration have none: the identity
+        return cls(np.asarray(raw["weights"], dtype=np.float64), float(raw["threshold"]),
+                   Calibration.from_dict(raw.get("calibration")))
 
 
 def fit_weights(expert_probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -95,7 +102,9 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray,
 
 def fit_ensemble(expert_probabilities: np.ndarray, labels: np.ndarray, method: str,
                  config: RegistryConfig) -> Ensemble:
-    """Returns the `method` ensemble (average, learned or best_single) fitted on these images."""
+    """Returns the `method` ensemble (average, learned or best_single) fitted on these
+    images: weights, then (binary, `config.calibration`) Platt scaling of the weighted
+    probability, then the threshold the config's rule picks on the calibrated one."""
     k = expert_probabilities.shape[1]
     if method == "average":
         weights = np.full(k, 1.0 / k)
@@ -107,7 +116,18 @@ def fit_ensemble(expert_probabilities: np.ndarray, labels: np.ndarray, method: s
     else:
         raise ValueError(f"unknown ensemble method {method!r} (known: {', '.join(METHODS)})")
     combined = Ensemble(weights, 0.0).combine(expert_probabilities)
-    return Ensemble(weights, choose_threshold(labels, combined, config))
+    calibration = Calibration()
+    if combined.ndim == 1 and config.calibration == "platt":
+        calibration = fit_platt(labels, combined)
+        combined = calibration.apply(combined)
+    return Ensemble(weights, choose_threshold(labels, combined, config), calibration)
+
+
+def winner(scores: dict[str, dict[str, float]]) -> str:
+    """Returns the method with the best cross-fitted AUC; ties go to the simpler method
+    (the order of METHODS: average, learned, best_single)."""
+    best = max(scores[m]["auc"] for m in METHODS if m in scores)
+    return next(m for m in METHODS if m in scores and scores[m]["auc"] >= best - 1e-12)
 
 
 def cross_fit(expert_probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray,

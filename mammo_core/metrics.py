@@ -318,6 +318,41 @@ def side_by_side(image: np.ndarray) -> np.ndarray:
     return np.concatenate(list(image), axis=1) if image.ndim == 3 else image
 
 
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray,
+                               bins: int = 10) -> float:
+    """Returns the ECE: over equal-width probability bins, |mean probability - share of
+    positives|, weighted by each bin's share of the images (0 = calibrated)."""
+    probabilities = np.asarray(probabilities, dtype=float).ravel()
+    labels = np.asarray(labels, dtype=float).ravel()
+    which = np.minimum((probabilities * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            gap += mask.mean() * abs(probabilities[mask].mean() - labels[mask].mean())
+    return float(gap)
+
+
+def reliability_figure(labels: np.ndarray, curves: Mapping[str, np.ndarray], bins: int = 10,
+                       title: str = "Reliability") -> Figure:
+    """Returns a reliability diagram: per probability bin, the share of positives against
+    the mean probability, one line per scorer (ECE in the legend), and the diagonal."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    edges = np.linspace(0, 1, bins + 1)
+    for name, probabilities in curves.items():
+        which = np.minimum((np.asarray(probabilities) * bins).astype(int), bins - 1)
+        points = [(probabilities[which == b].mean(), np.mean(labels[which == b]))
+                  for b in range(bins) if (which == b).any()]
+        ece = expected_calibration_error(labels, probabilities, bins)
+        ax.plot(*zip(*points), "o-", ms=4, label=f"{name} (ECE {ece:.3f})")
+    ax.plot(edges[[0, -1]], edges[[0, -1]], ls="--", color="grey", lw=1)
+    ax.set(xlabel="mean predicted probability", ylabel="share of positives", title=title,
+           xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def _finish_roc(fig: Figure, ax, title: str) -> Figure:
     """Adds the chance diagonal, axis labels and legend every ROC figure shares."""
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)

@@ -35,6 +35,11 @@ class CardFacts:
     weights: tuple[float, ...]
     threshold: float
     bit_depth: int
+    method: str = "learned"  # the registered ensemble (registry.method)
+    method_reason: str = ""
+    threshold_interval: tuple[float, float] | None = None  # 90 % bootstrap, hold-out
+    calibration: Mapping[str, float] | None = None  # Platt slope / intercept
+    site: str = ""  # set by a site recalibration
 
 
 def render_card(facts: CardFacts) -> str:
@@ -68,14 +73,26 @@ def _training_section(facts: CardFacts) -> list[str]:
     e = facts.experiment
     weights = ", ".join(f"fold {k}: {w:.3f}" for k, w in enumerate(facts.weights))
     rule = e.registry.threshold
-    return ["## Training",
-            f"- {e.cross_validation.n_folds} fold experts, each the best of a Ray Tune search "
-            f"({e.search.searcher}, {e.search.trials_per_fold} trials per fold, up to "
-            f"{e.search.max_epochs} epochs, ASHA on validation AUC)",
-            f"- ensemble weights fitted on the hold-out (log loss, non-negative, sum 1): "
-            f"{weights}",
-            f"- decision threshold {facts.threshold:.4f} (rule: `{rule}`)" if e.data.n_classes == 2
-            else "- label: the class of highest ensemble probability"]
+    lines = ["## Training",
+             f"- {e.cross_validation.n_folds} fold experts, each the best of a Ray Tune search "
+             f"({e.search.searcher}, {e.search.trials_per_fold} trials per fold, up to "
+             f"{e.search.max_epochs} epochs, ASHA on validation AUC)",
+             f"- ensemble `{facts.method}`, weights fitted on the hold-out: {weights}"
+             + (f" ({facts.method_reason})" if facts.method_reason else "")]
+    if facts.calibration and facts.calibration != {"slope": 1.0, "intercept": 0.0}:
+        lines.append(f"- probability calibrated by Platt scaling on the hold-out: slope "
+                     f"{facts.calibration['slope']:.3f}, intercept "
+                     f"{facts.calibration['intercept']:.3f}")
+    if e.data.n_classes > 2:
+        return lines + ["- label: the class of highest ensemble probability"]
+    interval = (f", 90 % bootstrap interval {facts.threshold_interval[0]:.4f} – "
+                f"{facts.threshold_interval[1]:.4f} over resamples of the hold-out"
+                if facts.threshold_interval else "")
+    lines.append(f"- decision threshold {facts.threshold:.4f} (rule: `{rule}`{interval})")
+    if facts.site:
+        lines.append(f"- **recalibrated for site `{facts.site}`**: calibration and threshold "
+                     "refitted on that site's labelled sample; the experts are unchanged")
+    return lines
 
 
 def _metrics_section(facts: CardFacts) -> list[str]:

@@ -73,8 +73,9 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     """Returns model-ready float32 images shaped (N, H, W, 1), or (N, 2, H, W, 1) for
     pairs of patches (N, 2, H, W), each patch preprocessed on its own.
 
-    Steps, each switched in the config: scale to [0, 1], CLAHE, wavelet filter. CLAHE
-    comes first because it expects intensities, not the signed wavelet output.
+    Steps, each switched in the config: scale to [0, 1], CLAHE, per-patch standardisation
+    (`before`), wavelet filter, per-patch standardisation (`after`). CLAHE comes first
+    because it expects intensities, not the signed wavelet output.
     """
     if images.ndim == 4 and images.shape[1] == 2 and images.shape[-1] != 1:
         return preprocess(images.reshape(-1, *images.shape[2:]), config).reshape(
@@ -86,9 +87,21 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     out = scale_to_unit(images)
     if config.clahe.enabled:
         out = clahe(out, config.clahe)
+    if config.standardize == "before":
+        out = standardize(out)
     if config.wavelet.enabled:
         out = wavelet_filter(out, config.wavelet)
+    if config.standardize == "after":
+        out = standardize(out)
     return out[..., np.newaxis]
+
+
+def standardize(images: np.ndarray) -> np.ndarray:
+    """Returns each image minus its mean, divided by its standard deviation (a flat image
+    stays at zero): a gain or offset of the whole image no longer changes it."""
+    mean = images.mean(axis=(-2, -1), keepdims=True)
+    std = images.std(axis=(-2, -1), keepdims=True)
+    return ((images - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
 
 
 def _keep_strong(band: np.ndarray, k: float) -> np.ndarray:

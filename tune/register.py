@@ -29,6 +29,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.utils import _infer_schema
 
 from mammo_core import ensemble as ens
+from mammo_core.calibration import bootstrap_interval
 from mammo_core import metrics
 from mammo_core.config import Experiment, experiment_from_dict
 from mammo_core.data import Dataset
@@ -118,8 +119,10 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     print(f"hold-out: {len(raw)} images in {len(np.unique(groups))} groups; scoring {k} experts")
     experts_p = predictor.expert_probabilities(predictor.model_inputs(raw))
     comparison = compare_methods(experts_p, labels, groups, experiment)
-    predictor.ensemble = ens.fit_ensemble(experts_p, labels, "learned", experiment.registry)
+    method, why = chosen_method(comparison, experiment.registry.method)
+    predictor.ensemble = ens.fit_ensemble(experts_p, labels, method, experiment.registry)
     holdout_auc = log_final_ensemble(predictor.ensemble, experts_p, labels)
+    interval = threshold_interval(predictor.ensemble, experts_p, labels, experiment)
     name = experiment.tracking.registered_model_name
     version = log_and_register(predictor, raw, name)
     check_round_trip(name, version, raw, predictor.ensemble.combine(experts_p))
@@ -128,7 +131,8 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
                       len(np.unique(groups)), search_run, git_commit(),
                       search_metrics(search_run), comparison,
                       tuple(float(w) for w in predictor.ensemble.weights),
-                      predictor.ensemble.threshold, dataset.bit_depth)
+                      predictor.ensemble.threshold, dataset.bit_depth, method, why, interval,
+                      predictor.ensemble.calibration.to_dict())
     fingerprint = holdout_fingerprint(dataset, plan)
     describe_version(facts, holdout_auc, fingerprint)
     alias, reason = promote(experiment, name, version, raw, labels, holdout_auc, fingerprint)
@@ -138,6 +142,36 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     else:  # Grad-CAM / SHAP of several classes are not built yet
         mlflow.set_tag("mammo.explanations", "binary models only")
     return version, alias, reason, holdout_auc
+
+
+def chosen_method(comparison: dict[str, dict[str, float]], configured: str) -> tuple[str, str]:
+    """Returns (the ensemble method to register, why); logs both (ensemble.method, tag
+    mammo.ensemble_choice)."""
+    if configured != "auto":
+        method, why = configured, f"{configured}, set by registry.method"
+    else:
+        method = ens.winner(comparison)
+        why = (f"{method}: best cross-fitted hold-out AUC ("
+               + ", ".join(f"{m} {s['auc']:.4f}" for m, s in comparison.items())
+               + "; ties go to the simpler method)")
+    mlflow.log_param("ensemble.method", method)
+    mlflow.set_tag("mammo.ensemble_choice", why)
+    print(f"registering the {why}")
+    return method, why
+
+
+def threshold_interval(ensemble: ens.Ensemble, experts_p: np.ndarray, labels: np.ndarray,
+                       experiment: Experiment) -> tuple[float, float] | None:
+    """Returns the 90 % bootstrap interval of the threshold rule on the hold-out (binary
+    tasks; logs ensemble.threshold_low / _high), or None for several classes."""
+    combined = ensemble.combine(experts_p)
+    if combined.ndim == 2 or experiment.registry.threshold == "fixed":
+        return None
+    low, high = bootstrap_interval(labels, combined, lambda y, p: ens.choose_threshold(
+        y, p, experiment.registry), seed=experiment.split.seed)
+    mlflow.log_params({"ensemble.threshold_low": f"{low:.4f}", "ensemble.threshold_high":
+                       f"{high:.4f}"})
+    return low, high
 
 
 def describe_version(facts: CardFacts, holdout_auc: float, fingerprint: str) -> None:
@@ -170,6 +204,8 @@ def compare_methods(experts_p: np.ndarray, labels: np.ndarray, groups: np.ndarra
         probabilities, thresholds = ens.cross_fit(experts_p, labels, groups, method,
                                                   experiment.registry, experiment.split.seed)
         scores[method] = metrics.scores(labels, probabilities, thresholds)
+        if not several:
+            scores[method]["ece"] = metrics.expected_calibration_error(labels, probabilities)
         curves[method.replace("_", " ")] = probabilities
         table[method] = probabilities.tolist() if several else probabilities
         mlflow.log_metrics({f"holdout_{method}_{m}": v for m, v in scores[method].items()})
@@ -188,6 +224,8 @@ def compare_methods(experts_p: np.ndarray, labels: np.ndarray, groups: np.ndarra
     else:
         log_figure(metrics.roc_comparison_figure(labels, curves, "Ensemble hold-out, "
                                                  "cross-fitted"), "figures/holdout_roc.png")
+        log_figure(metrics.reliability_figure(labels, curves, title="Ensemble hold-out, "
+                                              "cross-fitted"), "figures/holdout_reliability.png")
     mlflow.log_text(table.to_csv(index=False), "holdout/cross_fitted.csv")
     return scores
 
