@@ -12,8 +12,9 @@ contrast x2.0): AUC and balanced accuracy at that threshold. Variants:
 
 - none: today's preprocessing (wavelet filter on intensities);
 - before / after: per-patch standardisation before / after the wavelet filter;
-- contrast_aug: today's preprocessing, training-only contrast augmentation widened to
-  factors 0.5 - 1.5 (augmentation.contrast 0.5).
+- robust: per-patch median / MAD scaling before the wavelet filter;
+- contrast_aug / contrast_aug_wide: today's preprocessing, training-only contrast
+  augmentation widened to factors 0.5 - 1.5 / 0.2 - 1.8 (augmentation.contrast 0.5 / 0.8).
 
 Prints a markdown table and writes benchmarks/results/invariance.json.
 """
@@ -40,6 +41,7 @@ from mammo_core.training import fit, limit_tensorflow_threads, predict_proba, se
 from tune.project import load_config, load_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+CONTRAST_AUGMENTATION = {"contrast_aug": 0.5, "contrast_aug_wide": 0.8}
 SHIFTS = {"clean": (), "contrast 1.5 + brightness 0.05": (Shift("contrast", 1.5),
                                                           Shift("brightness", 0.05)),
           "contrast 2.0": (Shift("contrast", 2.0),)}
@@ -47,13 +49,14 @@ SHIFTS = {"clean": (), "contrast 1.5 + brightness 0.05": (Shift("contrast", 1.5)
 
 def variant_experiment(experiment, name: str):
     """Returns the experiment with the variant's preprocessing / augmentation."""
-    if name in ("before", "after"):
+    if name in ("before", "after", "robust"):
         return dataclasses.replace(experiment, preprocessing=dataclasses.replace(
             experiment.preprocessing, standardize=name))
-    if name == "contrast_aug":
+    if name in CONTRAST_AUGMENTATION:
         model = experiment.model
         return dataclasses.replace(experiment, model=dataclasses.replace(
-            model, augmentation=dataclasses.replace(model.augmentation, contrast=0.5)))
+            model, augmentation=dataclasses.replace(model.augmentation,
+                                                    contrast=CONTRAST_AUGMENTATION[name])))
     return experiment
 
 
@@ -109,6 +112,7 @@ def main() -> None:
                  for s in SHIFTS for m in ("auc", "balanced_accuracy")]
         print(f"| {name} | " + " | ".join(cells) + " |")
     out = ROOT / "benchmarks" / "results" / "invariance.json"
+    out = out.with_name(f"invariance-{'-'.join(args.variants)}.json")
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
 
 

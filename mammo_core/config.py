@@ -108,10 +108,11 @@ class ClaheConfig:
 class PreprocessingConfig:
     wavelet: WaveletConfig = WaveletConfig()
     clahe: ClaheConfig = ClaheConfig()
-    # per-patch standardisation (zero mean, unit std), for insensitivity to a scanner's
-    # gain and offset: before the wavelet filter (on intensities) or after it (on its
-    # output); none keeps the absolute contrast (see docs/benchmarks.md, shift)
-    standardize: Literal["none", "before", "after"] = "none"
+    # per-patch standardisation, for insensitivity to a scanner's gain and offset: zero
+    # mean and unit std before the wavelet filter (on intensities) or after it (on its
+    # output), or robust (before the filter: median and MAD, which a few bright
+    # calcifications barely move); none keeps the absolute contrast (docs/benchmarks.md)
+    standardize: Literal["none", "before", "after", "robust"] = "none"
 
 
 @dataclass(frozen=True)

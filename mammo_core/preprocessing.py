@@ -74,7 +74,7 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     pairs of patches (N, 2, H, W), each patch preprocessed on its own.
 
     Steps, each switched in the config: scale to [0, 1], CLAHE, per-patch standardisation
-    (`before`), wavelet filter, per-patch standardisation (`after`). CLAHE comes first
+    (`before`, `robust`), wavelet filter, per-patch standardisation (`after`). CLAHE comes first
     because it expects intensities, not the signed wavelet output.
     """
     if images.ndim == 4 and images.shape[1] == 2 and images.shape[-1] != 1:
@@ -89,6 +89,8 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
         out = clahe(out, config.clahe)
     if config.standardize == "before":
         out = standardize(out)
+    elif config.standardize == "robust":
+        out = standardize(out, robust=True)
     if config.wavelet.enabled:
         out = wavelet_filter(out, config.wavelet)
     if config.standardize == "after":
@@ -96,12 +98,22 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     return out[..., np.newaxis]
 
 
-def standardize(images: np.ndarray) -> np.ndarray:
+def standardize(images: np.ndarray, robust: bool = False) -> np.ndarray:
     """Returns each image minus its mean, divided by its standard deviation (a flat image
-    stays at zero): a gain or offset of the whole image no longer changes it."""
-    mean = images.mean(axis=(-2, -1), keepdims=True)
-    std = images.std(axis=(-2, -1), keepdims=True)
-    return ((images - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+    stays at zero): a gain or offset of the whole image no longer changes it.
+
+    `robust` uses the median and 1.4826 x the median absolute deviation instead: the
+    tissue's spread, which a few bright pixels (calcifications) barely move, so their
+    contrast to the tissue survives the scaling.
+    """
+    axes = (-2, -1)
+    if robust:
+        centre = np.median(images, axis=axes, keepdims=True)
+        scale = 1.4826 * np.median(np.abs(images - centre), axis=axes, keepdims=True)
+    else:
+        centre = images.mean(axis=axes, keepdims=True)
+        scale = images.std(axis=axes, keepdims=True)
+    return ((images - centre) / np.where(scale > 0, scale, 1.0)).astype(np.float32)
 
 
 def _keep_strong(band: np.ndarray, k: float) -> np.ndarray:

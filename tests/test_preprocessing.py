@@ -88,3 +88,19 @@ def test_preprocess_pipeline_switches():
     assert both.shape == (2, 60, 60, 1) and not np.allclose(both, filtered)
     with pytest.raises(ValueError, match="expected images shaped"):
         preprocess(images[0], PreprocessingConfig())
+
+
+@pytest.mark.parametrize("mode", ["before", "after", "robust"])
+def test_standardisation_makes_the_input_blind_to_gain_and_offset(mode):
+    from mammo_core.config import PreprocessingConfig
+    from mammo_core.shift import Shift, combined
+
+    rng = np.random.default_rng(0)
+    patches = rng.uniform(0.3, 0.5, (3, 60, 60)).astype(np.float32)
+    patches[:, 30, 30] = 0.7  # a calcification-like bright pixel (still < 1 once shifted)
+    config = PreprocessingConfig(standardize=mode)
+    shifted = combined(patches, (Shift("contrast", 1.5), Shift("brightness", 0.05)))
+    np.testing.assert_allclose(preprocess(shifted, config), preprocess(patches, config),
+                               atol=1e-3)
+    plain = preprocess(shifted, PreprocessingConfig())
+    assert np.abs(plain - preprocess(patches, PreprocessingConfig())).max() > 0.01

@@ -86,6 +86,24 @@ def test_registry_run_compares_methods_and_the_evaluate_run_logs_figures(store, 
     assert "roc_auc/auc" in evaluate.data.metrics  # from mlflow.models.evaluate
 
 
+def test_the_cross_fitted_winner_is_registered_calibrated_with_a_threshold_interval(client):
+    version = client.get_model_version(NAME, "1")
+    register = client.get_run(version.tags["mammo.register_run"])
+    method = register.data.params["ensemble.method"]
+    aucs = {m: register.data.metrics[f"holdout_{m}_auc"] for m in ("average", "learned",
+                                                                     "best_single")}
+    assert aucs[method] == max(aucs.values())
+    assert method in register.data.tags["mammo.ensemble_choice"]
+    assert all(0 <= register.data.metrics[f"holdout_{m}_ece"] <= 1 for m in aucs)
+    stored = json.loads(download_text(register.info.run_id, "ensemble.json"))
+    assert stored["calibration"]["slope"] > 0
+    low, high = (float(register.data.params[f"ensemble.threshold_{k}"]) for k in ("low", "high"))
+    assert 0 <= low <= high <= 1  # the rule's spread over bootstrap resamples
+    assert "bootstrap interval" in version.description and f"`{method}`" in version.description
+    figures = {a.path for a in client.list_artifacts(register.info.run_id, "figures")}
+    assert "figures/holdout_reliability.png" in figures
+
+
 def test_register_and_evaluate_runs_log_explanation_figures(store, client):
     runs = runs_of(store)
     for kind in ("register", "evaluate"):
