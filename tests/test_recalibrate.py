@@ -90,7 +90,8 @@ def test_the_site_alias_is_served_by_the_serve_entry_point(recalibrated):
         text=True, start_new_session=True)
     try:
         info = wait_for_model(f"http://127.0.0.1:{port}/model", server, timeout=240)
-        site = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}").get_model_version_by_alias(
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        site = mlflow.MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(
             NAME, "site-test")
         assert str(info["version"]) == str(site.version)
     finally:
