@@ -11,8 +11,9 @@ Three methods, all returning one map per patch with the patch's shape (H, W):
   e.g. the whole registered pyfunc: model-agnostic, slower.
 
 The ensemble's maps combine the experts' maps with the ensemble weights. For SHAP this
-is exact: the ensemble probability is the weighted sum of the experts', so the weighted
-attributions add up to it.
+is exact: the weighted probability is the weighted sum of the experts', so the weighted
+attributions add up to it. The reported probability is the ensemble's calibrated one (what
+`predict` answers); calibration is a monotone map of the weighted probability.
 
 A siamese model explains a (baseline, abnormal) pair: its maps are the two patches' maps
 side by side (H, 2W), baseline left, like `metrics.side_by_side` shows the pair. Partition
@@ -214,9 +215,10 @@ def explain(predictor: EnsemblePredictor, raw: np.ndarray, method: str,
         if predictor.experiment.data.pairs:
             raise ValueError("partition SHAP takes single patches; explain pairs with "
                              "gradcam or shap")
-        return _partition(predictor, raw, chosen, weights, max_evals)
+        return _partition(predictor, raw, chosen, weights, max_evals, expert)
     images = predictor.model_inputs(raw)
-    probability = predictor.expert_probabilities(images)[:, chosen] @ weights
+    probability = _reported(predictor, predictor.expert_probabilities(images)[:, chosen] @ weights,
+                            expert)
     if method == "gradcam":
         maps = sum(w * gradcam(predictor.experts[k], images) for k, w in zip(chosen, weights))
         return Explanation(method, maps, probability, None, tuple(chosen))
@@ -257,14 +259,23 @@ def _chosen_experts(predictor: EnsemblePredictor,
 
 
 def _partition(predictor: EnsemblePredictor, raw: np.ndarray, chosen: Sequence[int],
-               weights: np.ndarray, max_evals: int) -> Explanation:
+               weights: np.ndarray, max_evals: int, expert: int | None = None) -> Explanation:
     units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
 
     def predict(batch: np.ndarray) -> np.ndarray:
         return predictor.expert_probabilities(predictor.model_inputs(batch))[:, chosen] @ weights
 
     maps, bases = partition_shap(predict, units, max_evals)
-    return Explanation("partition", maps, predict(units), float(bases.mean()), tuple(chosen))
+    return Explanation("partition", maps, _reported(predictor, predict(units), expert),
+                       float(bases.mean()), tuple(chosen))
+
+
+def _reported(predictor: EnsemblePredictor, weighted: np.ndarray,
+              expert: int | None) -> np.ndarray:
+    """Returns the probability an explanation reports: the ensemble's calibrated one (what
+    `predict` says) for the ensemble, the expert's own for one expert. The maps explain the
+    weighted probability before calibration, a monotone map of it."""
+    return weighted if expert is not None else predictor.ensemble.calibration.apply(weighted)
 
 
 def overlay_png(patch: np.ndarray, heatmap: np.ndarray, signed: bool, scale: int = 4) -> bytes:
