@@ -81,6 +81,11 @@ class DataConfig:
         return len(set(labels.values())) if labels else 2
 
     @property
+    def label_names(self) -> list[str]:
+        """Returns the task's class names in label order (0 .. n_classes - 1)."""
+        return [self.class_names.get(k, str(k)) for k in range(self.n_classes)]
+
+    @property
     def resizes(self) -> bool:
         """Whether image files of another size are resampled to `image_size` (by the
         loader, `predict`, `explain` and Serve); whole MIAS mammograms always are."""

@@ -47,7 +47,7 @@ def render_card(facts: CardFacts) -> str:
     e = facts.experiment
     rows, cols = e.data.image_size
     use = INTENDED_USE.format(rows=rows, cols=cols, task=e.name,
-                              classes=" / ".join(class_names(e)))
+                              classes=" / ".join(e.data.label_names))
     return "\n".join([
         f"# {facts.model_name} v{facts.version}",
         "", f"**Intended use.** {use}", "",
@@ -115,7 +115,7 @@ def _per_class_lines(facts: CardFacts) -> list[str]:
     """Returns the per-class table: recall and one-vs-rest AUC of each method on the hold-out."""
     lines = ["", "Per class (hold-out, cross-fitted; recall / one-vs-rest AUC):", "",
              "| class | " + " | ".join(facts.holdout) + " |", "|---" * (len(facts.holdout) + 1) + "|"]
-    for k, name in enumerate(class_names(facts.experiment)):
+    for k, name in enumerate(facts.experiment.data.label_names):
         cells = [f"{s.get(f'recall_{k}', float('nan')):.3f} / {s.get(f'auc_{k}', float('nan')):.3f}"
                  for s in facts.holdout.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -131,12 +131,6 @@ def input_shape(experiment: Experiment) -> str:
     return f"patches shaped (N, {rows}, {cols}) or (N, {rows}, {cols}, 1)"
 
 
-def class_names(experiment: Experiment) -> list[str]:
-    """Returns the task's class names in label order."""
-    names = experiment.data.class_names
-    return [names.get(k, str(k)) for k in range(experiment.data.n_classes)]
-
-
 def _input_section(facts: CardFacts) -> list[str]:
     e = facts.experiment
     wavelet = e.preprocessing.wavelet
@@ -146,7 +140,7 @@ def _input_section(facts: CardFacts) -> list[str]:
     if wavelet.enabled:
         steps.append(f"wavelet filter ({wavelet.family}, level {wavelet.level}, "
                      f"k = {wavelet.threshold_k})")
-    labels = ", ".join(f"{k} = {v}" for k, v in enumerate(class_names(e)))
+    labels = ", ".join(f"{k} = {v}" for k, v in enumerate(e.data.label_names))
     output = (f"`probability`, `label` ({labels}), `expert_0` ... `expert_{len(facts.weights) - 1}`"
               if e.data.n_classes == 2 else
               f"`probability.<class>` per class, `label` ({labels}: the most probable), "

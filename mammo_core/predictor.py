@@ -47,8 +47,7 @@ class EnsemblePredictor:
     @property
     def class_names(self) -> list[str]:
         """Returns the task's class names in label order."""
-        names = self.experiment.data.class_names
-        return [names.get(k, str(k)) for k in range(self.experiment.data.n_classes)]
+        return self.experiment.data.label_names
 
     def expert_probabilities(self, images: np.ndarray) -> np.ndarray:
         """Returns each expert's probability for preprocessed images: (N, experts) for a

@@ -115,7 +115,7 @@ def log_evaluation(experiment: Experiment, frame: pd.DataFrame,
     labels, probabilities = frame["label"].to_numpy(), frame["probability"].to_numpy()
     scores = metrics.label_metrics(labels, frame["predicted"].to_numpy(), probabilities)
     mlflow.log_metrics({f"eval_{k}": v for k, v in scores.items()})
-    names = [experiment.data.class_names.get(k, str(k)) for k in (0, 1)]
+    names = experiment.data.label_names
     log_figure(metrics.roc_figure(labels, probabilities, "ROC"), "figures/roc.png")
     matrix = metrics.confusion(labels, frame["predicted"].to_numpy(), 0.5)
     log_figure(metrics.confusion_figure(matrix, names, "Confusion matrix"), "figures/confusion.png")

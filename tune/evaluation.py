@@ -68,7 +68,7 @@ def baseline_aucs(dataset: Dataset, parts: dict[str, np.ndarray]) -> dict[str, f
 def log_test_figures(experiment: Experiment, labels: np.ndarray, probabilities: np.ndarray) -> None:
     """Logs figures/roc_test.png (one curve per class for several) and
     figures/confusion_test.png."""
-    names = class_names(experiment, probabilities)
+    names = experiment.data.label_names
     if probabilities.ndim == 2:
         log_figure(metrics.per_class_roc_figure(labels, probabilities, names, "ROC per class, "
                                                 "test part"), "figures/roc_test.png")
@@ -78,9 +78,3 @@ def log_test_figures(experiment: Experiment, labels: np.ndarray, probabilities: 
     matrix = metrics.confusion(labels, probabilities, experiment.training.threshold)
     log_figure(metrics.confusion_figure(matrix, names, "Confusion matrix, test part"),
                "figures/confusion_test.png")
-
-
-def class_names(experiment: Experiment, probabilities: np.ndarray) -> list[str]:
-    """Returns the task's class names in label order (two for binary probabilities)."""
-    k = probabilities.shape[1] if np.ndim(probabilities) == 2 else 2
-    return [experiment.data.class_names.get(label, str(label)) for label in range(k)]

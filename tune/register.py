@@ -214,7 +214,7 @@ def compare_methods(experts_p: np.ndarray, labels: np.ndarray, groups: np.ndarra
                 ("auc", "accuracy", "balanced_accuracy") if several
                 else ("auc", "sensitivity", "specificity"))))
     if several:
-        names = [experiment.data.class_names.get(k, str(k)) for k in range(experts_p.shape[2])]
+        names = experiment.data.label_names
         log_figure(metrics.per_class_roc_figure(labels, curves["learned"], names,
                                                 "Ensemble hold-out (learned), cross-fitted"),
                    "figures/holdout_roc.png")

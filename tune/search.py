@@ -31,7 +31,6 @@ from mammo_core.folds import FoldPlan, make_fold_plan
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
-from tune.evaluation import class_names
 from tune.families import log_family_comparison, markdown
 from tune.fold import FoldOutcome, load_outcome, run_fold
 from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, base_parser, load_config, load_data,
@@ -149,7 +148,7 @@ def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[Fold
     mlflow.log_metrics({f"cv_{k}": v for k, v in aggregate.items()})
     mlflow.log_metric("search_wall_seconds", seconds)
     curves = [(dataset.labels[o.test_index], o.probabilities) for o in outcomes]
-    names = class_names(experiment, outcomes[0].probabilities)
+    names = experiment.data.label_names
     if outcomes[0].probabilities.ndim == 2:  # several classes: pooled out-of-fold, per class
         log_figure(metrics.per_class_roc_figure(
             np.concatenate([c[0] for c in curves]), np.concatenate([c[1] for c in curves]),
