@@ -45,9 +45,12 @@ METHODS = ("gradcam", "shap", "partition")
 class Explanation:
     method: str
     maps: np.ndarray  # (N, H, W)
-    probability: np.ndarray  # (N,) of what was explained (the ensemble or one expert)
+    probability: np.ndarray  # (N,) as `predict` reports it (the ensemble's: calibrated)
     expected_value: float | None  # SHAP's base value; None for Grad-CAM
     experts: tuple[int, ...]  # the experts whose maps were combined
+    # (N,) what the maps decompose: the weighted probability before the ensemble's
+    # calibration (SHAP maps add up to it minus `expected_value`); None = `probability`
+    explained: np.ndarray | None = None
 
 
 def inference_model(model: keras.Model, tap: str | None = None) -> keras.Model:
@@ -217,11 +220,11 @@ def explain(predictor: EnsemblePredictor, raw: np.ndarray, method: str,
                              "gradcam or shap")
         return _partition(predictor, raw, chosen, weights, max_evals, expert)
     images = predictor.model_inputs(raw)
-    probability = _reported(predictor, predictor.expert_probabilities(images)[:, chosen] @ weights,
-                            expert)
+    weighted = predictor.expert_probabilities(images)[:, chosen] @ weights
+    probability = _reported(predictor, weighted, expert)
     if method == "gradcam":
         maps = sum(w * gradcam(predictor.experts[k], images) for k, w in zip(chosen, weights))
-        return Explanation(method, maps, probability, None, tuple(chosen))
+        return Explanation(method, maps, probability, None, tuple(chosen), weighted)
     if len(predictor.backgrounds) != len(predictor.experts):
         raise ValueError("this model has no stored SHAP background (registered before "
                          "explanations existed): use gradcam or partition")
@@ -229,7 +232,7 @@ def explain(predictor: EnsemblePredictor, raw: np.ndarray, method: str,
     for k, w in zip(chosen, weights):
         values, base = deep_shap(predictor.experts[k], images, predictor.backgrounds[k])
         maps, expected = maps + w * values, expected + w * base
-    return Explanation(method, maps, probability, expected, tuple(chosen))
+    return Explanation(method, maps, probability, expected, tuple(chosen), weighted)
 
 
 def shap_backgrounds(images: np.ndarray, train_parts: Sequence[np.ndarray],
@@ -266,8 +269,9 @@ def _partition(predictor: EnsemblePredictor, raw: np.ndarray, chosen: Sequence[i
         return predictor.expert_probabilities(predictor.model_inputs(batch))[:, chosen] @ weights
 
     maps, bases = partition_shap(predict, units, max_evals)
-    return Explanation("partition", maps, _reported(predictor, predict(units), expert),
-                       float(bases.mean()), tuple(chosen))
+    weighted = predict(units)
+    return Explanation("partition", maps, _reported(predictor, weighted, expert),
+                       float(bases.mean()), tuple(chosen), weighted)
 
 
 def _reported(predictor: EnsemblePredictor, weighted: np.ndarray,

@@ -91,6 +91,8 @@ def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
     return {"method": result.method, "probability": probability,
             "label": int(probability >= model.predictor.ensemble.threshold) if ensemble else None,
             "expected_value": result.expected_value, "experts": list(result.experts),
+            # SHAP maps add up to this (the weighted probability before calibration)
+            "explained_probability": float(result.explained[0]),
             "heatmap": np.round(heatmap, 6).tolist(),
             "overlay_png": base64.b64encode(png).decode("ascii"),
             "model": {"name": model.info["name"], "version": model.info["version"]}}

@@ -106,7 +106,7 @@ def test_ensemble_shap_combines_experts_with_the_weights_and_stays_additive(pred
     np.testing.assert_allclose(out.probability, predictor.predict(clustered)["probability"],
                                atol=1e-5)
     np.testing.assert_allclose(out.maps.reshape(3, -1).sum(axis=1),
-                               out.probability - out.expected_value, atol=1e-3)
+                               out.explained - out.expected_value, atol=1e-3)
     assert most_reliable_expert(predictor) == 1
     single = explain(predictor, clustered, "gradcam", expert=1)
     assert single.experts == (1,) and np.all(np.isfinite(single.maps))

@@ -174,8 +174,10 @@ def test_explain_returns_a_heatmap_and_an_overlay_for_both_methods(service, file
         assert answer["probability"] == pytest.approx(probability, abs=1e-5)
         overlay = Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"])))
         assert overlay.size == (240, 240) and answer["model"]["name"] == NAME
-    # Deep SHAP of the weighted ensemble adds up to its probability minus the base value.
-    assert heatmap.sum() == pytest.approx(answer["probability"] - answer["expected_value"], abs=5e-3)
+    # Deep SHAP of the weighted ensemble adds up to its weighted probability (before the
+    # ensemble's calibration, a monotone map of it) minus the base value.
+    assert heatmap.sum() == pytest.approx(answer["explained_probability"]
+                                          - answer["expected_value"], abs=5e-3)
     status, answer = request(f"{url}/explain?method=gradcam&expert=0", body)
     assert status == 200 and answer["experts"] == [0] and answer["label"] is None
 

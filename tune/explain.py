@@ -114,7 +114,9 @@ def explain_method(predictor: EnsemblePredictor, raw: np.ndarray, units: np.ndar
                      "probability": f"{result.probability[i]:.6f}",
                      "expected_value": "" if result.expected_value is None
                      else f"{result.expected_value:.6f}",
-                     "experts": " ".join(map(str, result.experts))})
+                     "experts": " ".join(map(str, result.experts)),
+                     # what SHAP maps add up to: the weighted probability before calibration
+                     "explained_probability": f"{result.explained[i]:.6f}"})
     return rows
 
 
