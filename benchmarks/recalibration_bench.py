@@ -6,8 +6,8 @@
 The "new site" is the registered model's own ensemble hold-out (images no expert trained
 on) under contrast x1.5 around each patch's mean plus brightness +0.05. Each draw takes
 `--sample` labelled patches of it (half per class, whole cases, seeded) as the site's
-sample, refits the calibration on them (`tune.recalibrate.fit_site`, the experts and
-weights unchanged; the threshold kept, as `recalibrate` does by default, or re-chosen),
+sample, refits the calibration on them (`mammo_core.ensemble.calibrated`, the experts
+and weights unchanged; the threshold kept, as `recalibrate` does by default, or re-chosen),
 and scores the rest of the shifted hold-out (cases the sample did not touch) before (the
 registered threshold) and after. Prints mean ± std over the draws.
 """
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mammo_core.shift import Shift, combined  # noqa: E402
 from mammo_core.tracking import registry_reference, use_tracking_store  # noqa: E402
 from tune.project import PROJECT_ROOT, load_config, load_data, load_fold_plan  # noqa: E402
-from tune.recalibrate import fit_site, kept_threshold, scores  # noqa: E402
+from mammo_core.ensemble import calibrated  # noqa: E402
+from tune.recalibrate import kept_threshold, scores  # noqa: E402
 
 SITE = (Shift("contrast", 1.5), Shift("brightness", 0.05))
 
@@ -76,8 +77,8 @@ def main() -> None:
         rows["as registered"].append(scores(labels[rest], predictor.ensemble.combine(
             experts_p[rest]), predictor.ensemble.threshold))
         for name, threshold in zip(list(rows)[1:], (kept, None)):
-            site = fit_site(predictor.ensemble.weights, experts_p[sample], labels[sample],
-                            registry, threshold)
+            site = calibrated(predictor.ensemble.weights, experts_p[sample], labels[sample],
+                              registry, threshold)
             rows[name].append(scores(labels[rest], site.combine(experts_p[rest]),
                                      site.threshold))
     print(f"{uri} = v{ref['version']}; site = hold-out ({len(labels)} images) under contrast "

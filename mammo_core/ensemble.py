@@ -115,12 +115,23 @@ def fit_ensemble(expert_probabilities: np.ndarray, labels: np.ndarray, method: s
         weights = np.eye(k)[int(np.argmax(aucs))]
     else:
         raise ValueError(f"unknown ensemble method {method!r} (known: {', '.join(METHODS)})")
+    return calibrated(weights, expert_probabilities, labels, config)
+
+
+def calibrated(weights: np.ndarray, expert_probabilities: np.ndarray, labels: np.ndarray,
+               config: RegistryConfig, threshold: float | None = None) -> Ensemble:
+    """Returns Ensemble(weights) with (binary, `config.calibration` platt) Platt scaling of
+    the weighted probability fitted on these images, and `threshold`, or (None) the
+    config rule's threshold on the calibrated probability. A site recalibration calls it
+    with the registered weights (and threshold)."""
     combined = Ensemble(weights, 0.0).combine(expert_probabilities)
     calibration = Calibration()
     if combined.ndim == 1 and config.calibration == "platt":
         calibration = fit_platt(labels, combined)
         combined = calibration.apply(combined)
-    return Ensemble(weights, choose_threshold(labels, combined, config), calibration)
+    if threshold is None:
+        threshold = choose_threshold(labels, combined, config)
+    return Ensemble(weights, threshold, calibration)
 
 
 def winner(scores: dict[str, dict[str, float]]) -> str:

@@ -30,7 +30,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from mammo_core import ensemble as ens
 from mammo_core import metrics
-from mammo_core.calibration import Calibration, fit_platt
+from mammo_core.calibration import Calibration
 from mammo_core.config import Experiment
 from mammo_core.ensemble import Ensemble
 from mammo_core.predictor import EnsemblePredictor
@@ -117,7 +117,7 @@ def site_ensemble(current: Ensemble, experts_p: np.ndarray, labels: np.ndarray,
                        | {f"after_{k}": v for k, v in after.items()})
     for label, values in (("before (as registered)", before), ("after (cross-fitted)", after)):
         print(f"{label:24s} " + ", ".join(f"{k} {values[k]:.3f}" for k in SHOWN))
-    refit = fit_site(current.weights, experts_p, labels, registry, threshold)
+    refit = ens.calibrated(current.weights, experts_p, labels, registry, threshold)
     log_figure(metrics.reliability_figure(labels, {"as registered": current.combine(experts_p),
                                                    "recalibrated (cross-fitted)": after_p},
                                           title="Site sample"), "figures/site_reliability.png")
@@ -125,17 +125,6 @@ def site_ensemble(current: Ensemble, experts_p: np.ndarray, labels: np.ndarray,
                       | {f"site.calibration.{k}": f"{v:.4f}"
                          for k, v in refit.calibration.to_dict().items()})
     return refit
-
-
-def fit_site(weights: np.ndarray, experts_p: np.ndarray, labels: np.ndarray,
-             registry, threshold: float | None = None) -> Ensemble:
-    """Returns Ensemble(weights) with Platt calibration fitted on these images and
-    `threshold`, or (None) the registry rule's threshold on them."""
-    uncalibrated = Ensemble(weights, 0.0).combine(experts_p)
-    calibration = fit_platt(labels, uncalibrated)
-    if threshold is None:
-        threshold = ens.choose_threshold(labels, calibration.apply(uncalibrated), registry)
-    return Ensemble(weights, threshold, calibration)
 
 
 def cross_fitted(weights: np.ndarray, experts_p: np.ndarray, labels: np.ndarray,
@@ -154,7 +143,8 @@ def cross_fitted(weights: np.ndarray, experts_p: np.ndarray, labels: np.ndarray,
         if len(np.unique(labels[fit_part])) < 2:
             raise UsageError("a cross-fitting part of the site sample holds one class only; "
                              "label more images of each class")
-        site = fit_site(weights, experts_p[fit_part], labels[fit_part], registry, threshold)
+        site = ens.calibrated(weights, experts_p[fit_part], labels[fit_part], registry,
+                              threshold)
         probabilities[score_part] = site.combine(experts_p[score_part])
         thresholds[score_part] = site.threshold
     return probabilities, thresholds
