@@ -14,7 +14,9 @@ contrast x2.0): AUC and balanced accuracy at that threshold. Variants:
 - before / after: per-patch standardisation before / after the wavelet filter;
 - robust: per-patch median / MAD scaling before the wavelet filter;
 - contrast_aug / contrast_aug_wide: today's preprocessing, training-only contrast
-  augmentation widened to factors 0.5 - 1.5 / 0.2 - 1.8 (augmentation.contrast 0.5 / 0.8).
+  augmentation widened to factors 0.5 - 1.5 / 0.2 - 1.8 (augmentation.contrast 0.5 / 0.8);
+- contrast_log_2 / contrast_log_2.5: factors 1/2 - 2 / 1/2.5 - 2.5, uniform in log scale
+  (augmentation.contrast 1.0 / 1.5, contrast_scale log_uniform).
 
 Prints a markdown table and writes benchmarks/results/invariance.json.
 """
@@ -41,7 +43,9 @@ from mammo_core.training import fit, limit_tensorflow_threads, predict_proba, se
 from tune.project import load_config, load_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTRAST_AUGMENTATION = {"contrast_aug": 0.5, "contrast_aug_wide": 0.8}
+CONTRAST_AUGMENTATION = {"contrast_aug": (0.5, "uniform"), "contrast_aug_wide": (0.8, "uniform"),
+                         "contrast_log_2": (1.0, "log_uniform"),
+                         "contrast_log_2.5": (1.5, "log_uniform")}
 SHIFTS = {"clean": (), "contrast 1.5 + brightness 0.05": (Shift("contrast", 1.5),
                                                           Shift("brightness", 0.05)),
           "contrast 2.0": (Shift("contrast", 2.0),)}
@@ -53,10 +57,10 @@ def variant_experiment(experiment, name: str):
         return dataclasses.replace(experiment, preprocessing=dataclasses.replace(
             experiment.preprocessing, standardize=name))
     if name in CONTRAST_AUGMENTATION:
-        model = experiment.model
+        model, (factor, scale) = experiment.model, CONTRAST_AUGMENTATION[name]
         return dataclasses.replace(experiment, model=dataclasses.replace(
-            model, augmentation=dataclasses.replace(model.augmentation,
-                                                    contrast=CONTRAST_AUGMENTATION[name])))
+            model, augmentation=dataclasses.replace(model.augmentation, contrast=factor,
+                                                    contrast_scale=scale)))
     return experiment
 
 
@@ -113,6 +117,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     out = ROOT / "benchmarks" / "results" / "invariance.json"
     out = out.with_name(f"invariance-{'-'.join(args.variants)}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
 
 

@@ -125,6 +125,10 @@ class AugmentationConfig:
     flip: bool = True
     rotate90: bool = True
     contrast: float = 0.1  # max relative contrast change; 0 switches it off
+    # uniform: factors in [1 - contrast, 1 + contrast]; log_uniform: factors in
+    # [1 / (1 + contrast), 1 + contrast], uniform in log scale, so a doubling of the
+    # contrast is as likely as a halving (a scanner's gain multiplies)
+    contrast_scale: Literal["uniform", "log_uniform"] = "uniform"
 
 
 # Model families (mammo_core/families.py builds them; kept here so configs are checked

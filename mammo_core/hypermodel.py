@@ -9,6 +9,7 @@ Fixed architecture choices come from `ModelConfig`.
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import keras
@@ -47,27 +48,35 @@ class RandomRot90(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="mammo")
 class RandomContrastAroundMean(layers.Layer):
-    """Scales each image's deviation from its mean by a factor in [1-f, 1+f], training only.
+    """Scales each image's deviation from its mean by a factor in [1-f, 1+f] (uniform) or
+    [1/(1+f), 1+f] (log_uniform: uniform in log scale), training only.
 
     Unlike keras.layers.RandomContrast it does not clip to a value range, so it works on
     the signed output of the wavelet filter.
     """
 
-    def __init__(self, factor: float, seed: int | None = None, **kwargs):
+    def __init__(self, factor: float, seed: int | None = None, scale: str = "uniform",
+                 **kwargs):
         super().__init__(**kwargs)
-        self.factor, self.seed = factor, seed
+        self.factor, self.seed, self.scale = factor, seed, scale
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs, training=None):
         if not training or self.factor == 0:
             return inputs
-        scale = keras.random.uniform((ops.shape(inputs)[0], 1, 1, 1), 1 - self.factor,
-                                     1 + self.factor, seed=self.seed_generator)
+        shape = (ops.shape(inputs)[0], 1, 1, 1)
+        if self.scale == "log_uniform":
+            top = math.log1p(self.factor)
+            scale = ops.exp(keras.random.uniform(shape, -top, top, seed=self.seed_generator))
+        else:
+            scale = keras.random.uniform(shape, 1 - self.factor, 1 + self.factor,
+                                         seed=self.seed_generator)
         mean = ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
         return (inputs - mean) * ops.cast(scale, inputs.dtype) + mean
 
     def get_config(self):
-        return {**super().get_config(), "factor": self.factor, "seed": self.seed}
+        return {**super().get_config(), "factor": self.factor, "seed": self.seed,
+                "scale": self.scale}
 
 
 def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
@@ -78,7 +87,8 @@ def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
     if config.rotate90:
         stack.append(RandomRot90(seed=seed + 1))
     if config.contrast > 0:
-        stack.append(RandomContrastAroundMean(config.contrast, seed=seed + 2))
+        stack.append(RandomContrastAroundMean(config.contrast, seed=seed + 2,
+                                              scale=config.contrast_scale))
     # an empty Sequential cannot be built: a model without augmentation gets the identity
     return keras.Sequential(stack or [layers.Identity()], name=AUGMENTATION)
 

@@ -55,6 +55,20 @@ def test_contrast_keeps_mean_and_does_not_clip():
     assert out.min() < 0
 
 
+@pytest.mark.parametrize("scale, low, high", [("uniform", 0.5, 1.5), ("log_uniform", 2 / 3, 1.5)])
+def test_contrast_factors_span_the_configured_range(scale, low, high):
+    """Each image's deviation from its mean is scaled by one factor; uniform draws them in
+    [1 - f, 1 + f], log_uniform in [1 / (1 + f), 1 + f] with log-factors centred on 0."""
+    x = np.random.default_rng(4).normal(size=(4000, 4, 4, 1)).astype(np.float32)
+    out = np.asarray(RandomContrastAroundMean(0.5, seed=1, scale=scale)(x, training=True))
+    centred = x - x.mean(axis=(1, 2, 3), keepdims=True)
+    factors = (out - x.mean(axis=(1, 2, 3), keepdims=True))[:, 0, 0, 0] / centred[:, 0, 0, 0]
+    assert factors.min() >= low - 1e-3 and factors.max() <= high + 1e-3
+    assert factors.min() < low + 0.02 and factors.max() > high - 0.02
+    if scale == "log_uniform":
+        assert abs(np.median(np.log(factors))) < 0.03
+
+
 def test_model_round_trips_through_keras_file(tmp_path):
     model = build_model(EXPERIMENT.hyperparameters, (60, 60, 1), EXPERIMENT.model)
     x = np.random.default_rng(3).random((4, 60, 60, 1), dtype=np.float32)
