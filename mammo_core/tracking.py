@@ -72,10 +72,13 @@ def tracked_run(experiment_name: str, run_name: str, tags: Mapping[str, str] | N
     """Yields an active run that ends FINISHED, FAILED (error) or KILLED (Ctrl-C, SIGTERM).
 
     `run_id` reopens an existing run (the project's run under `mlflow run`, or a run
-    being resumed); otherwise a new run is created, as a child of `parent_run_id` if given.
+    being resumed) and names it `run_name`; otherwise a new run is created, as a child of
+    `parent_run_id` if given.
     """
     if run_id:
-        run = mlflow.start_run(run_id=run_id, tags=dict(tags or {}), nested=bool(parent_run_id))
+        # `mlflow run` created this run with a generated name: it gets the entry point's
+        run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=dict(tags or {}),
+                               nested=bool(parent_run_id))
     else:
         run = mlflow.start_run(experiment_id=ensure_experiment(experiment_name),
                                run_name=run_name, tags=dict(tags or {}),

@@ -143,8 +143,9 @@ class PatchScorer:
             logger.error(self.reload_error)
 
     def status(self) -> dict:
-        """Returns the served version and the last reload error (for the server's log line)."""
-        return {"version": self.model.info["version"], "reload_error": self.reload_error}
+        """Returns the served name, version and the last reload error (for the server)."""
+        return {"name": self.model.info["name"], "version": self.model.info["version"],
+                "reload_error": self.reload_error}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005,
                  batch_size_fn=lambda batches: sum(len(b) for b in batches))

@@ -1,30 +1,38 @@
-"""`serve` entry point: the scoring service, until Ctrl-C.
+"""`serve` entry point: the scoring service, until Ctrl-C or SIGTERM.
 
     python -m serve.server                                   # champion on 127.0.0.1:8000
     python -m serve.server --model-uri models:/mammo-microcal/3 --port 8080 --replicas 2
     kill -HUP <pid>     # reload: resolve the alias again and swap models, no downtime
 
 Starts a local Ray node on loopback (or joins RAY_ADDRESS), deploys `serve.app` and
-prints the URL. API docs at http://127.0.0.1:8000/docs.
+prints the URL. API docs at http://127.0.0.1:8000/docs. Ctrl-C, SIGTERM (a process
+manager's stop) or the end of the `mlflow run` that started it shut Serve down, release
+the port, print one line and end the project's run FINISHED.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
+import mlflow
 import ray
+from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from mammo_core.config import ConfigError
+from mammo_core.tracking import registry_reference, tracking_uri
 from serve.app import bind_app
 from serve.model import load_model
 from serve.settings import ServeSettings
 from tune.cluster import start_ray
-from tune.project import DEFAULT_CONFIG, default_model_uri, load_config, run_entry
+from tune.project import DEFAULT_CONFIG, PROJECT_ROOT, default_model_uri, load_config, run_entry
 
 APP_NAME = "mammo"
 
@@ -102,27 +110,105 @@ def reload(settings: ServeSettings, token: int) -> str:
     return f"reloaded {settings.model_uri}: serving version {status['version']}"
 
 
+class OperatorStop(BaseException):
+    """An operator asked the service to stop (SIGTERM, Ctrl-C, or `mlflow run` gone)."""
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise OperatorStop: process managers stop services with SIGTERM,
+    and both must shut Serve down and end the run, not kill the process half-way."""
+    def handler(signum, _frame):
+        raise OperatorStop(signal.Signals(signum).name)
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def wait_for_stop(settings: ServeSettings, reloads: list, parent: int) -> None:
+    """Serves until OperatorStop; reloads on SIGHUP. Raises OperatorStop when `parent`, the
+    process that started this one (e.g. `mlflow run`, killed with SIGTERM), is gone."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            raise OperatorStop(f"parent process {parent} exited")
+        if reloads:
+            reloads.clear()
+            print(reload(settings, int(time.time())), flush=True)
+
+
+@contextmanager
+def project_run(settings: ServeSettings) -> Iterator[None]:
+    """Under `mlflow run` (MLFLOW_RUN_ID set), keeps the project's run open while serving:
+    named `serve-<model>-v<version>` first, FINISHED after an operator stop (FAILED if
+    serving failed). Standalone, a no-op."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        yield
+        return
+    uri = settings.tracking_uri or tracking_uri(PROJECT_ROOT)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    name_run(client, run_id, settings.model_uri)
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except OperatorStop:
+        status = "FINISHED"
+        raise
+    finally:
+        client.set_terminated(run_id, status)
+
+
+def name_run(client: mlflow.MlflowClient, run_id: str, model_uri: str) -> None:
+    """Names the run after the version `model_uri` resolves to now and logs that version;
+    an unknown model is left to the deploy, which reports it."""
+    try:
+        reference = registry_reference(model_uri)
+    except MlflowException:
+        return
+    if reference["name"]:
+        client.update_run(run_id, name=f"serve-{reference['name']}-v{reference['version']}")
+        client.log_param(run_id, "served_model_version", reference["version"])
+    client.set_tag(run_id, "mammo.kind", "serve")
+
+
+def shutdown() -> None:
+    """Stops Serve and Ray, releasing the port; a second signal meanwhile is ignored."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not ray.is_initialized():  # stopped before Ray started
+        return
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> int:
+    parent = os.getppid()  # now: `mlflow run` may be stopped while the model loads
     settings = parse_settings(argv)
     reloads = []
     signal.signal(signal.SIGHUP, lambda *_: reloads.append(1))
+    stop_on_signals()
 
     def body() -> None:
-        print(start_ray(), flush=True)
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        address = f"http://{settings.host}:{settings.port}"
         try:
-            deploy(settings)
-            print(f"serving {settings.model_uri} on http://{settings.host}:{settings.port} "
-                  f"(POST /predict, GET /model, /healthz, /docs); Ctrl-C stops, "
-                  f"kill -HUP reloads", flush=True)
-            while True:
-                time.sleep(0.5)
-                if reloads:
-                    reloads.clear()
-                    print(reload(settings, int(time.time())), flush=True)
-        finally:
-            serve.shutdown()
-            ray.shutdown()
+            with project_run(settings):
+                try:
+                    print(start_ray(), flush=True)
+                    stop_on_signals()  # again: connecting to Ray installs its own SIGTERM exit
+                    serve.start(http_options={"host": settings.host, "port": settings.port})
+                    deploy(settings)
+                    print(f"serving {settings.model_uri} on {address} (POST /predict, GET "
+                          f"/model, /healthz, /docs); Ctrl-C stops, kill -HUP reloads",
+                          flush=True)
+                    wait_for_stop(settings, reloads, parent)
+                finally:
+                    shutdown()
+        except OperatorStop as stop:
+            print(f"stopped ({stop}): {address} released, Serve and Ray shut down", flush=True)
 
     return run_entry(body)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -61,7 +62,8 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
     if holdout_of:
         index = load_fold_plan(holdout_of, dataset).holdout
     model = load_pyfunc(model_uri)
-    with tracked_run(experiment.tracking.experiment_name, f"evaluate-{experiment.name}",
+    data_name = f"holdout-{holdout_of[:8]}" if holdout_of else Path(dataset.root).name
+    with tracked_run(experiment.tracking.experiment_name, f"evaluate-{data_name}",
                      tags={"mammo.entry_point": "evaluate", "mammo.kind": "evaluate",
                            "mammo.model_uri": model_uri},
                      run_id=run_id, parent_run_id=parent_run_id):

@@ -67,7 +67,7 @@ def explain_files(config: str, source: Path, output: Path, methods: tuple[str, .
     units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth)
     names = output_names(files, source)
     rows = []
-    with tracked_run(experiment.tracking.experiment_name, f"explain-{experiment.name}",
+    with tracked_run(experiment.tracking.experiment_name, f"explain-{source.name}",
                      tags={"mammo.entry_point": "explain", "mammo.kind": "explain",
                            "mammo.model_uri": uri}), tempfile.TemporaryDirectory() as staging:
         # resolved_model_uri: `mlflow run` already logged model_uri as given ('' = default)

@@ -6,17 +6,19 @@
 
 Writes one row per image: path, probability, label, expert_0 ... expert_k. Every file is
 read before the model runs, so a corrupt or wrongly sized image stops the run with its
-name before anything is written.
+name before anything is written. The run (`predict-<input name>`) logs the CSV and the
+label counts.
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 
 from mammo_core.data import read_image
-from mammo_core.tracking import use_tracking_store
+from mammo_core.tracking import tracked_run, use_tracking_store
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
                           load_pyfunc, run_entry)
 
@@ -45,10 +47,17 @@ def predict_files(config: str, source: Path, output: str, model_uri: str) -> Non
     images = read_images(files, experiment.data.image_size, experiment.data.resizes)
     uri = model_uri or default_model_uri(experiment)
     model = load_pyfunc(uri)
-    table = model.predict(images)
-    table.insert(0, "path", [str(f) for f in files])
-    table.to_csv(output, index=False, float_format="%.6f")
-    counts = table["label"].value_counts().sort_index()
+    with tracked_run(experiment.tracking.experiment_name, f"predict-{source.name}",
+                     tags={"mammo.entry_point": "predict", "mammo.kind": "predict",
+                           "mammo.model_uri": uri}):
+        table = model.predict(images)
+        table.insert(0, "path", [str(f) for f in files])
+        table.to_csv(output, index=False, float_format="%.6f")
+        counts = table["label"].value_counts().sort_index()
+        # resolved_model_uri: `mlflow run` already logged model_uri as given ('' = default)
+        mlflow.log_params({"resolved_model_uri": uri, "images": len(files)})
+        mlflow.log_metrics({f"labelled_{label}": int(n) for label, n in counts.items()})
+        mlflow.log_artifact(output)
     print(f"{len(files)} images scored with {uri}: "
           + ", ".join(f"{n} labelled {label}" for label, n in counts.items()) + f"; wrote {output}")
 

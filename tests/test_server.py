@@ -1,0 +1,99 @@
+"""The `serve` entry point under the real `mlflow run`: stopping it the ways operators do.
+
+A process manager sends SIGTERM to the process it started (`mlflow run`, which dies at
+once and leaves its child behind); a terminal's Ctrl-C sends SIGINT to the whole process
+group. Either way Serve must shut down, the port must be free again, one line must say
+so, and the project's run must end FINISHED, named after the served version.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+from conftest import search_env
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(url: str, server: subprocess.Popen, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"serve exited early:\n{server.stdout.read()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"no answer from {url} within {timeout} s")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def serve_run(client: mlflow.MlflowClient):
+    runs = [r for e in client.search_experiments()
+            for r in client.search_runs([e.experiment_id])
+            if r.data.tags.get("mlflow.project.entryPoint") == "serve"]
+    return max(runs, key=lambda r: r.info.start_time)
+
+
+def run_status_becomes(client: mlflow.MlflowClient, timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = serve_run(client).info.status
+        if status != "RUNNING":
+            return status
+        time.sleep(1)
+    return "RUNNING"
+
+
+@pytest.mark.parametrize("how", ["sigterm_to_mlflow_run", "ctrl_c_to_the_group"])
+def test_an_operator_stop_releases_the_port_and_finishes_the_run(pipeline_store, how):
+    port = free_port()
+    server = subprocess.Popen(
+        ["mlflow", "run", ".", "--env-manager", "local", "-e", "serve", "-P", f"port={port}"],
+        cwd=ROOT, env=search_env(pipeline_store), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    uri = f"sqlite:///{pipeline_store / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    try:
+        health = wait_for_health(f"http://127.0.0.1:{port}/healthz", server)
+        if how == "sigterm_to_mlflow_run":
+            server.send_signal(signal.SIGTERM)  # the `mlflow run` process only
+        else:
+            os.killpg(server.pid, signal.SIGINT)
+        status = run_status_becomes(client)
+        deadline = time.monotonic() + 60
+        while not port_is_free(port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert port_is_free(port), "the port is still taken after the stop"
+        output, _ = server.communicate(timeout=120)
+    finally:  # whatever failed, nothing of this group may outlive the test
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server.wait()
+    assert status == "FINISHED", output[-3000:]
+    run = serve_run(client)
+    assert run.info.run_name == f"serve-{health['model']}-v{health['version']}"
+    assert run.data.params["served_model_version"] == str(health["version"])
+    stops = [line for line in output.splitlines() if line.startswith("stopped (")]
+    assert len(stops) == 1 and f"127.0.0.1:{port} released" in stops[0], output[-3000:]
