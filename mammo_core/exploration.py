@@ -20,22 +20,27 @@ _BINS = 50
 
 
 def examples_figure(images: np.ndarray, labels: np.ndarray, class_names: Mapping[int, str],
-                    per_class: int = 8, seed: int = 0) -> Figure:
+                    per_class: int = 8, seed: int = 0, filtered: bool = False) -> Figure:
     """Returns a grid with one row per class of `per_class` random example images (pairs
-    of patches side by side, baseline left)."""
+    of patches side by side, baseline left). The same `seed` picks the same images, so
+    the raw grid and the `filtered` one (preprocessed, signed values: each image scaled
+    to its own range) show the same patches."""
     rng = np.random.default_rng(seed)
     classes = sorted(set(labels.tolist()))
     fig, axes = plt.subplots(len(classes), per_class, squeeze=False,
                              figsize=(1.5 * per_class, 1.7 * len(classes) + 0.4))
+    scale = {} if filtered else {"vmin": 0, "vmax": 1}
     for row, label in enumerate(classes):
         rows = np.flatnonzero(labels == label)
         picked = rng.choice(rows, size=min(per_class, len(rows)), replace=False)
         for col, ax in enumerate(axes[row]):
             ax.set(xticks=[], yticks=[])
             if col < len(picked):
-                ax.imshow(side_by_side(images[picked[col]]), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(side_by_side(images[picked[col]]), cmap="gray", **scale)
         axes[row, 0].set_ylabel(f"{class_names.get(label, label)}\n(n={len(rows)})", fontsize=8)
-    fig.suptitle("Example images per class (intensities in [0, 1])", fontsize=10)
+    fig.suptitle("Example images per class, after the preprocessing (each image to its own "
+                 "range)" if filtered else "Example images per class (intensities in [0, 1])",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -55,16 +60,25 @@ def histogram_figure(images: np.ndarray, labels: np.ndarray,
     return fig
 
 
-def fold_label_counts(plan: FoldPlan, labels: np.ndarray) -> list[dict]:
-    """Returns one row per fold part (hold-out, then each fold's train / val / test) with
-    its image count per label: {"part": "fold0/train", "<label>": n, ...}."""
-    classes = sorted(set(labels.tolist()))
+def plan_parts(plan: FoldPlan) -> dict[str, np.ndarray]:
+    """Returns {part name: image indexes}: the hold-out, then each fold's train / val / test."""
     parts = {"holdout": plan.holdout}
     for fold in plan.folds:
         parts |= {f"fold{fold.index}/{name}": getattr(fold, name)
                   for name in ("train", "val", "test")}
+    return parts
+
+
+def label_counts(parts: Mapping[str, np.ndarray], labels: np.ndarray) -> list[dict]:
+    """Returns one row per part with its image count per label: {"part": name, "<label>": n}."""
+    classes = sorted(set(labels.tolist()))
     return [{"part": name} | {str(c): int((labels[index] == c).sum()) for c in classes}
             for name, index in parts.items()]
+
+
+def fold_label_counts(plan: FoldPlan, labels: np.ndarray) -> list[dict]:
+    """Returns `label_counts` of the fold plan's parts (hold-out, then fold k's parts)."""
+    return label_counts(plan_parts(plan), labels)
 
 
 def fold_counts_figure(rows: list[dict], class_names: Mapping[int, str]) -> Figure:
@@ -77,7 +91,7 @@ def fold_counts_figure(rows: list[dict], class_names: Mapping[int, str]) -> Figu
         ax.barh(range(len(rows)), counts, left=left, label=class_names.get(int(label), label))
         left += counts
     ax.set(yticks=range(len(rows)), yticklabels=[row["part"] for row in rows],
-           xlabel="images", title="Labels per fold part")
+           xlabel="images", title="Labels per part")
     ax.invert_yaxis()
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -4,6 +4,7 @@ This is the one library module that calls MLflow; everything else returns plain 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from importlib import metadata
@@ -14,6 +15,7 @@ from typing import Iterator, Mapping
 import keras
 import matplotlib.pyplot as plt
 import mlflow
+import mlflow.data
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow.entities import RunStatus
@@ -106,6 +108,23 @@ def log_experiment_config(experiment: Experiment, source: str | Path) -> None:
     mlflow.log_dict(experiment.to_dict(), "config/experiment.yaml")
     mlflow.set_tags({"mammo.config_file": str(source),
                      "mammo.config_hash": experiment.fingerprint()})
+
+
+def log_data_input(images: np.ndarray, labels: np.ndarray, source: str, name: str,
+                   fingerprint: str, context: str,
+                   index: np.ndarray | None = None) -> None:
+    """Logs the images (or the part `index` of them) as an MLflow dataset input of the
+    active run: named `name`, with `context` (e.g. "train", "holdout") as its context tag,
+    the data fingerprint as its digest (a part's digest also hashes its indexes), so the
+    UI's Datasets column says which data, and which part of it, a run used."""
+    digest = fingerprint
+    if index is not None:
+        images, labels = images[index], labels[index]
+        digest = hashlib.sha256(f"{fingerprint}:".encode() + np.asarray(index, np.int64)
+                                .tobytes()).hexdigest()[:16]
+    dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=name,
+                                     digest=digest)
+    mlflow.log_input(dataset, context=context)
 
 
 def log_figure(figure: Figure, artifact_file: str) -> None:

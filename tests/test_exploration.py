@@ -5,6 +5,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from mammo_core.exploration import (examples_figure, fold_counts_figure, fold_label_counts,
+                                    label_counts,
                                     histogram_figure)
 from mammo_core.folds import Fold, FoldPlan
 
@@ -40,3 +41,18 @@ def test_pairs_are_shown_side_by_side():
     pairs = RNG.random((6, 2, 16, 16)).astype(np.float32)
     fig = examples_figure(pairs, np.array([0, 1] * 3), NAMES, per_class=3)
     assert fig.axes[0].images[0].get_array().shape == (16, 32)
+
+
+def test_filtered_examples_show_the_same_patches_scaled_to_their_own_range():
+    signed = (IMAGES - 0.5)[..., None] * 0.01  # a filter's small signed output, (N, H, W, 1)
+    raw = examples_figure(IMAGES, LABELS, NAMES, per_class=3, seed=5)
+    filtered = examples_figure(signed, LABELS, NAMES, per_class=3, seed=5, filtered=True)
+    for a, b in zip(raw.axes, filtered.axes):
+        np.testing.assert_allclose(b.images[0].get_array(), (a.images[0].get_array() - 0.5) * 0.01,
+                                   atol=1e-7)
+        assert b.images[0].get_clim() != (0, 1)
+
+
+def test_label_counts_of_any_named_parts():
+    rows = label_counts({"train": np.arange(10), "test": np.arange(10, 20)}, LABELS)
+    assert rows == [{"part": "train", "0": 10, "1": 0}, {"part": "test", "0": 2, "1": 8}]

@@ -71,8 +71,8 @@ def test_each_study_registers_a_model_under_its_task_name(store):
     for search in searches:  # the data exploration every study's search logs
         figures = {a.path for a in client.list_artifacts(search.info.run_id, "figures")}
         assert {"figures/data_examples.png", "figures/data_histograms.png",
-                "figures/data_fold_labels.png"} <= figures
-        counts = client.download_artifacts(search.info.run_id, "data/fold_labels.csv",
+                "figures/data_part_labels.png"} <= figures
+        counts = client.download_artifacts(search.info.run_id, "data/part_labels.csv",
                                            str(store))
         header = Path(counts).read_text().splitlines()[0]
         assert header == ("part,0,1,2,3,4" if "5class" in search.data.tags["mlflow.runName"]

@@ -29,7 +29,8 @@ from mammo_core.predictor import probabilities_of
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
 from tune.explain import ensemble_inside, log_explanation_figures
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri,
-                          load_config, load_data, load_fold_plan, load_pyfunc, run_entry)
+                          load_config, load_data, load_fold_plan, load_pyfunc, log_data_parts,
+                          run_entry)
 
 WORST_ERROR = 0.8  # |label - probability| above this: confidently wrong
 
@@ -73,6 +74,7 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
                            "data_fingerprint": dataset.fingerprint(),
                            "subset": f"holdout of {holdout_of}" if holdout_of else "all",
                            "images": len(index)} | model_version_params(model_uri))
+        log_data_parts(dataset, {"holdout" if holdout_of else "evaluation": index})
         frame = predictions_table(model, dataset, index)
         scores = log_evaluation(experiment, frame, dataset.images[index])
         predictor = ensemble_inside(model)

@@ -18,6 +18,7 @@ from mammo_core.folds import Fold
 from mammo_core.families import build_model, count_params, family_of
 from mammo_core.tracking import log_figure, log_keras_model, tracked_run
 from tune.evaluation import evaluate_on_test
+from tune.project import log_data_parts
 from tune.progress import StatusLine
 from tune.space import METRIC, MODE, make_scheduler, make_searcher, param_space
 from tune.trainable import WEIGHTS, train_trial
@@ -49,6 +50,8 @@ def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold:
                      run_id=existing, parent_run_id=parent_id) as run:
         parts = {"train": fold.train, "val": fold.val, "test": fold.test}
         mlflow.log_params({f"fold.{k}_images": len(v) for k, v in parts.items()} | {"fold": fold.index})
+        if existing is None:
+            log_data_parts(dataset, parts)
         data = {"x_train": images[fold.train], "y_train": dataset.labels[fold.train],
                 "x_val": images[fold.val], "y_val": dataset.labels[fold.val]}
         callbacks = [TrialRuns(mlflow.get_tracking_uri(), run.info.experiment_id,
@@ -72,7 +75,22 @@ def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold:
         log_best_curves(best)
         scores, probabilities = evaluate_on_test(model, experiment, dataset, images, parts)
         log_keras_model(model, images[fold.train[:4]], name="expert")
+        mlflow.set_tag("mlflow.note.content", fold_description(fold.index, parts, best.config,
+                                                               scores, best_run))
     return FoldOutcome(fold.index, scores, fold.test, probabilities, dict(best.config), best_run)
+
+
+def fold_description(index: int, parts: dict, config: dict, scores: dict[str, float],
+                     best_run: str) -> str:
+    """Returns the fold run's description (Markdown, shown in the MLflow UI)."""
+    rows = [("CNN expert", "test_auc"), ("max-pixel baseline", "baseline_max_pixel_test_auc"),
+            ("logistic-regression baseline", "baseline_logreg_test_auc")]
+    table = "\n".join(f"| {name} | {scores[key]:.3f} |" for name, key in rows if key in scores)
+    sizes = ", ".join(f"{name} {len(index)}" for name, index in parts.items())
+    return (f"**Outer fold {index}**: images {sizes}; the trials are this run's children, "
+            f"the best is `{best_run}`.\n\n| model | test AUC |\n|---|---|\n{table}\n\n"
+            f"Best config: `{json.dumps({k: v for k, v in config.items() if k != 'seed'})}`. "
+            "Figures: `figures/` (ROC, confusion matrix, learning curves of the best trial).")
 
 
 def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,

@@ -7,19 +7,22 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import mlflow
+import numpy as np
+import pandas as pd
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from mammo_core import exploration
 from mammo_core.config import BaselinesExperiment, ConfigError, Experiment, load_experiment
 from mammo_core.data import (DataError, Dataset, FileNameError, format_summary, load_dataset,
                              summarize)
 from mammo_core.folds import FoldPlan
 from mammo_core.patches import PatchError
 from mammo_core.sources import resolve_data_root
-from mammo_core.tracking import log_yaml, was_interrupted
+from mammo_core.tracking import log_data_input, log_figure, log_yaml, was_interrupted
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "experiments/microcal.yaml"
@@ -77,6 +80,32 @@ def log_data(dataset: Dataset, summary: dict) -> None:
     mlflow.log_metrics({f"data_{name}_{key}": value for name, counts in summary.items()
                         for key, value in counts.items()})
     log_yaml(summary, "data/summary.yaml")
+
+
+def log_data_parts(dataset: Dataset, parts: Mapping[str, np.ndarray]) -> None:
+    """Logs each part (e.g. "train", "holdout") as a dataset input of the active run; a
+    part named "all" is the whole data set."""
+    name = Path(dataset.root).name
+    for context, index in parts.items():
+        log_data_input(dataset.images, dataset.labels, dataset.root, name,
+                       dataset.fingerprint(), context, None if context == "all" else index)
+
+
+def log_exploration(dataset: Dataset, preprocessed: np.ndarray,
+                    parts: Mapping[str, np.ndarray], class_names: Mapping[int, str]) -> None:
+    """Logs the data's first look: figures/data_examples.png (raw) and
+    data_examples_filtered.png (the same patches after the preprocessing),
+    data_histograms.png, data_part_labels.png and data/part_labels.csv (image count per
+    label and part)."""
+    log_figure(exploration.examples_figure(dataset.images, dataset.labels, class_names),
+               "figures/data_examples.png")
+    log_figure(exploration.examples_figure(preprocessed, dataset.labels, class_names,
+                                           filtered=True), "figures/data_examples_filtered.png")
+    log_figure(exploration.histogram_figure(dataset.images, dataset.labels, class_names),
+               "figures/data_histograms.png")
+    rows = exploration.label_counts(parts, dataset.labels)
+    log_figure(exploration.fold_counts_figure(rows, class_names), "figures/data_part_labels.png")
+    mlflow.log_text(pd.DataFrame(rows).to_csv(index=False), "data/part_labels.csv")
 
 
 def fail(message: str) -> int:

@@ -38,7 +38,7 @@ from mammo_core.splits import leakage_groups
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
 from tune.explain import load_ensemble
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
-                          load_data, run_entry)
+                          load_data, log_data_parts, run_entry)
 from tune.register import check_round_trip, log_and_register
 
 SHOWN = ("auc", "sensitivity", "specificity", "balanced_accuracy", "ece")
@@ -86,6 +86,7 @@ def recalibrate(experiment: Experiment, data_dir: str, model_uri: str = "", site
         mlflow.log_params({"resolved_model_uri": uri, "site": site, "images": len(groups),
                            "threshold_mode": threshold,
                            "data_root": dataset.root, "data_fingerprint": dataset.fingerprint()})
+        log_data_parts(dataset, {"recalibration": np.arange(len(dataset.labels))})
         experts_p = predictor.expert_probabilities(predictor.model_inputs(dataset.images))
         kept = kept_threshold(predictor.ensemble, threshold)
         refit = site_ensemble(predictor.ensemble, experts_p, dataset.labels, groups,

@@ -43,7 +43,7 @@ from mammo_core.tracking import (log_figure, runtime_requirements, tracked_run,
 from tune.explain import log_explanation_figures
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, download_text,
                           finished_fold_runs, git_commit, latest_search, load_config, load_data,
-                          load_fold_plan, run_entry)
+                          load_fold_plan, log_data_parts, run_entry)
 
 MODEL_CODE = Path(__file__).with_name("ensemble_pyfunc.py")
 MODEL_ARTIFACT = "ensemble"
@@ -99,6 +99,7 @@ def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
         mlflow.log_params({"resolved_search_run": search_run, "model_name": experiment.tracking
                            .registered_model_name} | {f"registry.{k}": v for k, v in
                                                       dataclasses.asdict(experiment.registry).items()})
+        log_data_parts(dataset, {"holdout": plan.holdout})
         version, alias, reason, auc = build_and_register(trained, dataset, summary, plan, search_run)
     return Registration(run.info.run_id, experiment.tracking.registered_model_name,
                         version, alias, reason, auc)

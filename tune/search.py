@@ -20,21 +20,22 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
-import pandas as pd
 import ray
 
-from mammo_core import exploration, metrics
+from mammo_core import metrics
+from mammo_core.exploration import plan_parts
 from mammo_core.config import Experiment
 from mammo_core.data import Dataset
 from mammo_core.families import family_of
-from mammo_core.folds import FoldPlan, make_fold_plan
+from mammo_core.folds import make_fold_plan
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
 from tune.families import log_family_comparison, markdown
 from tune.fold import FoldOutcome, load_outcome, run_fold
-from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, base_parser, load_config, load_data,
-                          finished_fold_runs, load_fold_plan, log_data, run_entry)
+from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, base_parser, finished_fold_runs,
+                          load_config, load_data, load_fold_plan, log_data, log_data_parts,
+                          log_exploration, run_entry)
 
 CONFIGS_ARTIFACT = "search/best_configs.json"
 
@@ -108,8 +109,10 @@ def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary:
         mlflow.log_text(plan.to_json(dataset.paths), PLAN_ARTIFACT)
         mlflow.log_params({"fold_plan.holdout_images": len(plan.holdout),
                            "mode": "reuse" if fixed else "search"})
-        log_exploration(dataset, plan, experiment.data.class_names)
     images = preprocess(dataset.images, experiment.preprocessing)
+    if not resumed:
+        log_exploration(dataset, images, plan_parts(plan), experiment.data.class_names)
+        log_data_parts(dataset, {"all": None, "holdout": plan.holdout})
     outcomes, started = [], time.monotonic()
     for fold in plan.folds:
         outcome = load_outcome(parent_id, fold.index) if resumed else None
@@ -127,18 +130,6 @@ def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary:
                                                                     .model) for o in outcomes})
         print("families (best inner-validation AUC per fold):\n" + markdown(table))
     return summary
-
-
-def log_exploration(dataset: Dataset, plan: FoldPlan, class_names: dict[int, str]) -> None:
-    """Logs the data's first look: figures/data_examples.png, data_histograms.png,
-    data_fold_labels.png and data/fold_labels.csv (image count per label and fold part)."""
-    log_figure(exploration.examples_figure(dataset.images, dataset.labels, class_names),
-               "figures/data_examples.png")
-    log_figure(exploration.histogram_figure(dataset.images, dataset.labels, class_names),
-               "figures/data_histograms.png")
-    rows = exploration.fold_label_counts(plan, dataset.labels)
-    log_figure(exploration.fold_counts_figure(rows, class_names), "figures/data_fold_labels.png")
-    mlflow.log_text(pd.DataFrame(rows).to_csv(index=False), "data/fold_labels.csv")
 
 
 def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[FoldOutcome],
@@ -160,11 +151,39 @@ def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[Fold
     log_figure(metrics.confusion_grid_figure(matrices, names), "figures/cv_confusion.png")
     mlflow.log_dict({o.fold: o.best_config for o in outcomes}, CONFIGS_ARTIFACT)
     mlflow.set_tags({f"mammo.best_trial.fold{o.fold}": o.best_trial_run for o in outcomes})
+    mlflow.set_tag("mlflow.note.content", search_description(outcomes, aggregate, seconds))
     max_pixel = aggregate.get("baseline_max_pixel_test_auc_mean")
     return (f"CV test AUC {aggregate['test_auc_mean']:.3f} ± {aggregate['test_auc_std']:.3f} "
             f"(logistic regression {aggregate['baseline_logreg_test_auc_mean']:.3f}"
             + (f", max pixel {max_pixel:.3f}" if max_pixel is not None else "")
             + "); per fold " + ", ".join(f"{o.scores['test_auc']:.3f}" for o in outcomes))
+
+
+SCORE_COLUMNS = (("CNN expert", "test_auc"), ("max pixel", "baseline_max_pixel_test_auc"),
+                 ("logistic regression", "baseline_logreg_test_auc"))
+
+
+def search_description(outcomes: list[FoldOutcome], aggregate: dict[str, float],
+                       seconds: float) -> str:
+    """Returns the search run's description (Markdown, shown in the MLflow UI): test AUC
+    per outer fold next to the baselines, the best configs, where the figures are."""
+    columns = [(name, key) for name, key in SCORE_COLUMNS if key in outcomes[0].scores]
+    lines = ["| outer fold | " + " | ".join(name for name, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {o.fold} | " + " | ".join(f"{o.scores[key]:.3f}" for _, key in columns)
+              + " |" for o in outcomes]
+    lines.append("| **mean ± std** | " + " | ".join(
+        f"**{aggregate[key + '_mean']:.3f} ± {aggregate[key + '_std']:.3f}**"
+        for _, key in columns) + " |")
+    configs = [f"- fold {o.fold}: `" + json.dumps({k: v for k, v in o.best_config.items()
+                                                  if k != "seed"}) + "`" for o in outcomes]
+    return ("**Cross-validated search**: test AUC of each outer fold's expert (chosen on "
+            f"its inner validation part) and of two baselines on the same images; "
+            f"{seconds / 60:.1f} min.\n\n" + "\n".join(lines)
+            + "\n\n**Best configs**\n\n" + "\n".join(configs)
+            + "\n\n**Figures** (Artifacts): `figures/cv_roc.png`, `figures/cv_confusion.png`, "
+              "the data's first look in `figures/data_*.png`; each fold is a child run with "
+              "its trials as children.")
 
 
 def search_tags(experiment: Experiment, dataset: Dataset) -> dict[str, str]:

@@ -2,9 +2,10 @@
 
     python -m tune.train --config experiments/microcal_quick.yaml
 
-Logs: the resolved config (params + YAML), the data summary, the split, per-epoch
-learning curves, validation and test metrics, ROC / confusion / learning-curve figures,
-and the Keras model with its signature.
+Logs: the resolved config (params + YAML), the data summary, the split (and each part
+as a dataset input), the data's first look (examples, histograms, labels per part),
+per-epoch learning curves, validation and test metrics, ROC / confusion / learning-curve
+figures, and the Keras model with its signature.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from mammo_core.tracking import (EpochLogger, log_experiment_config, log_figure,
                                  log_keras_model, log_yaml, tracked_run, use_tracking_store)
 from mammo_core.training import fit, predict_proba, set_seed
 from tune.evaluation import evaluate_on_test
-from tune.project import PROJECT_ROOT, base_parser, load_config, load_data, log_data, run_entry
+from tune.project import (PROJECT_ROOT, base_parser, load_config, load_data, log_data,
+                          log_data_parts, log_exploration, run_entry)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +61,9 @@ def train_and_evaluate(experiment: Experiment, dataset: Dataset) -> dict[str, fl
     groups = splits.leakage_groups(dataset, experiment.split.group_by)
     parts = splits.train_val_test_split(dataset.labels, groups, experiment.split)
     log_split(dataset, parts, groups)
+    log_data_parts(dataset, parts)
     images = preprocess(dataset.images, experiment.preprocessing)
+    log_exploration(dataset, images, parts, experiment.data.class_names)
     x = {name: images[index] for name, index in parts.items()}
     y = {name: dataset.labels[index] for name, index in parts.items()}
     set_seed(experiment.training.seed)
