@@ -69,22 +69,24 @@ class Terminated(BaseException):
 
 @contextmanager
 def tracked_run(experiment_name: str, run_name: str, tags: Mapping[str, str] | None = None,
-                run_id: str | None = None,
-                parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+                run_id: str | None = None, parent_run_id: str | None = None,
+                system_metrics: bool = False) -> Iterator[mlflow.ActiveRun]:
     """Yields an active run that ends FINISHED, FAILED (error) or KILLED (Ctrl-C, SIGTERM).
 
     `run_id` reopens an existing run (the project's run under `mlflow run`, or a run
     being resumed) and names it `run_name`; otherwise a new run is created, as a child of
-    `parent_run_id` if given.
+    `parent_run_id` if given. `system_metrics` samples CPU and memory into system/* metrics
+    while the run is open (benchmarks/system_metrics_bench.py measures its cost).
     """
     if run_id:
         # `mlflow run` created this run with a generated name: it gets the entry point's
         run = mlflow.start_run(run_id=run_id, run_name=run_name, tags=dict(tags or {}),
-                               nested=bool(parent_run_id))
+                               nested=bool(parent_run_id), log_system_metrics=system_metrics)
     else:
         run = mlflow.start_run(experiment_id=ensure_experiment(experiment_name),
                                run_name=run_name, tags=dict(tags or {}),
-                               parent_run_id=parent_run_id, nested=bool(parent_run_id))
+                               parent_run_id=parent_run_id, nested=bool(parent_run_id),
+                               log_system_metrics=system_metrics)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     status = RunStatus.to_string(RunStatus.FAILED)
     try:

@@ -48,6 +48,12 @@ def pipeline(args, run_id: str) -> None:
                      "mammo.model_alias": registration.alias})
     shown = ", ".join(f"{name} {scores[name]:.3f}" for name in (
         "auc", "sensitivity", "specificity", "balanced_accuracy") if name in scores)
+    mlflow.set_tag("mlflow.note.content", (
+        f"**Pipeline** of `{experiment.name}`: search → register → evaluate (child runs).\n\n"
+        f"- search `{search_run}`: {search_summary}\n"
+        f"- registered `{registration.model_name}` v{registration.version} "
+        f"@{registration.alias}: {registration.reason}\n"
+        f"- hold-out evaluation (the ensemble's weights were fitted on it): {shown}"))
     print(f"hold-out evaluation of {model_uri}: {shown} (the weights were fitted on these "
           "images: the register run has the cross-fitted figures)")
     print(f"\npipeline run: {run_id}\nsearch run:   {search_run}\nmodel:        "

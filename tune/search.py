@@ -88,7 +88,8 @@ def run_search(args, child_of: str | None = None) -> tuple[Experiment, str, str]
         print(start_ray())
         with tracked_run(experiment.tracking.experiment_name, f"search-{experiment.name}",
                          tags=search_tags(experiment, dataset),
-                         run_id=parent_id or project_run, parent_run_id=child_of) as parent:
+                         run_id=parent_id or project_run, parent_run_id=child_of,
+                         system_metrics=True) as parent:
             fixed = best_configs(args.reuse_configs_from) if args.reuse_configs_from else None
             summary_line = search(experiment, config_path, dataset, summary, parent.info.run_id,
                                   Path(args.storage), fixed, resumed=bool(parent_id))
