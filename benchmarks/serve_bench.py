@@ -33,11 +33,12 @@ from ray import serve  # noqa: E402
 
 import tune  # noqa: E402,F401  (loopback Ray environment before ray starts)
 from mammo_core.images import quantize, read_image  # noqa: E402
-from serve.server import deploy  # noqa: E402
+from serve.server import APP_NAME, deploy  # noqa: E402
 from serve.settings import ServeSettings  # noqa: E402
 from tune.cluster import start_ray  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+MULTI, MULTI_CONCURRENCY = 32, (1, 4, 8)  # requests of 32 images: tools scoring many patches
 
 
 def load(port: int, path: str, body: bytes | None, clients: int, seconds: float) -> dict:
@@ -86,19 +87,31 @@ def wait_ready(port: int, path: str, body: bytes, timeout: float = 300) -> None:
     raise TimeoutError(f"nothing answered on port {port}")
 
 
-def bench_ray_serve(args, uri: str, body: bytes) -> list[dict]:
+def bench_ray_serve(args, uri: str, body: bytes, multi: bytes) -> tuple[list, list, list, dict]:
+    """Returns (single-image levels, /healthz levels, 32-image levels, batch histograms)."""
     settings = ServeSettings(tracking_uri=args.tracking_uri, port=args.port,
-                             num_replicas=args.replicas, tf_threads=args.tf_threads)
+                             num_replicas=args.replicas, tf_threads=args.tf_threads,
+                             batch_wait_timeout_s=args.batch_wait, max_batch_size=args.max_batch)
     start_ray()
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
     try:
         deploy(settings)
         wait_ready(args.port, "/predict", body)
         load(args.port, "/predict", body, 8, 3)  # warm-up
-        scoring = [load(args.port, "/predict", body, c, args.seconds) for c in CONCURRENCY]
+        handle = serve.get_app_handle(APP_NAME)
+        handle.batch_histogram.remote(reset=True).result()
+        scoring, histograms = [], {}
+        for c in CONCURRENCY:
+            scoring.append(load(args.port, "/predict", body, c, args.seconds))
+            histograms[f"1 image, c={c}"] = handle.batch_histogram.remote(reset=True).result()
+        many = []
+        for c in MULTI_CONCURRENCY:
+            many.append(load(args.port, "/predict", multi, c, args.seconds))
+            histograms[f"{MULTI} images, c={c}"] = handle.batch_histogram.remote(
+                reset=True).result()
         # The same proxy -> replica path without the model: what HTTP alone costs here.
         floor = [load(args.port, "/healthz", None, c, args.seconds) for c in CONCURRENCY]
-        return scoring, floor
+        return scoring, floor, many, histograms
     finally:
         serve.shutdown()
 
@@ -138,9 +151,12 @@ def main() -> None:
     parser.add_argument("--model-uri", default="models:/mammo-microcal@champion")
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--port", type=int, default=8300)
-    parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--tf-threads", type=int, default=1)
-    parser.add_argument("--mlflow-workers", type=int, nargs="+", default=[1, 2])
+    defaults = ServeSettings()
+    parser.add_argument("--replicas", type=int, default=defaults.num_replicas)
+    parser.add_argument("--tf-threads", type=int, default=defaults.tf_threads)
+    parser.add_argument("--batch-wait", type=float, default=defaults.batch_wait_timeout_s)
+    parser.add_argument("--max-batch", type=int, default=defaults.max_batch_size)
+    parser.add_argument("--mlflow-workers", type=int, nargs="*", default=[1, 2])
     args = parser.parse_args()
     args.tracking_uri = f"sqlite:///{Path(args.store).resolve()}"
     mlflow.set_tracking_uri(args.tracking_uri)
@@ -152,9 +168,11 @@ def main() -> None:
     patch = quantize(read_image(sorted((ROOT.parent / "shared/data/microcal/1").glob("*.png"))[0],
                                 (60, 60)), 8)
     body = json.dumps({"inputs": [patch.tolist()]}).encode()
-    print(f"model {uri}; {args.seconds:.0f} s per level; single-image requests")
-    scoring, floor = bench_ray_serve(args, uri, body)
-    rows = {f"Ray Serve ({args.replicas} replica, {args.tf_threads} TF thread)": scoring,
+    multi = json.dumps({"inputs": [patch.tolist()] * MULTI}).encode()
+    print(f"model {uri}; {args.seconds:.0f} s per level; {vars(args)}")
+    scoring, floor, many, histograms = bench_ray_serve(args, uri, body, multi)
+    rows = {f"Ray Serve ({args.replicas} replica, {args.tf_threads} TF thread, wait "
+            f"{args.batch_wait * 1000:g} ms)": scoring,
             "Ray Serve, GET /healthz (no model: proxy + replica + client only)": floor}
     for workers in args.mlflow_workers:
         rows[f"mlflow models serve ({workers} worker{'s' if workers > 1 else ''})"] = \
@@ -168,6 +186,15 @@ def main() -> None:
                                            for r in results)
               + f" | {sum(r['failed'] for r in results)} |")
     print(f"| in-process pyfunc, batches of 32 (ceiling) | {ceiling['rps']:.0f} images/s | | | |")
+    print(f"\n{MULTI}-image requests to Ray Serve: " + ", ".join(
+        f"c={c}: {r['rps'] * MULTI:.0f} images/s ({100 * r['rps'] * MULTI / ceiling['rps']:.0f} % "
+        f"of the ceiling), p99 {r['p99']:.0f} ms, {r['failed']} failed"
+        for c, r in zip(MULTI_CONCURRENCY, many)))
+    print("\nimages per model call (calls):")
+    for level, counts in histograms.items():
+        calls = sum(counts.values())
+        mean = sum(k * v for k, v in counts.items()) / max(calls, 1)
+        print(f"  {level}: {calls} calls, mean {mean:.1f} images; {counts}")
 
 
 if __name__ == "__main__":

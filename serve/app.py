@@ -11,6 +11,7 @@ reaches the model, so a bad request never costs a replica.
 
 import asyncio
 import base64
+import collections
 import logging
 
 import numpy as np
@@ -114,6 +115,8 @@ class PatchScorer:
         if self.settings.model_uri:  # `serve run` configs name it in args; bind_app in user_config
             self.model = load_model(self.settings.model_uri, self.settings.tracking_uri)
         self.explaining = asyncio.Lock()
+        self.batch_sizes = collections.Counter()
+        self.in_flight = 0  # /predict requests between arrival and answer
 
     def reconfigure(self, user_config: dict) -> None:
         """Loads the model named by `model_uri` (else the settings'), resolving its alias
@@ -142,12 +145,20 @@ class PatchScorer:
                                  f"{self.model.info['version']}: {type(err).__name__}: {err}")
             logger.error(self.reload_error)
 
+    def batch_histogram(self, reset: bool = False) -> dict[int, int]:
+        """Returns {images per model call: calls} since the start or the last reset: whether
+        concurrent requests really share model calls (benchmarks/serve_bench.py)."""
+        counts = dict(sorted(self.batch_sizes.items()))
+        if reset:
+            self.batch_sizes.clear()
+        return counts
+
     def status(self) -> dict:
         """Returns the served name, version and the last reload error (for the server)."""
         return {"name": self.model.info["name"], "version": self.model.info["version"],
                 "reload_error": self.reload_error}
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005,
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02,
                  batch_size_fn=lambda batches: sum(len(b) for b in batches))
     async def score(self, batches: list[np.ndarray]) -> list[tuple[dict, dict]]:
         """Scores many requests' patches in one model call; returns (outputs, model info) each.
@@ -157,12 +168,21 @@ class PatchScorer:
         """
         model = self.model
         sizes = np.cumsum([len(b) for b in batches])[:-1]
+        self.batch_sizes[int(sum(len(b) for b in batches))] += 1
         out = await asyncio.to_thread(model.predictor.predict, np.concatenate(batches))
         parts = {k: np.split(v, sizes) for k, v in out.items()}
         return [({k: parts[k][i] for k in parts}, model.info) for i in range(len(batches))]
 
     async def score_all(self, units: np.ndarray) -> tuple[dict, dict]:
-        """Scores a request of any size in chunks of at most `max_batch_size` images."""
+        """Scores a request of any size in chunks of at most `max_batch_size` images.
+
+        A batch waits for company (up to `batch_wait_timeout_s`) only while other requests
+        are in flight on this replica: a lone request runs at once, so low load pays no
+        wait, and under load requests that are still being read join the next model call
+        (measured: 2.4 images per call with a fixed 5 ms wait at 32 clients, 7.3 with 20 ms).
+        """
+        busy = self.in_flight > 1
+        self.score.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s if busy else 0.0)
         step = self.settings.max_batch_size
         answers = await asyncio.gather(*(self.score(units[i:i + step])
                                          for i in range(0, len(units), step)))
@@ -172,11 +192,15 @@ class PatchScorer:
     @api.post("/predict")
     async def predict(self, request: Request) -> dict:
         """Scores patches: JSON {"images": [base64]}, {"inputs": [[[...]]]} or multipart files."""
-        raw = await read_patches(request, reading(self.settings, self.model),
-                                 self.model.info["image_size"])
-        units = as_unit_patches(raw, tuple(self.model.info["image_size"]),
-                                self.model.predictor.bit_depth, pairs=self.model.info["pairs"])
-        out, info = await self.score_all(units)
+        self.in_flight += 1
+        try:
+            raw = await read_patches(request, reading(self.settings, self.model),
+                                     self.model.info["image_size"])
+            units = as_unit_patches(raw, tuple(self.model.info["image_size"]),
+                                    self.model.predictor.bit_depth, pairs=self.model.info["pairs"])
+            out, info = await self.score_all(units)
+        finally:
+            self.in_flight -= 1
         return {"predictions": answers(out, self.model.predictor.class_names),
                 "model": {"name": info["name"], "version": info["version"]}}
 

@@ -17,9 +17,12 @@ class ServeSettings(BaseModel):
     port: int = Field(8000, ge=1, le=65535)
     num_replicas: int = Field(1, ge=1)
     replica_cpus: float = Field(1.0, gt=0)
-    tf_threads: int = Field(1, ge=1)  # TensorFlow intra/inter-op threads per replica
+    # TensorFlow intra/inter-op threads per replica; 2 measured best for one replica on 2
+    # cores (docs/benchmarks.md, serving); with several replicas, cores / replicas
+    tf_threads: int = Field(2, ge=1)
     max_batch_size: int = Field(32, ge=1)       # images per @serve.batch call, summed
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    # a batch waits this long for company only while other requests are in flight
+    batch_wait_timeout_s: float = Field(0.02, ge=0)
     max_ongoing_requests: int = Field(64, ge=1)  # per replica, in flight
     max_queued_requests: int = Field(256, ge=1)  # beyond this: 503 at once (backpressure)
     max_images_per_request: int = Field(256, ge=1)
