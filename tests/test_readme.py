@@ -1,0 +1,271 @@
+"""README as a test: every shell command in README.md's ```bash blocks runs as written.
+
+Commands are extracted in README order (continuation lines joined, comment lines and
+trailing comments dropped) and run one by one with bash in a copy of the project, against
+a store of their own, with the explicit SUBSTITUTIONS below and nothing else changed. Each
+must exit 0 and leave no run RUNNING or FAILED. State carries over as for a user typing
+them: the environment after each command (`source`, `export`) is the next one's.
+Servers (SERVERS) run in the background until they answer their health address, and stay
+up, one per port, for the commands that call them (the `curl` lines). Commands not run
+here are listed in NOT_HERE with the test that runs them instead; the test fails if a
+README command is neither run nor listed, so nothing is skipped silently.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from collection_fixtures import write_cbis_arrays, write_mias
+from conftest import write_image
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = "experiments/microcal_quick.yaml"
+
+# (README text, what runs instead): applied to every command, in this order.
+SUBSTITUTIONS = (
+    # The default searches take 20 minutes or more: the same commands on the quick twins.
+    ("experiments/microcal.yaml", QUICK),
+    ("experiments/cbis_5class.yaml", "experiments/cbis_5class_quick.yaml"),
+    ("experiments/wavelet_baselines.yaml", "experiments/wavelet_baselines_quick.yaml"),
+    ("./dev.sh run", f"./dev.sh run -P config={QUICK}"),
+    ("--experiment-name mammo-microcal", f"--experiment-name mammo-microcal -P config={QUICK}"),
+    ("-P resume=true", f"-P resume=true -P config={QUICK}"),
+    ("-e baselines -P search_run=none", "-e baselines -P search_run=none "
+                                        "-P config=experiments/wavelet_baselines_quick.yaml"),
+    # `curl -s` exits 0 on an HTTP error too: -f makes an error answer fail the command.
+    ("curl -s ", "curl -sf "),
+    # This test is part of the suite `./dev.sh test` runs: here it only collects.
+    ("./dev.sh test", "./dev.sh test --collect-only -q"),
+    # Placeholders for the user's own data and ids.
+    ("<search run id>", "{search_run}"), ("--search-run <id>", "--search-run {search_run}"),
+    ("/data/external_test", "{labelled}"), ("/data/new_patches", "{patches}"),
+    ("/data/patches", "{patches}"), ("/data/site_a", "{site}"),
+    ("/data/cbis-ddsm-npy", "{cbis}"), ("/data/all-mias", "{mias}"),
+    ("models:/mammo-microcal/3", "models:/mammo-microcal/1"),
+)
+
+# Whole commands that take the default config implicitly: the same with the quick one.
+WHOLE = {
+    "python -m tune.baselines": "python -m tune.baselines --config "
+                                "experiments/wavelet_baselines_quick.yaml",
+    "mlflow run . -e baselines --env-manager local": "mlflow run . -e baselines --env-manager "
+                                                     "local -P config=experiments/"
+                                                     "wavelet_baselines_quick.yaml",
+}
+
+# Long-running servers: (README text, health address). Started in the background.
+SERVERS = (
+    ("-e serve --env-manager local -P model_uri=", "http://127.0.0.1:8000/healthz"),
+    ("mlflow run . -e serve --env-manager local", "http://127.0.0.1:8000/healthz"),
+    ("python -m serve.server", "http://127.0.0.1:8080/healthz"),
+    ("serve run --address local serve/config.yaml", "http://127.0.0.1:8000/healthz"),
+    ("./dev.sh ui", "http://127.0.0.1:5000/health"),
+)
+
+# README commands run by another test instead, and why.
+NOT_HERE = {
+    "On a Ray cluster": "tests/test_two_nodes.py: the same head / worker / tracking-server "
+                        "commands on two hosts made of network namespaces (the README's "
+                        "10.0.0.1 is a real cluster's address, which tests must not reach)",
+    "families_quick.yaml": "tests/test_families_search.py runs this search (every family, "
+                           "ImageNet backbones included) and checks its run tree",
+}
+
+
+def readme_commands() -> list[tuple[str, str]]:
+    """Returns (section title, command) for every command of the README's bash blocks."""
+    section, out, block = "", [], None
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if block is None:
+            if line.startswith("#"):
+                section = line.lstrip("# ").strip()
+            if line.strip() == "```bash":
+                block = []
+            continue
+        if line.strip() == "```":
+            out += [(section, c) for c in join_lines(block)]
+            block = None
+        else:
+            block.append(line)
+    return out
+
+
+def join_lines(lines: list[str]) -> list[str]:
+    """Returns the block's commands: continuations joined, comments dropped."""
+    commands, current = [], ""
+    for line in lines:
+        if not current and line.lstrip().startswith("#"):
+            continue
+        current += line.rstrip()[:-1] + " " if line.rstrip().endswith("\\") else line
+        if not line.rstrip().endswith("\\"):
+            commands.append(strip_comment(current).strip())
+            current = ""
+    return [c for c in commands if c]
+
+
+def strip_comment(command: str) -> str:
+    """Drops a trailing `  # ...` comment (one whose `#` is outside quotes)."""
+    for match in re.finditer(r"\s{2,}#", command):
+        before = command[:match.start()]
+        if before.count("'") % 2 == 0 and before.count('"') % 2 == 0:
+            return before
+    return command
+
+
+def test_the_extraction_finds_every_block_and_joins_continuations():
+    commands = [c for _, c in readme_commands()]
+    assert "./dev.sh test" in commands and "./dev.sh run" in commands
+    assert any(c.startswith("curl -s -X POST http://127.0.0.1:8000/predict -H") and "-d" in c
+               for c in commands)
+    assert not any(c.endswith("\\") or c.startswith("#") for c in commands)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, shared_data) -> tuple[Path, dict[str, str]]:
+    """Returns (a copy of the project, the user's environment): its own store, the
+    files the README names (patch.png, ...) and folders for the data placeholders."""
+    tmp = tmp_path_factory.mktemp("readme")
+    project = tmp / "project"
+    shutil.copytree(ROOT, project, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "mlruns", "mlartifacts", "ray_results", "*.db", "__pycache__",
+        "explanations", "*.csv", ".pytest_cache"))
+    (project / ".venv").symlink_to(ROOT / ".venv")
+    (tmp / "shared").symlink_to(shared_data.parents[1])  # ../shared beside the project
+    positives = sorted((shared_data / "1").glob("*.png"))
+    shutil.copy(positives[0], project / "patch.png")
+    shutil.copy(positives[1], project / "patch1.png")
+    Image.open(positives[2]).save(project / "patch2.pgm")
+    data = tmp / "data"
+    for name, per_class in (("labelled", 6), ("site", 12)):
+        for label in ("0", "1"):
+            (data / name / label).mkdir(parents=True)
+            for source in sorted((shared_data / label).glob("*.png"))[:per_class]:
+                shutil.copy(source, data / name / label / source.name)
+    (data / "patches").mkdir()
+    for source in positives[3:5]:
+        shutil.copy(source, data / "patches" / source.name)
+    write_cbis_arrays(data / "cbis")
+    write_mias(data / "mias")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS", "VIRTUAL_ENV")}
+    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", PYTHONUNBUFFERED="1",
+               MAMMO_RAY_STORAGE=str(tmp / "ray_results"),
+               PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    places = {k: str(data / k) for k in ("labelled", "patches", "site", "cbis", "mias")}
+    return project, env | {"__places__": repr(places)}
+
+
+def substituted(command: str, places: dict[str, str], store: str) -> str:
+    command = WHOLE.get(command, command)
+    for old, new in SUBSTITUTIONS:
+        command = command.replace(old, new)
+    if "{search_run}" in command:
+        places = places | {"search_run": latest_search(store)}
+    for key, value in places.items():
+        command = command.replace("{" + key + "}", value)
+    return command
+
+
+def latest_search(uri: str) -> str:
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              "tags.mammo.kind = 'search' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id
+
+
+class Shell:
+    """Runs commands as a user's bash session would: each sees the environment the
+    previous one left (`source`, `export`), in the project folder."""
+
+    def __init__(self, project: Path, env: dict[str, str]):
+        self.project, self.env = project, dict(env)
+        self.servers: dict[str, subprocess.Popen] = {}
+        self.envfile = project.parent / "env.out"
+
+    def run(self, command: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        script = f"{command}\nstatus=$?\nenv -0 > {self.envfile}\nexit $status\n"
+        result = subprocess.run(["bash", "-c", script], cwd=self.project, env=self.env,
+                                capture_output=True, text=True, timeout=timeout)
+        if result.returncode == 0 and self.envfile.exists():
+            pairs = self.envfile.read_text().split("\0")
+            self.env = dict(p.split("=", 1) for p in pairs if "=" in p)
+        return result
+
+    def serve(self, command: str, health: str, timeout: float = 300) -> None:
+        """Starts `command` in the background (stopping the server on its port first)
+        and returns when `health` answers 200."""
+        port = health.split(":")[2].split("/")[0]
+        self.stop(port)
+        server = subprocess.Popen(["bash", "-c", command], cwd=self.project,
+                                  env=self.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.servers[port] = server
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert server.poll() is None, f"{command} exited:\n{server.stdout.read()[-3000:]}"
+            try:
+                with urllib.request.urlopen(health, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(1)
+        raise AssertionError(f"{command}: no answer from {health} within {timeout} s")
+
+    def stop(self, port: str | None = None) -> None:
+        """Stops the server on `port` (every server if None) as a user would: Ctrl-C."""
+        for key in [port] if port else list(self.servers):
+            server = self.servers.pop(key, None)
+            if server is None:
+                continue
+            os.killpg(server.pid, signal.SIGINT)
+            try:
+                server.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def test_every_readme_command_runs_as_written(workspace):
+    project, env = workspace
+    places = eval(env.pop("__places__"))  # noqa: S307 — our own repr of a dict of paths
+    store = env["MLFLOW_TRACKING_URI"]
+    shell, ran, listed = Shell(project, env), [], []
+    try:
+        for section, command in readme_commands():
+            reason = next((why for key, why in NOT_HERE.items()
+                           if key == section or key in command), None)
+            if reason:
+                listed.append((command, reason))
+                continue
+            actual = substituted(command, places, store)
+            health = next((h for key, h in SERVERS if key in command), None)
+            started = time.monotonic()
+            if health:
+                shell.serve(actual, health)
+            else:
+                result = shell.run(actual)
+                assert result.returncode == 0, (
+                    f"README command failed ({section}): {command}\nran: {actual}\n"
+                    f"{(result.stdout + result.stderr)[-3000:]}")
+            ran.append(command)
+            print(f"{time.monotonic() - started:6.1f} s  {command}", flush=True)
+    finally:
+        shell.stop()
+    assert len(ran) + len(listed) == len(readme_commands())
+    client = mlflow.MlflowClient(store)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert runs and not [(r.info.run_name, r.info.status) for r in runs
+                         if r.info.status in ("RUNNING", "FAILED")]
