@@ -4,6 +4,7 @@
 #   ./dev.sh test [pytest options]      set up, then the test suite
 #   ./dev.sh bench                      set up, then the benchmarks (docs/benchmarks.md)
 #   ./dev.sh ui                         MLflow UI on http://127.0.0.1:5000
+#   ./dev.sh server [stop|status|migrate mlflow.db]   team tracking server (PostgreSQL)
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$PWD
@@ -30,5 +31,6 @@ case $task in
   test)  setup; python -m pytest "$@" ;;
   bench) setup; for b in benchmarks/*_bench.py; do python "$b" "$@"; done ;;
   ui)    setup; mlflow ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port 5000 ;;
-  *)     sed -n '2,7p' "$0"; exit 2 ;;
+  server) setup; python -m tune.tracking_server "$@" ;;
+  *)     sed -n '2,8p' "$0"; exit 2 ;;
 esac

@@ -263,4 +263,6 @@ def bind_app(settings: ServeSettings | dict, reload_token: int = 0) -> Applicati
         max_queued_requests=settings.max_queued_requests,
         ray_actor_options={"num_cpus": settings.replica_cpus},
         user_config={"reload_token": reload_token, "model_uri": settings.model_uri},
-    ).bind(settings.model_dump() | {"model_uri": ""})
+    # The URI goes in the bound settings too: `serve run serve/config.yaml` replaces the
+    # user_config with the file's ({reload_token: 0}), and its replicas must still load it.
+    ).bind(settings.model_dump())

@@ -15,6 +15,7 @@ import argparse
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -35,6 +36,7 @@ from tune.cluster import start_ray
 from tune.project import DEFAULT_CONFIG, PROJECT_ROOT, default_model_uri, load_config, run_entry
 
 APP_NAME = "mammo"
+SHUTDOWN_WAIT_S = 15  # Serve's graceful shutdown, at most
 
 
 def parse_settings(argv: list[str] | None) -> ServeSettings:
@@ -179,10 +181,12 @@ def shutdown() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if not ray.is_initialized():  # stopped before Ray started
         return
-    try:
-        serve.shutdown()
-    finally:
-        ray.shutdown()
+    # Ctrl-C in a terminal reaches Ray's own processes too; if they died first, Serve's
+    # graceful shutdown waits on them: bounded here so the port is released regardless.
+    stopping = threading.Thread(target=serve.shutdown, daemon=True)
+    stopping.start()
+    stopping.join(timeout=SHUTDOWN_WAIT_S)
+    ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -238,6 +238,7 @@ class Shell:
                 server.wait()
 
 
+@pytest.mark.timeout(3600)  # ~40 commands, ten of them searches: 20 minutes on 2 cores
 def test_every_readme_command_runs_as_written(workspace):
     project, env = workspace
     places = eval(env.pop("__places__"))  # noqa: S307 — our own repr of a dict of paths

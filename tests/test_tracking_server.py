@@ -1,0 +1,161 @@
+"""The team tracking server: `./dev.sh server` (PostgreSQL from pip + `mlflow server` with
+proxied artifacts) on 127.0.0.1, used over HTTP by two users' pipelines at once, by the
+Serve app, surviving a restart, and receiving a SQLite store by `migrate`."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import mlflow
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = "experiments/microcal_quick.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server(command: str, data: Path, port: int) -> subprocess.CompletedProcess:
+    """Runs `./dev.sh server <command>` for the server in `data` on `port`."""
+    return subprocess.run(["./dev.sh", "server", command, "--data", str(data), "--port", str(port)],
+                          cwd=ROOT, env=user_env(port), capture_output=True, text=True, timeout=300)
+
+
+def user_env(port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS")}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONUNBUFFERED="1",
+               MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    """Yields (data folder, port, URL) of a running server; stops it after."""
+    data, port = tmp_path_factory.mktemp("team") / "team", free_port()
+    started = server("start", data, port)
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert f"http://127.0.0.1:{port}" in started.stdout
+    yield data, port, f"http://127.0.0.1:{port}"
+    stopped = server("stop", data, port)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def client_of(url: str) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(url, registry_uri=url)
+
+
+def test_two_users_pipelines_at_once_each_keep_their_own_run_tree(team, tmp_path):
+    """Two quick `mlflow run .` started together against the server: both finish, every
+    run of both trees is FINISHED with its metrics, and each register step took its own
+    search (not the other user's, which may have finished first)."""
+    _, port, url = team
+
+    def pipeline(user: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["mlflow", "run", ".", "--env-manager", "local", "--experiment-name", user,
+             "-P", f"config={QUICK}"], cwd=ROOT, capture_output=True, text=True, timeout=1200,
+            env=user_env(port, MAMMO_RAY_STORAGE=str(tmp_path / user)))
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(pipeline, ["user-a", "user-b"]))
+    for result in results:
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    client = client_of(url)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert not [r.info.run_name for r in runs if r.info.status != "FINISHED"]
+    mains = [r for r in runs if r.data.tags.get("mammo.kind") == "pipeline"]
+    assert len(mains) == 2
+    for main in mains:
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == main.info.run_id]
+        search = next(r for r in children if r.data.tags.get("mammo.kind") == "search")
+        register = next(r for r in children if r.data.tags.get("mammo.kind") == "register")
+        assert register.data.params["resolved_search_run"] == search.info.run_id
+        assert main.data.tags["mammo.search_run"] == search.info.run_id
+        folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == search.info.run_id]
+        assert len(folds) == 5 and all("test_auc" in f.data.metrics for f in folds)
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId")
+                  in {f.info.run_id for f in folds}]
+        assert len(trials) == 10 and all(t.data.metrics for t in trials)
+    versions = client.search_model_versions("name = 'mammo-microcal'")
+    assert sorted(int(v.version) for v in versions) == [1, 2]
+
+
+def test_the_serve_app_loads_the_champion_from_the_server(team):
+    _, port, url = team
+    champion = client_of(url).get_model_version_by_alias("mammo-microcal", "champion")
+    serve_port = free_port()
+    serving = subprocess.Popen([sys.executable, "-m", "serve.server", "--port", str(serve_port)],
+                               cwd=ROOT, env=user_env(port), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            assert serving.poll() is None, serving.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "serve did not come up"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{serve_port}/healthz",
+                                            timeout=5) as response:
+                    health = json.loads(response.read())
+                    break
+            except OSError:
+                time.sleep(2)
+        assert str(health["version"]) == str(champion.version)
+    finally:
+        os.killpg(serving.pid, signal.SIGINT)
+        serving.wait(timeout=120)
+
+
+def test_the_data_survive_a_restart(team):
+    data, port, url = team
+    before = {r.info.run_id for r in client_of(url).search_runs(
+        [e.experiment_id for e in client_of(url).search_experiments()])}
+    assert server("stop", data, port).returncode == 0
+    assert server("status", data, port).returncode == 1
+    assert server("start", data, port).returncode == 0
+    after = {r.info.run_id for r in client_of(url).search_runs(
+        [e.experiment_id for e in client_of(url).search_experiments()])}
+    assert before and after == before
+
+
+def test_migrate_copies_a_sqlite_store_with_its_models_and_aliases(pipeline_store, tmp_path):
+    data, port = tmp_path / "team", free_port()
+    assert server("start", data, port).returncode == 0
+    try:
+        moved = subprocess.run(["./dev.sh", "server", "migrate", str(pipeline_store / "mlflow.db"),
+                                "--data", str(data), "--port", str(port)], cwd=ROOT,
+                               env=user_env(port), capture_output=True, text=True, timeout=600)
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        source = mlflow.MlflowClient(f"sqlite:///{pipeline_store / 'mlflow.db'}")
+        target = client_of(f"http://127.0.0.1:{port}")
+        old = source.search_runs([e.experiment_id for e in source.search_experiments()])
+        new = target.search_runs([e.experiment_id for e in target.search_experiments()])
+        assert sorted(r.info.run_name for r in new) == sorted(r.info.run_name for r in old)
+        by_old = {r.data.tags["mammo.migrated_from"]: r for r in new}
+        for run in old:
+            copy = by_old[run.info.run_id]
+            assert copy.data.params == run.data.params and copy.info.status == run.info.status
+            assert copy.data.metrics == run.data.metrics
+        champion = target.get_model_version_by_alias("mammo-microcal", "champion")
+        assert champion.description  # the model card travelled with the version
+        env = user_env(port)
+        probe = ("import mlflow, numpy as np; m = mlflow.pyfunc.load_model("
+                 "'models:/mammo-microcal@champion'); print(len(m.predict(np.zeros((2, 60, 60), "
+                 "np.uint8))))")
+        loaded = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert loaded.returncode == 0 and loaded.stdout.strip().endswith("2"), loaded.stderr[-2000:]
+    finally:
+        server("stop", data, port)
