@@ -54,6 +54,7 @@ SUBSTITUTIONS = (
     ("/data/patches", "{patches}"), ("/data/site_a", "{site}"),
     ("/data/cbis-ddsm-npy", "{cbis}"), ("/data/all-mias", "{mias}"),
     ("models:/mammo-microcal/3", "models:/mammo-microcal/1"),
+    ("server migrate mlflow.db", "server migrate {store_file}"),  # the store of this test
 )
 
 # Whole commands that take the default config implicitly: the same with the quick one.
@@ -164,6 +165,7 @@ def workspace(tmp_path_factory, shared_data) -> tuple[Path, dict[str, str]]:
                MAMMO_RAY_STORAGE=str(tmp / "ray_results"),
                PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
     places = {k: str(data / k) for k in ("labelled", "patches", "site", "cbis", "mias")}
+    places["store_file"] = str(tmp / "mlflow.db")
     return project, env | {"__places__": repr(places)}
 
 
