@@ -88,7 +88,7 @@ def pages(store: Path, base: str) -> dict[str, str]:
 
 def screenshot(chromium: str, url: str, target: Path) -> None:
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1400,1000", "--virtual-time-budget=20000",
+                    "--window-size=1400,1600", "--virtual-time-budget=20000",
                     f"--screenshot={target}", url], check=True, capture_output=True, timeout=120)
     print(f"wrote {target.relative_to(ROOT)}")
 
