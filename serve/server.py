@@ -125,12 +125,12 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def wait_for_stop(settings: ServeSettings, reloads: list, parent: int) -> None:
-    """Serves until OperatorStop; reloads on SIGHUP. Raises OperatorStop when `parent`, the
-    process that started this one (e.g. `mlflow run`, killed with SIGTERM), is gone."""
+def wait_for_stop(settings: ServeSettings, reloads: list, parent: int | None) -> None:
+    """Serves until OperatorStop; reloads on SIGHUP. Raises OperatorStop when `parent` (the
+    `mlflow run` that started this one, killed with SIGTERM) is gone; None: never."""
     while True:
         time.sleep(0.5)
-        if os.getppid() != parent:
+        if parent is not None and os.getppid() != parent:
             raise OperatorStop(f"parent process {parent} exited")
         if reloads:
             reloads.clear()
@@ -190,7 +190,9 @@ def shutdown() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parent = os.getppid()  # now: `mlflow run` may be stopped while the model loads
+    # Under `mlflow run` only (a server started with nohup outlives its shell); taken now:
+    # `mlflow run` may be stopped while the model loads.
+    parent = os.getppid() if os.environ.get("MLFLOW_RUN_ID") else None
     settings = parse_settings(argv)
     reloads = []
     signal.signal(signal.SIGHUP, lambda *_: reloads.append(1))
