@@ -76,13 +76,8 @@ def label_counts(parts: Mapping[str, np.ndarray], labels: np.ndarray) -> list[di
             for name, index in parts.items()]
 
 
-def fold_label_counts(plan: FoldPlan, labels: np.ndarray) -> list[dict]:
-    """Returns `label_counts` of the fold plan's parts (hold-out, then fold k's parts)."""
-    return label_counts(plan_parts(plan), labels)
-
-
 def fold_counts_figure(rows: list[dict], class_names: Mapping[int, str]) -> Figure:
-    """Returns stacked horizontal bars of `fold_label_counts` rows, one colour per label."""
+    """Returns stacked horizontal bars of `label_counts` rows, one colour per label."""
     labels = [k for k in rows[0] if k != "part"]
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(rows) + 1.2))
     left = np.zeros(len(rows))

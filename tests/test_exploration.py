@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from mammo_core.exploration import (examples_figure, fold_counts_figure, fold_label_counts,
-                                    label_counts,
+from mammo_core.exploration import (examples_figure, fold_counts_figure, label_counts,
+                                    plan_parts,
                                     histogram_figure)
 from mammo_core.folds import Fold, FoldPlan
 
@@ -30,7 +30,7 @@ def test_histogram_has_one_curve_per_class():
 def test_label_counts_per_fold_part():
     plan = FoldPlan(np.array([0, 12]), (Fold(0, np.arange(1, 8), np.array([8, 13]),
                                              np.arange(14, 20)),), np.arange(20), "case", 0, "x")
-    rows = fold_label_counts(plan, LABELS)
+    rows = label_counts(plan_parts(plan), LABELS)
     assert rows[0] == {"part": "holdout", "0": 1, "1": 1}
     assert rows[1] == {"part": "fold0/train", "0": 7, "1": 0}
     assert rows[3] == {"part": "fold0/test", "0": 0, "1": 6}

@@ -85,10 +85,10 @@ def log_data(dataset: Dataset, summary: dict) -> None:
 def log_data_parts(dataset: Dataset, parts: Mapping[str, np.ndarray]) -> None:
     """Logs each part (e.g. "train", "holdout") as a dataset input of the active run; a
     part named "all" is the whole data set."""
-    name = Path(dataset.root).name
+    name, fingerprint = Path(dataset.root).name, dataset.fingerprint()
     for context, index in parts.items():
-        log_data_input(dataset.images, dataset.labels, dataset.root, name,
-                       dataset.fingerprint(), context, None if context == "all" else index)
+        log_data_input(dataset.images, dataset.labels, dataset.root, name, fingerprint,
+                       context, None if context == "all" else index)
 
 
 def log_exploration(dataset: Dataset, preprocessed: np.ndarray,
