@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
-from mammo_core.exploration import (examples_figure, fold_counts_figure, label_counts,
-                                    plan_parts,
-                                    histogram_figure)
+from mammo_core.exploration import (examples_figure, fold_counts_figure, histogram_figure,
+                                    label_counts, plan_parts)
 from mammo_core.folds import Fold, FoldPlan
 
 RNG = np.random.default_rng(0)
