@@ -80,16 +80,25 @@ def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold:
     return FoldOutcome(fold.index, scores, fold.test, probabilities, dict(best.config), best_run)
 
 
+# What the run descriptions compare: the expert and the baselines on the same test images.
+SCORE_COLUMNS = (("CNN expert", "test_auc"), ("max pixel", "baseline_max_pixel_test_auc"),
+                 ("logistic regression", "baseline_logreg_test_auc"))
+
+
+def config_text(config: dict) -> str:
+    """Returns a best config as inline code for a description (without its seed)."""
+    return "`" + json.dumps({k: v for k, v in config.items() if k != "seed"}) + "`"
+
+
 def fold_description(index: int, parts: dict, config: dict, scores: dict[str, float],
                      best_run: str) -> str:
     """Returns the fold run's description (Markdown, shown in the MLflow UI)."""
-    rows = [("CNN expert", "test_auc"), ("max-pixel baseline", "baseline_max_pixel_test_auc"),
-            ("logistic-regression baseline", "baseline_logreg_test_auc")]
-    table = "\n".join(f"| {name} | {scores[key]:.3f} |" for name, key in rows if key in scores)
+    table = "\n".join(f"| {name} | {scores[key]:.3f} |" for name, key in SCORE_COLUMNS
+                      if key in scores)
     sizes = ", ".join(f"{name} {len(index)}" for name, index in parts.items())
     return (f"**Outer fold {index}**: images {sizes}; the trials are this run's children, "
             f"the best is `{best_run}`.\n\n| model | test AUC |\n|---|---|\n{table}\n\n"
-            f"Best config: `{json.dumps({k: v for k, v in config.items() if k != 'seed'})}`. "
+            f"Best config: {config_text(config)}. "
             "Figures: `figures/` (ROC, confusion matrix, learning curves of the best trial).")
 
 

@@ -32,7 +32,7 @@ from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
 from tune.families import log_family_comparison, markdown
-from tune.fold import FoldOutcome, load_outcome, run_fold
+from tune.fold import SCORE_COLUMNS, FoldOutcome, config_text, load_outcome, run_fold
 from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, base_parser, finished_fold_runs,
                           load_config, load_data, load_fold_plan, log_data, log_data_parts,
                           log_exploration, run_entry)
@@ -160,10 +160,6 @@ def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[Fold
             + "); per fold " + ", ".join(f"{o.scores['test_auc']:.3f}" for o in outcomes))
 
 
-SCORE_COLUMNS = (("CNN expert", "test_auc"), ("max pixel", "baseline_max_pixel_test_auc"),
-                 ("logistic regression", "baseline_logreg_test_auc"))
-
-
 def search_description(outcomes: list[FoldOutcome], aggregate: dict[str, float],
                        seconds: float) -> str:
     """Returns the search run's description (Markdown, shown in the MLflow UI): test AUC
@@ -176,8 +172,7 @@ def search_description(outcomes: list[FoldOutcome], aggregate: dict[str, float],
     lines.append("| **mean ± std** | " + " | ".join(
         f"**{aggregate[key + '_mean']:.3f} ± {aggregate[key + '_std']:.3f}**"
         for _, key in columns) + " |")
-    configs = [f"- fold {o.fold}: `" + json.dumps({k: v for k, v in o.best_config.items()
-                                                  if k != "seed"}) + "`" for o in outcomes]
+    configs = [f"- fold {o.fold}: {config_text(o.best_config)}" for o in outcomes]
     return ("**Cross-validated search**: test AUC of each outer fold's expert (chosen on "
             f"its inner validation part) and of two baselines on the same images; "
             f"{seconds / 60:.1f} min.\n\n" + "\n".join(lines)
