@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -157,9 +158,39 @@ def project_run(settings: ServeSettings) -> Iterator[None]:
         status = "FINISHED"
     except OperatorStop:
         status = "FINISHED"
+        keep_finished_after(os.getppid(), run_id, uri)
         raise
     finally:
         client.set_terminated(run_id, status)
+
+
+# After Ctrl-C, `mlflow run` marks its run FAILED once this process has exited, whatever
+# the run's status: its check compares the status string with integer codes (MLflow
+# 3.17, `_maybe_set_run_terminated`). So a detached helper waits for `mlflow run` to exit
+# and restores FINISHED for an operator stop.
+_KEEP_FINISHED = """
+import os, sys, time
+import mlflow
+parent, run_id, uri = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+deadline = time.time() + 120
+while time.time() < deadline:
+    try:
+        os.kill(parent, 0)
+    except OSError:
+        break
+    time.sleep(0.2)
+client = mlflow.MlflowClient(uri)
+run = client.get_run(run_id)
+if run.info.status != "FINISHED":
+    client.set_terminated(run_id, "FINISHED", end_time=run.info.end_time)
+"""
+
+
+def keep_finished_after(parent: int, run_id: str, uri: str) -> None:
+    """Starts the helper that restores FINISHED once `parent` (`mlflow run`) has exited."""
+    subprocess.Popen([sys.executable, "-c", _KEEP_FINISHED, str(parent), run_id, uri],
+                     start_new_session=True, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def name_run(client: mlflow.MlflowClient, run_id: str, model_uri: str) -> None:
