@@ -19,6 +19,7 @@ import mlflow.data
 import numpy as np
 from matplotlib.figure import Figure
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from mammo_core.config import Experiment, flat_params
@@ -60,7 +61,14 @@ def ensure_experiment(name: str) -> str:
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # another process (a second user's search on a shared server) created it meanwhile
+        existing = mlflow.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
 
 
 class Terminated(BaseException):
