@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -59,20 +60,43 @@ def tracking_store(tmp_path: Path, monkeypatch) -> str:
     """Points MLflow at a fresh SQLite store in tmp_path; returns its URI."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
 
 
+# What this test process may have set that must not reach a child: its active run, its Ray,
+# and the registry URI that `mlflow.set_registry_uri` exports for a store of an earlier test.
+LEAKS = ("MLFLOW_RUN_ID", "RAY_ADDRESS", "MLFLOW_REGISTRY_URI")
+
+
+def child_env(tracking_uri: str | None = None, drop: tuple[str, ...] = (),
+              **extra: str) -> dict[str, str]:
+    """Returns the environment of a subprocess: this venv's binaries first, unbuffered output,
+    none of `LEAKS` or `drop`, `MLFLOW_TRACKING_URI` set when given, then `extra`."""
+    env = {k: v for k, v in os.environ.items() if k not in (*LEAKS, *drop)}
+    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONUNBUFFERED="1")
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.update(extra)
+    return env
+
+
 def search_env(store: Path) -> dict[str, str]:
     """Returns the environment of an entry-point subprocess using the store folder `store`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS")}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONUNBUFFERED="1",
-               MLFLOW_TRACKING_URI=f"sqlite:///{store / 'mlflow.db'}",
-               MAMMO_RAY_STORAGE=str(store / "ray_results"))
-    return env
+    return child_env(f"sqlite:///{store / 'mlflow.db'}",
+                     MAMMO_RAY_STORAGE=str(store / "ray_results"))
+
+
+def free_port() -> int:
+    """Returns a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def runs_of(store: Path) -> list:
@@ -101,6 +125,7 @@ def use_store(folder: Path, monkeypatch) -> mlflow.MlflowClient:
     """Points this process's MLflow (tracking and registry) at the store in `folder`."""
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)  # undone after the test, unlike set_registry_uri
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
@@ -64,8 +66,7 @@ def ray_pids() -> set[int]:
 
 @pytest.mark.slow
 def test_local_ray_listens_on_loopback_only():
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["MLFLOW_RUN_ID"] = "must-not-reach-workers"
+    env = child_env(MLFLOW_RUN_ID="must-not-reach-workers")
     before = ray_pids()  # another Ray on this machine (a benchmark, say) is not ours
     process = subprocess.Popen([sys.executable, "-i", "-c", SCRIPT], cwd=ROOT, env=env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 import ray
-from conftest import runs_of, search_env, use_store
+from conftest import free_port, runs_of, search_env, use_store
 from PIL import Image
 from ray import serve
 
@@ -75,12 +74,6 @@ def test_the_search_parent_compares_the_families_it_tried(store):
         assert 0 <= search.data.metrics[f"family_{family}_val_auc_mean"] <= 1
     figures = {a.path for a in client.list_artifacts(search.info.run_id, "figures")}
     assert "figures/families.png" in figures
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_registered_ensemble_is_served_and_explained_like_its_pyfunc(store, shared_data):

@@ -1,6 +1,5 @@
 """The project's packaging promises: one dependency list, typed MLproject entry points."""
 import json
-import os
 import re
 import subprocess
 import sys
@@ -9,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,10 +72,8 @@ def test_parameter_values_reach_each_entry_point_verbatim_and_never_run(entry, p
         "open(os.environ['ARGV_LOG'], 'w').write(json.dumps("
         "{'argv': sys.argv[1:], 'env': dict(os.environ)}))\n")
     (shim / "python").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-    env.update(PATH=f"{shim}:{Path(sys.executable).parent}:{env['PATH']}",
-               ARGV_LOG=str(tmp_path / "argv.json"),
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = child_env(f"sqlite:///{tmp_path / 'mlflow.db'}", ARGV_LOG=str(tmp_path / "argv.json"))
+    env["PATH"] = f"{shim}:{env['PATH']}"
     args = [a for p in params for a in ("-P", f"{p}={value}")]
     result = subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", ".", "-e", entry,
                              "--env-manager", "local", *args], cwd=ROOT, env=env,
@@ -93,9 +92,7 @@ def test_parameter_values_reach_each_entry_point_verbatim_and_never_run(entry, p
 def test_an_injected_data_dir_reaches_the_real_evaluate_as_text(tmp_path):
     marker = tmp_path / "pwned"
     value = f"{tmp_path}/no such 'folder' $(touch {marker})"
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}",
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    env = child_env(f"sqlite:///{tmp_path / 'mlflow.db'}")
     result = subprocess.run(["mlflow", "run", ".", "-e", "evaluate", "--env-manager", "local",
                              "-P", f"data_dir={value}"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)

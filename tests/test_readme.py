@@ -17,16 +17,14 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 from collection_fixtures import write_cbis_arrays, write_mias
-from conftest import write_image
+from conftest import child_env
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -159,11 +157,8 @@ def workspace(tmp_path_factory, shared_data) -> tuple[Path, dict[str, str]]:
         shutil.copy(source, data / "patches" / source.name)
     write_cbis_arrays(data / "cbis")
     write_mias(data / "mias")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS", "VIRTUAL_ENV")}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{tmp / 'mlflow.db'}", PYTHONUNBUFFERED="1",
-               MAMMO_RAY_STORAGE=str(tmp / "ray_results"),
-               PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
+    env = child_env(f"sqlite:///{tmp / 'mlflow.db'}", drop=("VIRTUAL_ENV",),
+                    MAMMO_RAY_STORAGE=str(tmp / "ray_results"))
     places = {k: str(data / k) for k in ("labelled", "patches", "site", "cbis", "mias")}
     places["store_file"] = str(tmp / "mlflow.db")
     return project, env | {"__places__": repr(places)}

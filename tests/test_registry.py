@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import runs_of, search_env, use_store
+from conftest import free_port, runs_of, search_env, use_store
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
@@ -357,12 +356,6 @@ def test_register_without_a_search_says_so(tmp_path):
                             cwd=ROOT, env=search_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 2
     assert "no finished search in experiment 'mammo-microcal-quick'" in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 180) -> None:

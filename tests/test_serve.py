@@ -10,7 +10,6 @@ import base64
 import http.client
 import io
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -23,7 +22,7 @@ import mlflow
 import numpy as np
 import pytest
 import ray
-from conftest import use_store
+from conftest import free_port, use_store
 from PIL import Image
 from ray import serve
 
@@ -39,12 +38,6 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "mammo-microcal"
 LIMITS = dict(max_images_per_request=8, max_body_bytes=200_000)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

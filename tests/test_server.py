@@ -18,16 +18,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import search_env
+from conftest import free_port, search_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_health(url: str, server: subprocess.Popen, timeout: float = 240) -> dict:

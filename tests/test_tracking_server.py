@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,15 +16,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from conftest import child_env, free_port
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = "experiments/microcal_quick.yaml"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server(command: str, data: Path, port: int) -> subprocess.CompletedProcess:
@@ -35,10 +30,7 @@ def server(command: str, data: Path, port: int) -> subprocess.CompletedProcess:
 
 
 def user_env(port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS")}
-    env.update(PATH=f"{Path(sys.executable).parent}:{env['PATH']}", PYTHONUNBUFFERED="1",
-               MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}", **extra)
-    return env
+    return child_env(f"http://127.0.0.1:{port}", **extra)
 
 
 @pytest.fixture(scope="module")

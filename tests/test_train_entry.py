@@ -1,7 +1,6 @@
 """The `train` entry point end to end: through the mlflow CLI and as a module."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,16 +9,14 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from conftest import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = "experiments/microcal_quick.yaml"
 
 
 def env_for(uri: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # `python` of this venv
-    env["MLFLOW_TRACKING_URI"] = uri
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
+    return child_env(uri, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 def all_runs(uri: str):

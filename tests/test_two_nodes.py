@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.slow,
@@ -57,13 +59,9 @@ class TwoHosts:
             subprocess.run(command.split(), check=True)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS", "MLFLOW_RUN_ID",
-                            "MLFLOW_TRACKING_URI")}
         # an isolated test cluster: token authentication off, as the guide allows
-        env.update(PATH=f"{BIN}:{env['PATH']}", RAY_AUTH_MODE="disabled",
-                   MAMMO_TEST_CLUSTER=self.tag, PYTHONUNBUFFERED="1", **extra)
-        return env
+        return child_env(drop=("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "MLFLOW_TRACKING_URI"),
+                         RAY_AUTH_MODE="disabled", MAMMO_TEST_CLUSTER=self.tag, **extra)
 
     def run(self, namespace: str, args: list[str], **kwargs) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", namespace, *args], cwd=ROOT,

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.entities import Metric, Param, ViewType
 
 BATCH = 500  # metrics per log_batch call (MLflow accepts up to 1000)
 PARENT, RUN_NAME = "mlflow.parentRunId", "mlflow.runName"
