@@ -168,6 +168,29 @@ def learning_curves_figure(history: Mapping[str, Sequence[float]]) -> Figure:
     return fig
 
 
+def time_to_quality_figure(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]]
+                           ) -> Figure:
+    """Returns best-so-far validation AUC against wall time, one step line per curve
+    (name -> (seconds, AUC)), so search budgets can be compared: the whole range on the
+    left, zoomed on the right to just below the lowest final AUC."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    finals = [values[-1] for _, values in curves.values() if len(values)]
+    for ax in axes:
+        for name, (seconds, values) in curves.items():
+            if len(seconds):
+                ax.step(np.asarray(seconds) / 60, values, where="post", label=name)
+        ax.set(xlabel="wall time since the search started (min)",
+               ylabel="best validation AUC so far")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("Time to quality")
+    if finals:
+        axes[0].legend(fontsize="small")
+        axes[1].set_ylim(min(finals) - 0.02, max(max(finals) + 0.005, min(finals)))
+    axes[1].set_title("zoomed on the final values")
+    fig.tight_layout()
+    return fig
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else 0.0
 

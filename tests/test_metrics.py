@@ -3,7 +3,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from mammo_core.metrics import (binary_metrics, confusion, confusion_figure,
-                                learning_curves_figure, roc_figure)
+                                learning_curves_figure, roc_figure, time_to_quality_figure)
 
 
 def test_known_values():
@@ -45,6 +45,16 @@ def test_figures_render():
     assert isinstance(confusion_figure(confusion(labels, probs), ["n", "m"]), Figure)
     curves = learning_curves_figure({"loss": [1, 0.5], "val_loss": [1, 0.7], "auc": [0.6, 0.8]})
     assert isinstance(curves, Figure)
+
+
+def test_time_to_quality_figure_draws_a_step_line_per_curve_in_minutes():
+    fig = time_to_quality_figure({"fold 0": ([5, 60, 130], [0.7, 0.9, 0.95]),
+                                  "fold 1": ([200, 320], [0.8, 0.97]), "fold 2": ([], [])})
+    for ax in fig.axes:
+        assert [line.get_label() for line in ax.get_lines()] == ["fold 0", "fold 1"]
+        assert list(ax.get_lines()[1].get_xdata()) == [200 / 60, 320 / 60]
+        assert "min" in ax.get_xlabel() and "best validation AUC" in ax.get_ylabel()
+    assert fig.axes[1].get_ylim()[0] == pytest.approx(0.93)  # just below the lowest final
 
 
 def test_explanation_figure_has_a_row_per_patch_and_a_column_per_method():

@@ -89,6 +89,31 @@ def test_parent_logs_cv_summary_baselines_and_figures(searched):
     assert len(plan["folds"]) == 5 and plan["group_by"] == "case"
 
 
+def test_search_run_logs_time_to_quality_per_fold_and_its_figure(searched):
+    """Best-so-far validation AUC against whole seconds since the search started: one
+    curve per fold, never decreasing, later folds later on the clock, and the figure."""
+    runs = runs_of(searched)
+    parent = next(r for r in runs if r.data.tags.get("mammo.kind") == "search")
+    client = mlflow.MlflowClient(f"sqlite:///{searched / 'mlflow.db'}")
+    trials = [r for r in runs if r.data.tags.get("mammo.kind") == "trial"]
+    wall = (parent.info.end_time - parent.info.start_time) / 1000
+    previous_end = -1
+    for k in range(5):
+        history = sorted(client.get_metric_history(parent.info.run_id,
+                                                   f"best_val_auc_so_far.fold{k}"),
+                         key=lambda m: (m.step, m.timestamp))
+        values, steps = [m.value for m in history], [m.step for m in history]
+        assert values and values == sorted(values)  # never decreasing
+        assert len(set(values[:-1])) == len(values) - 1  # a point per gain, and the end
+        assert 0 <= steps[0] and steps[-1] <= wall and steps[0] >= previous_end
+        previous_end = steps[-1]
+        best = max(t.data.metrics["val_auc"] for t in trials if t.data.tags["mammo.fold"] == str(k))
+        assert values[-1] == pytest.approx(best)
+    paths = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert "figures/time_to_quality.png" in paths
+    assert "time_to_quality" in parent.data.tags["mlflow.note.content"]
+
+
 def test_fold_runs_hold_the_expert_and_its_test_evaluation(searched):
     runs = runs_of(searched)
     client = mlflow.MlflowClient(f"sqlite:///{searched / 'mlflow.db'}")

@@ -6,7 +6,10 @@ import os
 import ray
 
 # Trials print nothing but TensorFlow's start-up banner; keep worker logs readable.
-WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+# A reused worker (search.reuse_actors) waits for the stopped trial's thread to reach its
+# next report (at most an epoch) before the next trial; Tune's default of 2 s is shorter
+# than an epoch on a loaded core, and a failed wait starts a new worker after all.
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "TUNE_FUNCTION_THREAD_TIMEOUT_S": "120"}
 
 
 def start_ray() -> str:

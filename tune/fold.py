@@ -21,6 +21,7 @@ from tune.evaluation import evaluate_on_test
 from tune.project import log_data_parts
 from tune.progress import StatusLine
 from tune.space import METRIC, MODE, make_scheduler, make_searcher, param_space
+from tune.time_to_quality import TimeToQuality
 from tune.trainable import WEIGHTS, train_trial
 from tune.trial_runs import TrialRuns, close_open_trials, find_trial_run
 
@@ -57,7 +58,8 @@ def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold:
         callbacks = [TrialRuns(mlflow.get_tracking_uri(), run.info.experiment_id,
                                run.info.run_id, fold.index, experiment.search.max_epochs),
                      StatusLine(fold.index, experiment.cross_validation.n_folds,
-                                1 if fixed else experiment.search.trials_per_fold)]
+                                1 if fixed else experiment.search.trials_per_fold),
+                     TimeToQuality(mlflow.get_tracking_uri(), parent_id, fold.index)]
         try:
             grid = fit_fold(experiment, fold.index, data, storage, callbacks, fixed,
                             resume=existing is not None)
@@ -118,7 +120,8 @@ def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,
             search_alg=make_searcher(experiment, fold_index) if not fixed else None,
             scheduler=make_scheduler(experiment),
             num_samples=1 if fixed else search.trials_per_fold,
-            max_concurrent_trials=search.max_concurrent_trials),
+            max_concurrent_trials=search.max_concurrent_trials,
+            reuse_actors=search.reuse_actors),
         run_config=tune.RunConfig(
             name=f"fold{fold_index}", storage_path=str(storage), verbose=0,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),

@@ -36,6 +36,7 @@ from tune.fold import SCORE_COLUMNS, FoldOutcome, config_text, load_outcome, run
 from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, base_parser, finished_fold_runs,
                           load_config, load_data, load_fold_plan, log_data, log_data_parts,
                           log_exploration, run_entry)
+from tune.time_to_quality import FIGURE as TTQ_FIGURE, log_time_to_quality
 
 CONFIGS_ARTIFACT = "search/best_configs.json"
 
@@ -124,6 +125,7 @@ def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary:
             print(f"fold {fold.index + 1}/{len(plan.folds)}: already finished, reused")
         outcomes.append(outcome)
     summary = log_cv_summary(experiment, dataset, outcomes, time.monotonic() - started)
+    log_time_to_quality(parent_id, len(plan.folds))
     if "family" in experiment.search_space:
         fold_runs = {k: r.info.run_id for k, r in
                      finished_fold_runs(parent_id, len(plan.folds)).items()}
@@ -178,6 +180,7 @@ def search_description(outcomes: list[FoldOutcome], aggregate: dict[str, float],
             f"{seconds / 60:.1f} min.\n\n" + "\n".join(lines)
             + "\n\n**Best configs**\n\n" + "\n".join(configs)
             + "\n\n**Figures** (Artifacts): `figures/cv_roc.png`, `figures/cv_confusion.png`, "
+              f"`{TTQ_FIGURE}` (best validation AUC so far against wall time), "
               "the data's first look in `figures/data_*.png`; each fold is a child run with "
               "its trials as children.")
 
