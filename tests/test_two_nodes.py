@@ -1,9 +1,10 @@
 """A real two-host Ray cluster on this machine: the quick search runs on both nodes.
 
 Two network namespaces joined by a veth pair are the project's own test hosts (private
-addresses inside them only). The head namespace runs the Ray head and an `mlflow server`;
-the worker namespace runs a Ray worker node. The search is started from the head's
-namespace, and every trial run must reach the tracking server over HTTP.
+addresses inside them only). The head namespace runs the Ray head and the team tracking
+server (`python -m tune.tracking_server`: PostgreSQL + `mlflow server`, as the README's team
+setup starts it); the worker namespace runs a Ray worker node. The search is started from the
+head's namespace, and every trial run must reach the tracking server over HTTP.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -44,7 +44,7 @@ class TwoHosts:
         self.tag = uuid.uuid4().hex[:8]  # marks every process we start, for teardown
         self.head, self.work = f"mh{self.tag}", f"mw{self.tag}"
         self.head_ip, self.work_ip = f"10.213.{n}.1", f"10.213.{n}.2"
-        self.tmp = tmp
+        self.tmp, self.team = tmp, tmp / "team"
 
     def up(self) -> None:
         veth_h, veth_w = f"vh{self.tag}", f"vw{self.tag}"
@@ -67,25 +67,23 @@ class TwoHosts:
         return subprocess.run(["ip", "netns", "exec", namespace, *args], cwd=ROOT,
                               capture_output=True, text=True, **kwargs)
 
-    def start_server(self) -> subprocess.Popen:
-        store = self.tmp / "server"
-        store.mkdir()
-        return subprocess.Popen(
-            ["ip", "netns", "exec", self.head, str(BIN / "mlflow"), "server",
-             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-             "--artifacts-destination", str(store / "artifacts"),
-             "--host", self.head_ip, "--port", "5000"],
-            cwd=store, env=self.env(), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    def start_server(self) -> None:
+        """The team server of `./dev.sh server` (PostgreSQL + mlflow server), on the head's
+        address: the command a user runs on the head; returns once /health answers."""
+        started = self.run(self.head, [sys.executable, "-m", "tune.tracking_server", "start",
+                                       "--data", str(self.team), "--host", self.head_ip,
+                                       "--port", "5000"], env=self.env(), timeout=300)
+        assert started.returncode == 0, (started.stdout + started.stderr)[-2000:]
 
-    def wait_for_server(self, timeout: float = 120) -> None:
-        probe = f"import urllib.request; urllib.request.urlopen('http://{self.head_ip}:5000/health')"
-        deadline = time.monotonic() + timeout
-        while self.run(self.head, [sys.executable, "-c", probe], env=self.env()).returncode:
-            assert time.monotonic() < deadline, "mlflow server did not come up"
-            time.sleep(1)
+    def stop_server(self) -> None:
+        self.run(self.head, [sys.executable, "-m", "tune.tracking_server", "stop",
+                             "--data", str(self.team)], env=self.env(), timeout=120)
 
     def down(self) -> None:
-        """Kills every process carrying our marker, then deletes the namespaces."""
+        """Stops the team server, kills every process carrying our marker, then deletes the
+        namespaces."""
+        if self.team.exists():
+            self.stop_server()
         marker = f"MAMMO_TEST_CLUSTER={self.tag}".encode()
         for entry in os.listdir("/proc"):
             if entry.isdigit() and int(entry) != os.getpid():
@@ -103,7 +101,6 @@ def test_quick_search_runs_trials_on_both_nodes_and_logs_to_the_server(tmp_path)
     try:
         hosts.up()
         hosts.start_server()
-        hosts.wait_for_server()
         ray = str(BIN / "ray")
         head = hosts.run(hosts.head, [ray, "start", "--head", f"--node-ip-address={hosts.head_ip}",
                                       "--port=6379", "--num-cpus=1", "--include-dashboard=false",
@@ -131,5 +128,8 @@ def test_quick_search_runs_trials_on_both_nodes_and_logs_to_the_server(tmp_path)
         trials = [r for r in runs if r["kind"] == "trial"]
         assert len(trials) == 10 and all(r["status"] == "FINISHED" for r in runs)
         assert {r["node"] for r in trials} == {hosts.head_ip, hosts.work_ip}
+        # the runs are in PostgreSQL and the artifacts came over HTTP into the server's folder
+        assert (hosts.team / "pgdata" / "PG_VERSION").exists()
+        assert list((hosts.team / "artifacts").rglob("MLmodel")), "no fold expert reached the server"
     finally:
         hosts.down()
