@@ -33,5 +33,8 @@ def test_callbacks_pickle_without_clients_or_streams(tmp_path):
     assert runs.client is not None  # made lazily...
     restored = pickle.loads(pickle.dumps(runs))  # ...and left out of the pickle
     assert restored.fold_run_id == "fold-run" and "_client" not in restored.__dict__
+    with runs.writing():  # the time spent writing is plain state: it survives a restore
+        pass
+    assert pickle.loads(pickle.dumps(runs)).seconds == runs.seconds > 0
     status = pickle.loads(pickle.dumps(StatusLine(0, 5, 12)))
     assert status.trials == 12

@@ -69,6 +69,10 @@ def test_run_tree_is_complete_and_finished(searched):
     # the same names in trials and folds, so the compare view lines up
     assert {"hyperparameters.init", "hyperparameters.learning_rate"} <= set(trials[0].data.params)
     assert "epoch_val_auc" in trials[0].data.metrics and "val_auc" in trials[0].data.metrics
+    for trial in trials:  # where it ran and its size, written with its first epoch
+        assert trial.data.tags["mammo.node_ip"] and trial.data.metrics["n_weights"] > 0
+    # the tracking store's cost to each fold's search, measured by the mirror itself
+    assert all(0 < f.data.metrics["trial_mirror_seconds"] < 60 for f in folds)
 
 
 def test_parent_logs_cv_summary_baselines_and_figures(searched):

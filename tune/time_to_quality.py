@@ -10,34 +10,31 @@ import time
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from ray import tune
 
 from mammo_core.metrics import time_to_quality_figure
 from mammo_core.tracking import log_figure
+from tune.trial_runs import MlflowCallback
 
 METRIC_PREFIX = "best_val_auc_so_far.fold"
 FIGURE = "figures/time_to_quality.png"
 
 
-class TimeToQuality(tune.Callback):
+class TimeToQuality(MlflowCallback):
     """Logs a point of `best_val_auc_so_far.fold<k>` on the search run whenever a trial of
     fold k beats the fold's best validation AUC, and one when the fold's search ends
     (driver side)."""
 
     def __init__(self, tracking_uri: str, search_run_id: str, fold: int):
-        # Plain state only: Tune pickles callbacks with the tuner (for Tuner.restore).
-        self.tracking_uri, self.search_run_id, self.fold = tracking_uri, search_run_id, fold
+        super().__init__(tracking_uri)
+        self.search_run_id, self.fold = search_run_id, fold
         self.best = float("-inf")
 
     @property
-    def client(self) -> MlflowClient:
-        if getattr(self, "_client", None) is None:
-            self._client = MlflowClient(self.tracking_uri)
-            self._started = self._client.get_run(self.search_run_id).info.start_time / 1000
-        return self._client
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_client", "_started")}
+    def started(self) -> float:
+        """The search run's start (epoch seconds), read once per process."""
+        if getattr(self, "_started", None) is None:
+            self._started = self.client.get_run(self.search_run_id).info.start_time / 1000
+        return self._started
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         auc = result.get("val_auc")
@@ -52,10 +49,9 @@ class TimeToQuality(tune.Callback):
             self.log()
 
     def log(self) -> None:
-        client, now = self.client, time.time()
-        client.log_batch(self.search_run_id, metrics=[Metric(
-            f"{METRIC_PREFIX}{self.fold}", self.best, int(now * 1000),
-            int(now - self._started))])
+        started, now = self.started, time.time()
+        self.client.log_batch(self.search_run_id, metrics=[Metric(
+            f"{METRIC_PREFIX}{self.fold}", self.best, int(now * 1000), int(now - started))])
 
 
 def log_time_to_quality(search_run_id: str, n_folds: int) -> None:

@@ -3,29 +3,33 @@
 Why not MLflowLoggerCallback or setup_mlflow: the first gives no nesting, the second
 leaves runs RUNNING when ASHA stops a trial, and neither finds its runs again after
 Tuner.restore. Here every write happens on the driver, so trials on any node reach the
-store, and every run ends FINISHED, FAILED or KILLED.
+store, and every run ends FINISHED, FAILED or KILLED. The seconds the mirror spends
+writing are logged on the fold run (`trial_mirror_seconds`): the tracking store's cost to
+the search, since Tune waits for its callbacks before it hands a trial its next epoch.
 """
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.utils.time import get_current_time_millis
 from ray import tune
 
 EPOCH_METRICS = ("loss", "auc", "val_loss", "val_auc", "accuracy", "val_accuracy", "seconds")
 
 
-class TrialRuns(tune.Callback):
-    """One MLflow run per trial: params `hyperparameters.*`, `epoch_*` curves, best `val_auc`."""
+class MlflowCallback(tune.Callback):
+    """A Tune callback that writes to MLflow from the driver.
 
-    def __init__(self, tracking_uri: str, experiment_id: str, fold_run_id: str, fold: int,
-                 max_epochs: int):
-        # Tune pickles callbacks with the tuner (for Tuner.restore): keep only plain state
-        # and make the client on first use.
-        self.tracking_uri, self.experiment_id = tracking_uri, experiment_id
-        self.fold_run_id, self.fold, self.max_epochs = fold_run_id, fold, max_epochs
-        self.runs: dict[str, str] = {}  # trial id -> MLflow run id
-        self.best: dict[str, float] = {}
+    Tune pickles callbacks with the tuner (for Tuner.restore), so only plain state is kept:
+    the client is made on first use and attributes starting with `_` are not pickled.
+    `seconds` adds up the time spent in `writing()` blocks.
+    """
+
+    def __init__(self, tracking_uri: str):
+        self.tracking_uri, self.seconds = tracking_uri, 0.0
 
     @property
     def client(self) -> MlflowClient:
@@ -34,9 +38,34 @@ class TrialRuns(tune.Callback):
         return self._client
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_client"}
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    @contextmanager
+    def writing(self):
+        started = time.perf_counter()
+        try:
+            yield self.client
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+class TrialRuns(MlflowCallback):
+    """One MLflow run per trial: params `hyperparameters.*`, `epoch_*` curves, best `val_auc`;
+    on the fold run, `trial_mirror_seconds` when the fold's search ends."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, fold_run_id: str, fold: int,
+                 max_epochs: int):
+        super().__init__(tracking_uri)
+        self.experiment_id = experiment_id
+        self.fold_run_id, self.fold, self.max_epochs = fold_run_id, fold, max_epochs
+        self.runs: dict[str, str] = {}  # trial id -> MLflow run id
+        self.best: dict[str, float] = {}
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        with self.writing():
+            self._start(trial)
+
+    def _start(self, trial) -> None:
         run_id = self.runs.get(trial.trial_id) or find_trial_run(
             self.client, self.experiment_id, self.fold_run_id, trial.trial_id)
         if run_id is None:
@@ -46,19 +75,21 @@ class TrialRuns(tune.Callback):
         self.runs[trial.trial_id] = run_id
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        run_id = self.runs[trial.trial_id]
+        """One call per epoch: the epoch's curves, and the best so far when it improves."""
         step, now = int(result["epoch"]), get_current_time_millis()
-        if step == 1 or trial.trial_id not in self.best:  # where it ran: one tag per trial
-            self.client.set_tag(run_id, "mammo.node_ip", str(result.get("node_ip", "")))
-            if "n_weights" in result:  # ("params" is Tune's own: the trial config)
-                self.client.log_metric(run_id, "n_weights", float(result["n_weights"]), now, 0)
         metrics = [Metric(f"epoch_{k}", float(result[k]), now, step)
                    for k in EPOCH_METRICS if k in result]
-        self.client.log_batch(run_id, metrics=metrics)
+        tags = []
+        if step == 1 or trial.trial_id not in self.best:  # where it ran: one tag per trial
+            tags.append(RunTag("mammo.node_ip", str(result.get("node_ip", ""))))
+            if "n_weights" in result:  # ("params" is Tune's own: the trial config)
+                metrics.append(Metric("n_weights", float(result["n_weights"]), now, 0))
         if result.get("val_auc", -1) > self.best.get(trial.trial_id, -1):
             self.best[trial.trial_id] = result["val_auc"]
-            self.client.log_batch(run_id, metrics=[Metric("val_auc", result["val_auc"], now, 0),
-                                                   Metric("best_epoch", step, now, 0)])
+            metrics += [Metric("val_auc", result["val_auc"], now, 0),
+                        Metric("best_epoch", step, now, 0)]
+        with self.writing() as client:
+            client.log_batch(self.runs[trial.trial_id], metrics=metrics, tags=tags)
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         """A trial's worker died and Tune retries it: the same run continues, tagged."""
@@ -68,10 +99,16 @@ class TrialRuns(tune.Callback):
             self.client.set_tag(run_id, "mammo.retries", str(retries))
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self._end(trial, "FINISHED")
+        with self.writing():
+            self._end(trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self._end(trial, "FAILED")
+        with self.writing():
+            self._end(trial, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        """Logs `trial_mirror_seconds` on the fold run (the total over restarts)."""
+        self.client.log_metric(self.fold_run_id, "trial_mirror_seconds", self.seconds)
 
     def _create(self, trial) -> str:
         number = len(self.runs) + 1
