@@ -1,18 +1,23 @@
 """The tracking store's cost: SQLite file vs the team server (PostgreSQL + mlflow server).
 
-    python benchmarks/tracking_bench.py [--runs 10000] [--config experiments/microcal_quick.yaml]
+    python benchmarks/tracking_bench.py [--runs 10000] [--repeats 2]
+                                        [--config experiments/microcal_quick.yaml]
 
-Same machine, one run: (1) the quick search (`python -m tune.search`) against each store:
-wall time, and the extra time per trial (the difference of the two wall times divided by
-the trials: every trial's mirrored run, params and per-epoch metrics travel over HTTP); (2) `search_runs` latency over `--runs` runs (tags
-and a metric each, created in batches) in each store: a filter on a tag, ordered by a
-metric, first page of 100. Prints a markdown table.
+Same machine, one run: (1) the quick search (`python -m tune.search`) against each store,
+`--repeats` times in ABBA order (SQLite, server, server, SQLite, ...) so that drift in the
+machine's load falls on both alike: median wall time, and the trial mirror's own write
+time per trial (`trial_mirror_seconds` of the fold runs: every trial's run, params and
+per-epoch metrics travel over HTTP to the server); (2) `search_runs` latency over `--runs`
+runs (tags and a metric each) in each store: a filter on a tag, ordered by a metric, first
+page of 100. Prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,14 +39,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def quick_search(uri: str, config: str, storage: Path) -> float:
-    """Returns the wall seconds of the quick search against `uri`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS")}
+def quick_search(uri: str, config: str, storage: Path) -> tuple[float, float]:
+    """Returns (wall seconds of the quick search against `uri`, seconds its trial mirror
+    spent writing, summed over the folds)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_RUN_ID", "RAY_ADDRESS", "MLFLOW_REGISTRY_URI")}
     env.update(MLFLOW_TRACKING_URI=uri, MAMMO_RAY_STORAGE=str(storage))
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "tune.search", "--config", config], cwd=ROOT,
-                   env=env, check=True, capture_output=True)
-    return time.monotonic() - started
+    done = subprocess.run([sys.executable, "-m", "tune.search", "--config", config], cwd=ROOT,
+                          env=env, check=True, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    search_id = re.search(r"search (\w+) FINISHED", done.stdout).group(1)
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_run(search_id).info.experiment_id
+    folds = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{search_id}'")
+    return wall, sum(f.data.metrics.get("trial_mirror_seconds", 0.0) for f in folds)
 
 
 def fill(uri: str, n: int) -> tuple[float, str]:
@@ -72,6 +84,8 @@ def query_ms(uri: str, experiment: str, repeats: int = 20) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="quick searches per store (ABBA order)")
     parser.add_argument("--config", default="experiments/microcal_quick.yaml")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -81,25 +95,39 @@ def main() -> None:
         stores = {"SQLite file": f"sqlite:///{folder / 'mlflow.db'}",
                   "PostgreSQL + mlflow server (HTTP)": server}
         try:
+            searches = {name: [] for name in stores}
+            for i, name in enumerate(abba(list(stores), args.repeats)):
+                searches[name].append(quick_search(stores[name], args.config, folder / f"ray-{i}"))
+                print(f"{name}: search {searches[name][-1][0]:.1f} s", flush=True)
             rows = {}
             for name, uri in stores.items():
-                wall = quick_search(uri, args.config, folder / f"ray-{len(rows)}")
                 filled, experiment = fill(uri, args.runs)
-                rows[name] = (wall, filled, query_ms(uri, experiment))
-                print(f"{name}: search {wall:.1f} s, {args.runs} runs in {filled:.0f} s, "
-                      f"query {rows[name][2]:.1f} ms", flush=True)
+                rows[name] = (filled, query_ms(uri, experiment))
+                print(f"{name}: {args.runs} runs in {filled:.0f} s", flush=True)
         finally:
             stop(data)
-    base = rows["SQLite file"][0]
     experiment = load_experiment(ROOT / args.config)
     trials = experiment.cross_validation.n_folds * experiment.search.trials_per_fold
-    print(f"\n| store | quick search wall (s) | vs SQLite | per trial vs SQLite (s, {trials} "
-          f"trials) | creating {args.runs} runs (s) | search_runs, filtered + ordered, 100 "
-          "of them (ms, median of 20) |")
-    print("|---|---|---|---|---|---|")
-    for name, (wall, filled, query) in rows.items():
-        print(f"| {name} | {wall:.1f} | {100 * (wall / base - 1):+.1f} % | "
-              f"{(wall - base) / trials:+.2f} | {filled:.0f} | {query:.1f} |")
+    print_table(searches, rows, trials, args.runs)
+
+
+def abba(names: list[str], repeats: int) -> list[str]:
+    """Returns the order of the searches: A B, B A, A B, ... (`repeats` pairs)."""
+    return [n for i in range(repeats) for n in (names if i % 2 == 0 else names[::-1])]
+
+
+def print_table(searches: dict, rows: dict, trials: int, runs: int) -> None:
+    base = statistics.median(wall for wall, _ in searches["SQLite file"])
+    print(f"\n| store | quick search wall, median (s) | all runs (s) | vs SQLite | trial "
+          f"mirror writes per trial (ms, {trials} trials) | creating {runs} runs (s) | "
+          "search_runs, filtered + ordered, 100 of them (ms, median of 20) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (filled, query) in rows.items():
+        walls = [wall for wall, _ in searches[name]]
+        wall = statistics.median(walls)
+        mirror = statistics.median(m for _, m in searches[name]) / trials * 1000
+        print(f"| {name} | {wall:.1f} | {', '.join(f'{w:.1f}' for w in walls)} | "
+              f"{100 * (wall / base - 1):+.1f} % | {mirror:.0f} | {filled:.0f} | {query:.1f} |")
 
 
 if __name__ == "__main__":
