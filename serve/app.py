@@ -12,6 +12,8 @@ reaches the model, so a bad request never costs a replica.
 import asyncio
 import base64
 import collections
+import hashlib
+import json
 import logging
 
 import numpy as np
@@ -106,10 +108,8 @@ def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
 @serve.ingress(api)
 class PatchScorer:
     def __init__(self, settings: dict):
-        self.settings = ServeSettings(**settings)
+        self.apply(ServeSettings(**settings))
         limit_tensorflow_threads(self.settings.tf_threads)
-        self.score.set_max_batch_size(self.settings.max_batch_size)
-        self.score.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.reload_token, self.reload_error, self.configured = None, None, False
         self.model = None
         if self.settings.model_uri:  # `serve run` configs name it in args; bind_app in user_config
@@ -124,8 +124,11 @@ class PatchScorer:
 
         Requests in flight finish on the model they started with; new ones get the new.
         A failed reload keeps the model in use and records the error for /model and the
-        log; only a replica that has no model yet fails with it.
+        log; only a replica that has no model yet fails with it. `settings`, when given,
+        replace the replica's settings in place (all but tf_threads take effect).
         """
+        if "settings" in user_config:
+            self.apply(ServeSettings(**user_config["settings"]))
         uri = user_config.get("model_uri") or self.settings.model_uri
         token = user_config.get("reload_token")
         if self.model is None or (not self.configured and uri != self.model.info["model_uri"]):
@@ -144,6 +147,11 @@ class PatchScorer:
             self.reload_error = (f"reload of {uri} failed, still serving version "
                                  f"{self.model.info['version']}: {type(err).__name__}: {err}")
             logger.error(self.reload_error)
+
+    def apply(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.score.set_max_batch_size(settings.max_batch_size)
+        self.score.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)
 
     def batch_histogram(self, reset: bool = False) -> dict[int, int]:
         """Returns {images per model call: calls} since the start or the last reset: whether
@@ -246,23 +254,48 @@ class PatchScorer:
         return self.model.info | {"reload_error": self.reload_error}
 
 
-def build_app(settings: ServeSettings) -> Application:
-    """Returns the application; `serve run` imports it as serve.app:build_app."""
-    return bind_app(settings)
+# What a replica's constructor gets from bind_app: the rest arrives in user_config.
+STARTUP_SETTINGS = {"model_uri", "tracking_uri", "tf_threads"}
+
+
+def build_app(settings: ServeSettings | dict) -> Application:
+    """Returns the application; `serve run` imports it as serve.app:build_app. The file's
+    `user_config` replaces the one bind_app makes, so every setting (the model URI too)
+    goes to the constructor here."""
+    settings = ServeSettings(**settings) if isinstance(settings, dict) else settings
+    return bound(settings, {"reload_token": 0, "model_uri": settings.model_uri},
+                 settings.model_dump())
 
 
 def bind_app(settings: ServeSettings | dict, reload_token: int = 0) -> Application:
     """Returns the bound application; deploying it again with another `reload_token` or
     `model_uri` reloads the model in place (the alias is resolved again): the URI travels
-    in `user_config`, so a bad one leaves the running replicas on the model they have."""
-    if isinstance(settings, dict):
-        settings = ServeSettings(**settings)
+    in `user_config`, so a bad one leaves the running replicas on the model they have.
+
+    The settings travel in `user_config` too, and the constructor gets only what a replica
+    needs to start. The deployment's version is a digest of those: a redeploy that keeps
+    them is a lightweight update (`reconfigure` on the running replicas) instead of a
+    rollout of new ones. With direct ingress a new replica could not take the port while
+    the old one holds it."""
+    settings = ServeSettings(**settings) if isinstance(settings, dict) else settings
+    return bound(settings, live_config(settings, reload_token),
+                 settings.model_dump(include=STARTUP_SETTINGS))
+
+
+def live_config(settings: ServeSettings, reload_token: int) -> dict:
+    """Returns the user_config of PatchScorer.reconfigure for `settings`."""
+    return {"reload_token": reload_token, "model_uri": settings.model_uri,
+            "settings": settings.model_dump()}
+
+
+def bound(settings: ServeSettings, user_config: dict, args: dict) -> Application:
+    # `version` is Serve's own mechanism for config-file deploys (a digest of the app's
+    # arguments); the Python API hides it behind `_internal` and else draws a random one.
+    version = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
     return PatchScorer.options(
+        version=version, _internal=True,
         num_replicas=settings.num_replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         max_queued_requests=settings.max_queued_requests,
         ray_actor_options={"num_cpus": settings.replica_cpus},
-        user_config={"reload_token": reload_token, "model_uri": settings.model_uri},
-    # The URI goes in the bound settings too: `serve run serve/config.yaml` replaces the
-    # user_config with the file's ({reload_token: 0}), and its replicas must still load it.
-    ).bind(settings.model_dump())
+        user_config=user_config).bind(args)

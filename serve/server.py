@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -65,12 +66,56 @@ class ReloadError(RuntimeError):
     """A redeploy was refused because its model does not load; the old one still serves."""
 
 
+# Ray Serve's direct ingress (experimental in Ray 2.60): the replica runs the HTTP server.
+# The variables must be in the environment before Ray starts: Serve's controller and
+# replicas read them when they import. No draining and no quarantine of a released port:
+# there is no external load balancer to wait for, and a restarted replica needs the port.
+def direct_ingress_env(port: int) -> dict[str, str]:
+    """Returns the variables that make the replica answer on `port` itself."""
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),  # exclusive
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",
+            "RAY_SERVE_PORT_QUARANTINE_S": "0"}
+
+
+def ingress_of(settings: ServeSettings) -> str:
+    """Returns "direct" when the replica may answer on the port itself (one replica on a
+    local node: a cluster's processes were started without the variables), else "proxy"."""
+    local = not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+    return "direct" if settings.ingress == "direct" and settings.num_replicas == 1 and local \
+        else "proxy"
+
+
+def start_serving(settings: ServeSettings) -> str:
+    """Starts (or joins) Ray and starts Serve for `settings`; returns a line saying where
+    Ray runs and how requests reach the replicas."""
+    ingress, proxy_port = ingress_of(settings), settings.port
+    if ingress == "direct":
+        os.environ.update(direct_ingress_env(settings.port))
+        # Serve starts its HTTP proxy all the same: on a free port, off the user's
+        proxy_port = free_port(settings.host)
+    line = start_ray()
+    serve.start(http_options={"host": settings.host, "port": proxy_port})
+    how = ("direct ingress: the replica answers on the port itself" if ingress == "direct"
+           else f"through Serve's HTTP proxy, {settings.num_replicas} replica(s)")
+    return f"{line}; {how}"
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def deploy(settings: ServeSettings, reload_token: int = 0) -> None:
     """Deploys (or redeploys, reloading the model) the application on the running Serve.
 
     A redeploy first loads the model in this process: Serve replaces every replica on a
     redeploy, and a rollout whose replicas fail leaves none (measured: 503 until the next
     deploy), so a model that does not load must never reach Serve. Raises ReloadError then.
+    Only a change of the startup settings (serve.app.STARTUP_SETTINGS, replica_cpus)
+    replaces the replicas; other settings and the model reach the running ones in place.
     """
     serving = serving_version()
     if serving is not None:
@@ -210,6 +255,8 @@ def shutdown() -> None:
     """Stops Serve and Ray, releasing the port; a second signal meanwhile is ignored."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in direct_ingress_env(0):  # a later Ray in this process starts without them
+        os.environ.pop(name, None)
     if not ray.is_initialized():  # stopped before Ray started
         return
     # Ctrl-C in a terminal reaches Ray's own processes too; if they died first, Serve's
@@ -234,9 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             with project_run(settings):
                 try:
-                    print(start_ray(), flush=True)
+                    print(start_serving(settings), flush=True)
                     stop_on_signals()  # again: connecting to Ray installs its own SIGTERM exit
-                    serve.start(http_options={"host": settings.host, "port": settings.port})
                     deploy(settings)
                     print(f"serving {settings.model_uri} on {address} (POST /predict, GET "
                           f"/model, /healthz, /docs); Ctrl-C stops, kill -HUP reloads",

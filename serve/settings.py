@@ -16,6 +16,11 @@ class ServeSettings(BaseModel):
     host: str = "127.0.0.1"           # loopback by default; 0.0.0.0 only on purpose
     port: int = Field(8000, ge=1, le=65535)
     num_replicas: int = Field(1, ge=1)
+    # direct: the one replica answers HTTP on `port` itself (Ray Serve's direct ingress),
+    # with no proxy actor in between: 3-4x the throughput on 2 cores (docs/benchmarks.md).
+    # It needs a local Ray node and one replica; otherwise, and with `proxy`, requests go
+    # through Serve's HTTP proxy, which spreads them over the replicas of a cluster.
+    ingress: Literal["direct", "proxy"] = "direct"
     replica_cpus: float = Field(1.0, gt=0)
     # TensorFlow intra/inter-op threads per replica; 2 measured best for one replica on 2
     # cores (docs/benchmarks.md, serving); with several replicas, cores / replicas

@@ -21,7 +21,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import ray
 from conftest import free_port, use_store
 from PIL import Image
 from ray import serve
@@ -29,9 +28,8 @@ from ray import serve
 from mammo_core.config import load_experiment
 from serve.client import ServiceError, score_files
 from serve.app import PatchScorer
-from serve.server import deploy, reload
+from serve.server import deploy, reload, shutdown, start_serving
 from serve.settings import ServeSettings
-from tune.cluster import start_ray
 from tune.register import register_search
 
 pytestmark = pytest.mark.slow
@@ -48,12 +46,10 @@ def service(pipeline_store):
     port = free_port()
     settings = ServeSettings(tracking_uri=f"sqlite:///{pipeline_store / 'mlflow.db'}",
                              port=port, **LIMITS)
-    start_ray()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    assert "direct ingress" in start_serving(settings)  # what `serve` runs by default
     deploy(settings)
     yield f"http://127.0.0.1:{port}", settings
-    serve.shutdown()
-    ray.shutdown()
+    shutdown()
     mp.undo()
     with pytest.raises(OSError):  # nothing listens any more
         urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
