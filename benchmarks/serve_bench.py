@@ -4,7 +4,8 @@
     python benchmarks/serve_bench.py --store mlflow.db --seconds 20
 
 Same registered model, same single-image requests (`{"inputs": [60x60 ints]}`), measured
-in one run on one machine: (a) the Ray Serve app (serve/), (b) `mlflow models serve
+in one run on one machine: (a) the Ray Serve app (serve/), with direct ingress (the
+default: the replica answers HTTP itself) and through Serve's HTTP proxy, (b) `mlflow models serve
 --env-manager local`, at concurrency 1, 8 and 32 (closed loop: each client sends its next
 request when the last one is answered), and (c) in-process batched pyfunc prediction, the
 ceiling with no HTTP at all. The load generator runs on the same 2 cores, as a client on
@@ -33,9 +34,8 @@ from ray import serve  # noqa: E402
 
 import tune  # noqa: E402,F401  (loopback Ray environment before ray starts)
 from mammo_core.images import quantize, read_image  # noqa: E402
-from serve.server import APP_NAME, deploy  # noqa: E402
+from serve.server import APP_NAME, deploy, shutdown, start_serving  # noqa: E402
 from serve.settings import ServeSettings  # noqa: E402
-from tune.cluster import start_ray  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
 MULTI, MULTI_CONCURRENCY = 32, (1, 4, 8)  # requests of 32 images: tools scoring many patches
@@ -87,13 +87,12 @@ def wait_ready(port: int, path: str, body: bytes, timeout: float = 300) -> None:
     raise TimeoutError(f"nothing answered on port {port}")
 
 
-def bench_ray_serve(args, uri: str, body: bytes, multi: bytes) -> tuple[list, list, list, dict]:
+def bench_ray_serve(args, ingress: str, body: bytes, multi: bytes) -> tuple[list, list, list, dict]:
     """Returns (single-image levels, /healthz levels, 32-image levels, batch histograms)."""
-    settings = ServeSettings(tracking_uri=args.tracking_uri, port=args.port,
+    settings = ServeSettings(tracking_uri=args.tracking_uri, port=args.port, ingress=ingress,
                              num_replicas=args.replicas, tf_threads=args.tf_threads,
                              batch_wait_timeout_s=args.batch_wait, max_batch_size=args.max_batch)
-    start_ray()
-    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+    print(start_serving(settings), flush=True)
     try:
         deploy(settings)
         wait_ready(args.port, "/predict", body)
@@ -109,11 +108,11 @@ def bench_ray_serve(args, uri: str, body: bytes, multi: bytes) -> tuple[list, li
             many.append(load(args.port, "/predict", multi, c, args.seconds))
             histograms[f"{MULTI} images, c={c}"] = handle.batch_histogram.remote(
                 reset=True).result()
-        # The same proxy -> replica path without the model: what HTTP alone costs here.
+        # The same path without the model: what HTTP alone costs here.
         floor = [load(args.port, "/healthz", None, c, args.seconds) for c in CONCURRENCY]
         return scoring, floor, many, histograms
     finally:
-        serve.shutdown()
+        shutdown()
 
 
 def bench_mlflow_serve(args, uri: str, body: bytes, workers: int) -> list[dict]:
@@ -157,6 +156,8 @@ def main() -> None:
     parser.add_argument("--batch-wait", type=float, default=defaults.batch_wait_timeout_s)
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch_size)
     parser.add_argument("--mlflow-workers", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--ingress", nargs="+", default=["direct", "proxy"],
+                        choices=["direct", "proxy"], help="Ray Serve modes to measure")
     args = parser.parse_args()
     args.tracking_uri = f"sqlite:///{Path(args.store).resolve()}"
     mlflow.set_tracking_uri(args.tracking_uri)
@@ -170,10 +171,14 @@ def main() -> None:
     body = json.dumps({"inputs": [patch.tolist()]}).encode()
     multi = json.dumps({"inputs": [patch.tolist()] * MULTI}).encode()
     print(f"model {uri}; {args.seconds:.0f} s per level; {vars(args)}")
-    scoring, floor, many, histograms = bench_ray_serve(args, uri, body, multi)
-    rows = {f"Ray Serve ({args.replicas} replica, {args.tf_threads} TF thread, wait "
-            f"{args.batch_wait * 1000:g} ms)": scoring,
-            "Ray Serve, GET /healthz (no model: proxy + replica + client only)": floor}
+    rows, multis, histograms = {}, {}, {}
+    for ingress in args.ingress:
+        scoring, floor, many, counts = bench_ray_serve(args, ingress, body, multi)
+        rows[f"Ray Serve, {ingress} ingress ({args.replicas} replica, {args.tf_threads} TF "
+             f"thread, wait {args.batch_wait * 1000:g} ms)"] = scoring
+        rows[f"Ray Serve, {ingress} ingress, GET /healthz (no model: HTTP path only)"] = floor
+        multis[ingress] = many
+        histograms.update({f"{ingress}, {level}": c for level, c in counts.items()})
     for workers in args.mlflow_workers:
         rows[f"mlflow models serve ({workers} worker{'s' if workers > 1 else ''})"] = \
             bench_mlflow_serve(args, uri, body, workers)
@@ -186,10 +191,11 @@ def main() -> None:
                                            for r in results)
               + f" | {sum(r['failed'] for r in results)} |")
     print(f"| in-process pyfunc, batches of 32 (ceiling) | {ceiling['rps']:.0f} images/s | | | |")
-    print(f"\n{MULTI}-image requests to Ray Serve: " + ", ".join(
-        f"c={c}: {r['rps'] * MULTI:.0f} images/s ({100 * r['rps'] * MULTI / ceiling['rps']:.0f} % "
-        f"of the ceiling), p99 {r['p99']:.0f} ms, {r['failed']} failed"
-        for c, r in zip(MULTI_CONCURRENCY, many)))
+    for ingress, many in multis.items():
+        print(f"\n{MULTI}-image requests to Ray Serve, {ingress} ingress: " + ", ".join(
+            f"c={c}: {r['rps'] * MULTI:.0f} images/s ({100 * r['rps'] * MULTI / ceiling['rps']:.0f}"
+            f" % of the ceiling), p99 {r['p99']:.0f} ms, {r['failed']} failed"
+            for c, r in zip(MULTI_CONCURRENCY, many)))
     print("\nimages per model call (calls):")
     for level, counts in histograms.items():
         calls = sum(counts.values())

@@ -79,18 +79,19 @@ def direct_ingress_env(port: int) -> dict[str, str]:
             "RAY_SERVE_PORT_QUARANTINE_S": "0"}
 
 
-def ingress_of(settings: ServeSettings) -> str:
-    """Returns "direct" when the replica may answer on the port itself (one replica on a
-    local node: a cluster's processes were started without the variables), else "proxy"."""
-    local = not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
-    return "direct" if settings.ingress == "direct" and settings.num_replicas == 1 and local \
-        else "proxy"
+def ingress_of(settings: ServeSettings, new_local_node: bool) -> str:
+    """Returns "direct" when the replica may answer on the port itself: one replica, on a
+    local node this process starts (a cluster's processes, or a Ray already running, were
+    started without the variables); else "proxy"."""
+    return "direct" if settings.ingress == "direct" and settings.num_replicas == 1 \
+        and new_local_node else "proxy"
 
 
 def start_serving(settings: ServeSettings) -> str:
     """Starts (or joins) Ray and starts Serve for `settings`; returns a line saying where
     Ray runs and how requests reach the replicas."""
-    ingress, proxy_port = ingress_of(settings), settings.port
+    new_local_node = not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
+    ingress, proxy_port = ingress_of(settings, new_local_node), settings.port
     if ingress == "direct":
         os.environ.update(direct_ingress_env(settings.port))
         # Serve starts its HTTP proxy all the same: on a free port, off the user's

@@ -20,6 +20,9 @@ import mlflow
 import pytest
 from conftest import free_port, search_env
 
+from serve.server import ingress_of
+from serve.settings import ServeSettings
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,17 +61,26 @@ def run_status_becomes(client: mlflow.MlflowClient, timeout: float = 90) -> str:
     return "RUNNING"
 
 
-@pytest.mark.parametrize("how", ["sigterm_to_mlflow_run", "ctrl_c_to_the_group"])
-def test_an_operator_stop_releases_the_port_and_finishes_the_run(pipeline_store, how):
+# Both ingress modes, one stop each: the replica itself holds the port (direct, the
+# default) or Serve's HTTP proxy does.
+@pytest.mark.parametrize("how, ingress", [("sigterm_to_mlflow_run", "direct"),
+                                          ("ctrl_c_to_the_group", "proxy")])
+def test_an_operator_stop_releases_the_port_and_finishes_the_run(pipeline_store, how, ingress):
     port = free_port()
     server = subprocess.Popen(
-        ["mlflow", "run", ".", "--env-manager", "local", "-e", "serve", "-P", f"port={port}"],
+        ["mlflow", "run", ".", "--env-manager", "local", "-e", "serve", "-P", f"port={port}",
+         "-P", f"ingress={ingress}"],
         cwd=ROOT, env=search_env(pipeline_store), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     uri = f"sqlite:///{pipeline_store / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     try:
         health = wait_for_health(f"http://127.0.0.1:{port}/healthz", server)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict", json.dumps({"inputs": [[[0] * 60] * 60]}).encode(),
+            {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:  # the model answers
+            assert json.loads(response.read())["predictions"][0]["label"] in (0, 1)
         if how == "sigterm_to_mlflow_run":
             server.send_signal(signal.SIGTERM)  # the `mlflow run` process only
         else:
@@ -95,5 +107,19 @@ def test_an_operator_stop_releases_the_port_and_finishes_the_run(pipeline_store,
     assert run.info.status == "FINISHED"
     assert run.info.run_name == f"serve-{health['model']}-v{health['version']}"
     assert run.data.params["served_model_version"] == str(health["version"])
+    says = {"direct": "direct ingress: the replica answers", "proxy": "through Serve's HTTP proxy"}
+    assert says[ingress] in output, output[-3000:]
     stops = [line for line in output.splitlines() if line.startswith("stopped (")]
     assert len(stops) == 1 and f"127.0.0.1:{port} released" in stops[0], output[-3000:]
+
+
+def test_direct_ingress_only_for_one_replica_on_a_node_this_process_starts():
+    one = ServeSettings()
+    assert ingress_of(one, new_local_node=True) == "direct"
+    # a cluster (or a Ray already running) was started without the variables
+    assert ingress_of(one, new_local_node=False) == "proxy"
+    # several replicas share the port only behind the proxy
+    assert ingress_of(ServeSettings(num_replicas=2), new_local_node=True) == "proxy"
+    assert ingress_of(ServeSettings(ingress="proxy"), new_local_node=True) == "proxy"
+    with pytest.raises(ValueError, match="ingress"):
+        ServeSettings(ingress="haproxy")
