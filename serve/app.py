@@ -291,7 +291,9 @@ def live_config(settings: ServeSettings, reload_token: int) -> dict:
 def bound(settings: ServeSettings, user_config: dict, args: dict) -> Application:
     # `version` is Serve's own mechanism for config-file deploys (a digest of the app's
     # arguments); the Python API hides it behind `_internal` and else draws a random one.
-    version = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
+    # The model URI is left out: another model reaches running replicas via user_config.
+    startup = {k: v for k, v in args.items() if k != "model_uri"}
+    version = hashlib.sha256(json.dumps(startup, sort_keys=True).encode()).hexdigest()[:16]
     return PatchScorer.options(
         version=version, _internal=True,
         num_replicas=settings.num_replicas,

@@ -292,6 +292,21 @@ def test_a_single_request_larger_than_a_batch_is_scored_in_full(service, files):
         deploy(settings)
 
 
+def test_a_redeploy_with_another_model_uri_reconfigures_the_replica_on_its_port(service):
+    """With direct ingress the replica holds the port: another URI (or other settings) must
+    reach it in place, not through a new replica that could not bind the port."""
+    url, settings = service
+    version = request(f"{url}/model")[1]["version"]
+    pinned = f"models:/{NAME}/{version}"
+    deploy(settings.model_copy(update={"model_uri": pinned, "max_batch_size": 4}))
+    try:
+        status, info = request(f"{url}/model")
+        assert status == 200 and info["model_uri"] == pinned and info["version"] == version
+    finally:
+        deploy(settings)
+    assert request(f"{url}/model")[1]["model_uri"] == settings.model_uri
+
+
 def test_reload_after_the_alias_moves_serves_the_new_version_without_failed_requests(
         service, files):
     url, settings = service
