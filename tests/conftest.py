@@ -1,10 +1,14 @@
 """Shared fixtures: the real shared data, generated data sets, isolated MLflow stores."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -97,6 +101,32 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for_json(url: str, server: subprocess.Popen, timeout: float = 240) -> dict:
+    """Returns the JSON that `url` answers once it does; fails if `server` exits first or
+    nothing answers within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.poll() is None, f"server exited early:\n{server.stdout.read()[-3000:]}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"no answer from {url} within {timeout} s")
+
+
+def interrupt_group(server: subprocess.Popen, timeout: float = 90) -> None:
+    """Stops `server`'s process group as a user would (Ctrl-C); kills it if it lingers."""
+    try:
+        os.killpg(server.pid, signal.SIGINT)
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    except ProcessLookupError:
+        server.wait()
 
 
 def runs_of(store: Path) -> list:

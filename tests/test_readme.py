@@ -12,10 +12,8 @@ README command is neither run nor listed, so nothing is skipped silently.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -24,7 +22,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from collection_fixtures import write_cbis_arrays, write_mias
-from conftest import child_env
+from conftest import child_env, interrupt_group
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -227,12 +225,7 @@ class Shell:
             server = self.servers.pop(key, None)
             if server is None:
                 continue
-            os.killpg(server.pid, signal.SIGINT)
-            try:
-                server.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+            interrupt_group(server)
 
 
 @pytest.mark.timeout(3600)  # ~40 commands, ten of them searches: 20 minutes on 2 cores

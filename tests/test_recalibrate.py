@@ -2,21 +2,15 @@
 metrics before and after, and the alias served by `mlflow run . -e serve`."""
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import runs_of, search_env, use_store
+from conftest import free_port, interrupt_group, runs_of, search_env, use_store, wait_for_json
 from PIL import Image
-from test_families_search import free_port
 
 from mammo_core.images import quantize
 from mammo_core.shift import Shift, combined
@@ -92,28 +86,10 @@ def test_the_site_alias_is_served_by_the_serve_entry_point(recalibrated):
         cwd=ROOT, env=search_env(store), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True)
     try:
-        info = wait_for_model(f"http://127.0.0.1:{port}/model", server, timeout=240)
+        info = wait_for_json(f"http://127.0.0.1:{port}/model", server)
         uri = f"sqlite:///{store / 'mlflow.db'}"
         site = mlflow.MlflowClient(uri, registry_uri=uri).get_model_version_by_alias(
             NAME, "site-test")
         assert str(info["version"]) == str(site.version)
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-
-
-def wait_for_model(url: str, server: subprocess.Popen, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"serve exited early:\n{server.stdout.read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return json.loads(response.read())
-        except OSError:
-            time.sleep(2)
-    raise AssertionError(f"no answer from {url} within {timeout} s")
+        interrupt_group(server)

@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from conftest import free_port, use_store
 from PIL import Image
-from ray import serve
 
 from mammo_core.config import load_experiment
 from serve.client import ServiceError, score_files

@@ -18,25 +18,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import free_port, search_env
+from conftest import free_port, search_env, wait_for_json
 
 from serve.server import ingress_of
 from serve.settings import ServeSettings
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for_health(url: str, server: subprocess.Popen, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, f"serve exited early:\n{server.stdout.read()[-3000:]}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return json.loads(response.read())
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"no answer from {url} within {timeout} s")
 
 
 def port_is_free(port: int) -> bool:
@@ -75,7 +63,7 @@ def test_an_operator_stop_releases_the_port_and_finishes_the_run(pipeline_store,
     uri = f"sqlite:///{pipeline_store / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     try:
-        health = wait_for_health(f"http://127.0.0.1:{port}/healthz", server)
+        health = wait_for_json(f"http://127.0.0.1:{port}/healthz", server)
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/predict", json.dumps({"inputs": [[[0] * 60] * 60]}).encode(),
             {"Content-Type": "application/json"})

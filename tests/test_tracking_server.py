@@ -3,20 +3,15 @@ proxied artifacts) on 127.0.0.1, used over HTTP by two users' pipelines at once,
 Serve app, surviving a restart, and receiving a SQLite store by `migrate`."""
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import child_env, free_port
+from conftest import child_env, free_port, interrupt_group, wait_for_json
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,21 +88,10 @@ def test_the_serve_app_loads_the_champion_from_the_server(team):
                                cwd=ROOT, env=user_env(port), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert serving.poll() is None, serving.stdout.read()[-3000:]
-            assert time.monotonic() < deadline, "serve did not come up"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{serve_port}/healthz",
-                                            timeout=5) as response:
-                    health = json.loads(response.read())
-                    break
-            except OSError:
-                time.sleep(2)
+        health = wait_for_json(f"http://127.0.0.1:{serve_port}/healthz", serving)
         assert str(health["version"]) == str(champion.version)
     finally:
-        os.killpg(serving.pid, signal.SIGINT)
-        serving.wait(timeout=120)
+        interrupt_group(serving)
 
 
 def test_the_data_survive_a_restart(team):
