@@ -94,6 +94,34 @@ def test_the_serve_app_loads_the_champion_from_the_server(team):
         interrupt_group(serving)
 
 
+def test_predict_explain_and_baselines_run_against_the_server(team, shared_data, tmp_path):
+    """The other entry points a user runs, all over HTTP: their runs end FINISHED in the
+    server's store and their files reach its artifact store. (After the pipelines test:
+    predict and explain score its champion.)"""
+    _, port, url = team
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    for label in ("0", "1"):
+        for path in sorted((shared_data / label).glob("*.png"))[:2]:
+            (patches / f"{label}_{path.name}").write_bytes(path.read_bytes())
+    commands = {"predict": ["-P", f"input={patches}", "-P", f"output={tmp_path / 'scores.csv'}"],
+                "explain": ["-P", f"input={patches}", "-P", f"output={tmp_path / 'maps'}"],
+                "baselines": ["-P", "config=experiments/wavelet_baselines_quick.yaml",
+                              "-P", "search_run=none"]}
+    for entry, params in commands.items():
+        quick = [] if entry == "baselines" else ["-P", f"config={QUICK}"]
+        result = subprocess.run(["mlflow", "run", ".", "--env-manager", "local", "-e", entry,
+                                 *quick, *params], cwd=ROOT, capture_output=True, text=True,
+                                timeout=900, env=user_env(port))
+        assert result.returncode == 0, (entry, (result.stdout + result.stderr)[-3000:])
+    client = client_of(url)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    for kind in ("predict", "explain", "baselines"):
+        run = next(r for r in runs if r.data.tags.get("mammo.kind") == kind)
+        assert run.info.status == "FINISHED", kind
+        assert client.list_artifacts(run.info.run_id), f"{kind}: no artifacts on the server"
+
+
 def test_the_data_survive_a_restart(team):
     data, port, url = team
     before = {r.info.run_id for r in client_of(url).search_runs(
