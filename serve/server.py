@@ -112,11 +112,11 @@ def free_port(host: str) -> int:
 def deploy(settings: ServeSettings, reload_token: int = 0) -> None:
     """Deploys (or redeploys, reloading the model) the application on the running Serve.
 
-    A redeploy first loads the model in this process: Serve replaces every replica on a
-    redeploy, and a rollout whose replicas fail leaves none (measured: 503 until the next
-    deploy), so a model that does not load must never reach Serve. Raises ReloadError then.
-    Only a change of the startup settings (serve.app.STARTUP_SETTINGS, replica_cpus)
-    replaces the replicas; other settings and the model reach the running ones in place.
+    Settings and the model reach the running replicas in place; only a change of the
+    startup settings (serve.app.STARTUP_SETTINGS, replica_cpus) rolls out new ones. A
+    redeploy first loads the model in this process: a rollout whose replicas fail leaves
+    none (measured: 503 until the next deploy), so a model that does not load must never
+    reach Serve. Raises ReloadError then.
     """
     serving = serving_version()
     if serving is not None:
