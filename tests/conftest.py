@@ -118,15 +118,20 @@ def wait_for_json(url: str, server: subprocess.Popen, timeout: float = 240) -> d
 
 
 def interrupt_group(server: subprocess.Popen, timeout: float = 90) -> None:
-    """Stops `server`'s process group as a user would (Ctrl-C); kills it if it lingers."""
+    """Stops `server`'s process group as a user would (Ctrl-C) and returns once every
+    process of the group has exited (`mlflow run` exits before the server it started has
+    shut down and released its port); kills what lingers past `timeout`."""
+    deadline = time.monotonic() + timeout
     try:
         os.killpg(server.pid, signal.SIGINT)
-        server.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+        while time.monotonic() < deadline:
+            os.killpg(server.pid, 0)  # raises ProcessLookupError once the group is gone
+            server.poll()  # reap the leader, so that it does not linger as a zombie
+            time.sleep(0.5)
         os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
     except ProcessLookupError:
-        server.wait()
+        pass
+    server.wait()
 
 
 def runs_of(store: Path) -> list:

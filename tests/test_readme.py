@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import time
 import urllib.request
@@ -181,6 +182,18 @@ def latest_search(uri: str) -> str:
     return runs[0].info.run_id
 
 
+def wait_until_free(port: int, timeout: float = 60) -> None:
+    """Returns once nothing listens on `port` (a stopped server's Ray processes may still
+    be letting go of it); fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.5)
+    raise AssertionError(f"port {port} still taken {timeout} s after its server was stopped")
+
+
 class Shell:
     """Runs commands as a user's bash session would: each sees the environment the
     previous one left (`source`, `export`), in the project folder."""
@@ -204,6 +217,7 @@ class Shell:
         and returns when `health` answers 200."""
         port = health.split(":")[2].split("/")[0]
         self.stop(port)
+        wait_until_free(int(port))
         server = subprocess.Popen(["bash", "-c", command], cwd=self.project,
                                   env=self.env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
