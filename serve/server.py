@@ -92,6 +92,8 @@ def start_serving(settings: ServeSettings) -> str:
     Ray runs and how requests reach the replicas."""
     new_local_node = not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
     ingress, proxy_port = ingress_of(settings, new_local_node), settings.port
+    if ingress == "direct" and not wait_until_bindable(settings.host, settings.port):
+        ingress = "proxy"
     if ingress == "direct":
         os.environ.update(direct_ingress_env(settings.port))
         # Serve starts its HTTP proxy all the same: on a free port, off the user's
@@ -101,6 +103,34 @@ def start_serving(settings: ServeSettings) -> str:
     how = ("direct ingress: the replica answers on the port itself" if ingress == "direct"
            else f"through Serve's HTTP proxy, {settings.num_replicas} replica(s)")
     return f"{line}; {how}"
+
+
+# Serve's direct-ingress server binds without SO_REUSEADDR, so after a server on the same
+# port has closed connections, the port stays unusable while they sit in TIME_WAIT (60 s
+# on Linux): measured, a restart right after a stop failed to deploy. The proxy's socket
+# can reuse the port at once.
+PORT_WAIT_S = 75
+
+
+def wait_until_bindable(host: str, port: int) -> bool:
+    """Returns True once `port` can be bound the way direct ingress binds it (waiting out
+    TIME_WAIT, with one line), False if it still cannot after PORT_WAIT_S seconds."""
+    deadline, said = time.monotonic() + PORT_WAIT_S, False
+    while True:
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+                return True
+            except OSError:
+                pass
+        if time.monotonic() > deadline:
+            print(f"port {port} is still taken: serving through Serve's HTTP proxy", flush=True)
+            return False
+        if not said:
+            print(f"port {port} is held by closed connections (TIME_WAIT) or another "
+                  f"server; waiting up to {PORT_WAIT_S} s", flush=True)
+            said = True
+        time.sleep(1)
 
 
 def free_port(host: str) -> int:
