@@ -182,14 +182,19 @@ def latest_search(uri: str) -> str:
     return runs[0].info.run_id
 
 
-def wait_until_free(port: int, timeout: float = 60) -> None:
-    """Returns once nothing listens on `port` (a stopped server's Ray processes may still
-    be letting go of it); fails after `timeout` seconds."""
+def wait_until_free(port: int, timeout: float = 90) -> None:
+    """Returns once `port` can be bound again: a stopped server's Ray processes may still
+    be letting go of it, and connections the server closed stay in TIME_WAIT for 60 s,
+    which blocks Serve's sockets (serve/server.py, wait_until_bindable). Fails after
+    `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) != 0:
+            try:
+                sock.bind(("127.0.0.1", port))
                 return
+            except OSError:
+                pass
         time.sleep(0.5)
     raise AssertionError(f"port {port} still taken {timeout} s after its server was stopped")
 
