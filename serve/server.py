@@ -107,8 +107,8 @@ def start_serving(settings: ServeSettings) -> str:
 
 # Serve's direct-ingress server binds without SO_REUSEADDR, so after a server on the same
 # port has closed connections, the port stays unusable while they sit in TIME_WAIT (60 s
-# on Linux): measured, a restart right after a stop failed to deploy. The proxy's socket
-# can reuse the port at once.
+# on Linux): measured, a restart right after a stop failed to deploy. (Those TIME_WAIT
+# entries block Serve's proxy socket too: measured with `serve run` on the same port.)
 PORT_WAIT_S = 75
 
 
