@@ -156,7 +156,7 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     assert process.returncode == 130, out[-2000:]
     assert "resume" in out
     interrupted = kinds(runs_of(tmp_path))
-    assert not any(status == "RUNNING" for _, status in interrupted)
+    assert not any(status == "RUNNING" for _, status in interrupted), (interrupted, out[-3000:])
     assert interrupted[("search", "KILLED")] == 1 and interrupted[("fold", "FINISHED")] >= 1
     first_fold = next(r for r in runs_of(tmp_path) if r.data.tags.get("mammo.fold") == "0"
                       and r.data.tags.get("mammo.kind") == "fold")

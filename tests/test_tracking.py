@@ -1,3 +1,6 @@
+import signal
+import time
+import traceback
 from pathlib import Path
 
 import keras
@@ -5,9 +8,11 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from mammo_core.config import load_experiment
-from mammo_core.tracking import (EpochLogger, Terminated, ensure_experiment,
+from mammo_core.tracking import (STORE_MODULES, EpochLogger, Terminated, ensure_experiment,
                                  log_experiment_config, log_keras_model, runtime_requirements,
                                  tracked_run, tracking_uri)
 
@@ -50,6 +55,37 @@ def test_signal_inside_a_c_extension_still_counts_as_killed(tracking_store):
             except Terminated as cause:
                 raise SystemError("returned a result with an exception set") from cause
     assert status_of(run.info.run_id) == "KILLED"
+
+
+@pytest.mark.parametrize("signum, error", [(signal.SIGTERM, Terminated),
+                                            (signal.SIGINT, KeyboardInterrupt)])
+def test_a_signal_inside_a_store_call_lands_after_it(tracking_store, signum, error):
+    # The signal arrives while SQLAlchemy runs the store's statement: raised there, it left
+    # the SQLite file locked and the run RUNNING (tests/test_search.py's SIGTERM test).
+    sent = []
+
+    def send_once(*args):
+        if not sent:
+            sent.append(signum)
+            signal.raise_signal(signum)
+
+    with pytest.raises(error) as caught:
+        with tracked_run("exp", "signalled") as run:
+            event.listen(Engine, "before_cursor_execute", send_once)
+            try:
+                mlflow.log_metric("x", 1.0)
+                time.sleep(5)  # the signal comes back while the run waits here
+            finally:
+                event.remove(Engine, "before_cursor_execute", send_once)
+    assert sent == [signum]
+    modules = [frame.f_globals["__name__"] for frame, _ in
+               traceback.walk_tb(caught.value.__traceback__)]
+    assert not any(name.startswith(STORE_MODULES) for name in modules), modules
+    assert status_of(run.info.run_id) == "KILLED"
+    assert mlflow.get_run(run.info.run_id).data.metrics["x"] == 1.0  # the call completed
+    with tracked_run("exp", "after") as later:  # the store is not locked
+        mlflow.log_metric("y", 2.0)
+    assert status_of(later.info.run_id) == "FINISHED"
 
 
 def test_existing_run_is_reopened(tracking_store):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,9 +113,23 @@ def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,
     path = storage / f"fold{fold_index}"
     if resume and tune.Tuner.can_restore(str(path)):
         print(f"fold {fold_index + 1}: restoring unfinished trials from {path}")
-        return tune.Tuner.restore(str(path), trainable, resume_errored=True).fit()
+        tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
+    else:
+        tuner = make_tuner(experiment, fold_index, trainable, storage, callbacks, fixed)
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    try:
+        return tuner.fit()
+    finally:
+        # Tune leaves its graceful-stop handler installed, tied to this finished fit: a
+        # Ctrl-C after it (evaluating the expert) would be swallowed.
+        signal.signal(signal.SIGINT, ctrl_c)
+
+
+def make_tuner(experiment: Experiment, fold_index: int, trainable, storage: Path,
+               callbacks: list, fixed: dict | None) -> tune.Tuner:
+    """Returns the fold's Tuner: the search space (or the `fixed` config), Optuna, ASHA."""
     search = experiment.search
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable, param_space=param_space(experiment, fixed),
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(experiment, fold_index) if not fixed else None,
@@ -128,7 +143,6 @@ def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=1, checkpoint_score_attribute=METRIC, checkpoint_score_order=MODE),
             callbacks=callbacks))
-    return tuner.fit()
 
 
 def best_result(grid: tune.ResultGrid, fold_index: int) -> tune.Result:
