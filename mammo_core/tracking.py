@@ -11,7 +11,7 @@ import threading
 from importlib import metadata
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import keras
 import matplotlib.pyplot as plt
@@ -240,24 +240,22 @@ def in_store_call(frame) -> bool:
     return False
 
 
-def _later_if_in_store(signum, frame) -> bool:
-    """Sends `signum` again shortly if the main thread is inside the store; returns whether."""
-    if not in_store_call(frame):
-        return False
-    timer = threading.Timer(REDELIVER_AFTER_S, os.kill, (os.getpid(), signum))
-    timer.daemon = True
-    timer.start()
-    return True
+def raising_outside_store(make_error: Callable[[int], BaseException]) -> Callable:
+    """Returns a signal handler that raises `make_error(signum)` in the main thread, at once
+    if it runs outside the tracking store's code, else as soon as it has left it (the
+    signal is sent again every REDELIVER_AFTER_S seconds until then)."""
+    def handler(signum, frame) -> None:
+        if not in_store_call(frame):
+            raise make_error(signum)
+        timer = threading.Timer(REDELIVER_AFTER_S, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+    return handler
 
 
-def _raise_terminated(signum, frame) -> None:
-    if not _later_if_in_store(signum, frame):
-        raise Terminated(f"terminated by signal {signum}")
-
-
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    if not _later_if_in_store(signum, frame):
-        raise KeyboardInterrupt
+_raise_terminated = raising_outside_store(
+    lambda signum: Terminated(f"terminated by signal {signum}"))
+_raise_keyboard_interrupt = raising_outside_store(lambda signum: KeyboardInterrupt())
 
 
 def _plain(value):

@@ -30,7 +30,7 @@ from ray import serve
 from ray.serve.schema import ApplicationStatus
 
 from mammo_core.config import ConfigError
-from mammo_core.tracking import registry_reference, tracking_uri
+from mammo_core.tracking import raising_outside_store, registry_reference, tracking_uri
 from serve.app import bind_app
 from serve.model import load_model
 from serve.settings import ServeSettings
@@ -195,9 +195,9 @@ class OperatorStop(BaseException):
 
 def stop_on_signals() -> None:
     """SIGTERM and SIGINT raise OperatorStop: process managers stop services with SIGTERM,
-    and both must shut Serve down and end the run, not kill the process half-way."""
-    def handler(signum, _frame):
-        raise OperatorStop(signal.Signals(signum).name)
+    and both must shut Serve down and end the run, not kill the process half-way (nor in
+    the middle of a tracking-store call, which would leave the run RUNNING)."""
+    handler = raising_outside_store(lambda signum: OperatorStop(signal.Signals(signum).name))
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
 
