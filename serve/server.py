@@ -116,13 +116,7 @@ def wait_until_bindable(host: str, port: int) -> bool:
     """Returns True once `port` can be bound the way direct ingress binds it (waiting out
     TIME_WAIT, with one line), False if it still cannot after PORT_WAIT_S seconds."""
     deadline, said = time.monotonic() + PORT_WAIT_S, False
-    while True:
-        with socket.socket() as sock:
-            try:
-                sock.bind((host, port))
-                return True
-            except OSError:
-                pass
+    while not port_bindable(host, port):
         if time.monotonic() > deadline:
             print(f"port {port} is still taken: serving through Serve's HTTP proxy", flush=True)
             return False
@@ -131,6 +125,18 @@ def wait_until_bindable(host: str, port: int) -> bool:
                   f"server; waiting up to {PORT_WAIT_S} s", flush=True)
             said = True
         time.sleep(1)
+    return True
+
+
+def port_bindable(host: str, port: int) -> bool:
+    """Returns True if a socket can bind `port` now (no listener, no TIME_WAIT entries),
+    as Serve's direct-ingress socket binds it: without SO_REUSEADDR."""
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+            return True
+        except OSError:
+            return False
 
 
 def free_port(host: str) -> int:

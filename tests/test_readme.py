@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,6 +24,8 @@ import pytest
 from collection_fixtures import write_cbis_arrays, write_mias
 from conftest import child_env, interrupt_group
 from PIL import Image
+
+from serve.server import port_bindable
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,16 +186,12 @@ def latest_search(uri: str) -> str:
 def wait_until_free(port: int, timeout: float = 90) -> None:
     """Returns once `port` can be bound again: a stopped server's Ray processes may still
     be letting go of it, and connections the server closed stay in TIME_WAIT for 60 s,
-    which blocks Serve's sockets (serve/server.py, wait_until_bindable). Fails after
+    which blocks Serve's sockets (serve/server.py, port_bindable). Fails after
     `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-                return
-            except OSError:
-                pass
+        if port_bindable("127.0.0.1", port):
+            return
         time.sleep(0.5)
     raise AssertionError(f"port {port} still taken {timeout} s after its server was stopped")
 
