@@ -43,7 +43,8 @@ from mammo_core.training import fit, limit_tensorflow_threads, predict_proba, se
 from tune.project import load_config, load_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTRAST_AUGMENTATION = {"contrast_aug": (0.5, "uniform"), "contrast_aug_wide": (0.8, "uniform"),
+CONTRAST_AUGMENTATION = {"contrast_off": (0.0, "uniform"), "contrast_0.1": (0.1, "uniform"),
+                         "contrast_aug": (0.5, "uniform"), "contrast_aug_wide": (0.8, "uniform"),
                          "contrast_log_2": (1.0, "log_uniform"),
                          "contrast_log_2.5": (1.5, "log_uniform")}
 SHIFTS = {"clean": (), "contrast 1.5 + brightness 0.05": (Shift("contrast", 1.5),
@@ -52,15 +53,25 @@ SHIFTS = {"clean": (), "contrast 1.5 + brightness 0.05": (Shift("contrast", 1.5)
 
 
 def variant_experiment(experiment, name: str):
-    """Returns the experiment with the variant's preprocessing / augmentation."""
-    if name in ("before", "after", "robust"):
+    """Returns the experiment with the variant's preprocessing / augmentation; `a+b`
+    applies both."""
+    if "+" in name:
+        for part in name.split("+"):
+            experiment = variant_experiment(experiment, part)
+        return experiment
+    if name in ("before", "after", "robust", "noise"):
         return dataclasses.replace(experiment, preprocessing=dataclasses.replace(
             experiment.preprocessing, standardize=name))
+    if name == "equivariant":
+        return dataclasses.replace(experiment, model=dataclasses.replace(
+            experiment.model, scale_equivariant=True))
     if name in CONTRAST_AUGMENTATION:
         model, (factor, scale) = experiment.model, CONTRAST_AUGMENTATION[name]
         return dataclasses.replace(experiment, model=dataclasses.replace(
             model, augmentation=dataclasses.replace(model.augmentation, contrast=factor,
                                                     contrast_scale=scale)))
+    if name != "none":
+        raise SystemExit(f"unknown variant {name!r}")
     return experiment
 
 
@@ -70,7 +81,8 @@ def run_variant(experiment, raw: np.ndarray, labels: np.ndarray, plan, args) -> 
                                    early_stopping_patience=args.patience)
     shifted = {name: preprocess(combined(raw, shifts), experiment.preprocessing)
                for name, shifts in SHIFTS.items()}
-    out = {name: {"auc": [], "balanced_accuracy": []} for name in SHIFTS}
+    out = {name: {"auc": [], "balanced_accuracy": [], "balanced_accuracy_at_half": []}
+           for name in SHIFTS}
     for fold in plan.folds:
         set_seed(fold.index)
         images = shifted["clean"]
@@ -85,8 +97,12 @@ def run_variant(experiment, raw: np.ndarray, labels: np.ndarray, plan, args) -> 
             m = metrics.binary_metrics(labels[fold.test], p, threshold)
             out[name]["auc"].append(m["auc"])
             out[name]["balanced_accuracy"].append((m["sensitivity"] + m["specificity"]) / 2)
+            half = metrics.binary_metrics(labels[fold.test], p, 0.5)
+            out[name]["balanced_accuracy_at_half"].append(
+                (half["sensitivity"] + half["specificity"]) / 2)
         print(f"  fold {fold.index + 1}: " + ", ".join(
             f"{n} AUC {out[n]['auc'][-1]:.3f} bal.acc {out[n]['balanced_accuracy'][-1]:.3f}"
+            f" (at 0.5: {out[n]['balanced_accuracy_at_half'][-1]:.3f})"
             for n in SHIFTS), flush=True)
     return out
 
@@ -109,11 +125,13 @@ def main() -> None:
         results[name] = run_variant(variant_experiment(experiment, name), dataset.images,
                                     dataset.labels, plan, args)
     print(f"\n{(time.monotonic() - started) / 60:.1f} min\n")
-    print("| variant | " + " | ".join(f"{s}: AUC | {s}: bal. acc." for s in SHIFTS) + " |")
-    print("|---" * (1 + 2 * len(SHIFTS)) + "|")
+    columns = ("auc", "balanced_accuracy", "balanced_accuracy_at_half")
+    print("| variant | " + " | ".join(f"{s}: AUC | {s}: bal. acc. | {s}: bal. acc. at 0.5"
+                                     for s in SHIFTS) + " |")
+    print("|---" * (1 + len(columns) * len(SHIFTS)) + "|")
     for name, row in results.items():
         cells = [f"{np.mean(row[s][m]):.3f} ± {np.std(row[s][m], ddof=1):.3f}"
-                 for s in SHIFTS for m in ("auc", "balanced_accuracy")]
+                 for s in SHIFTS for m in columns]
         print(f"| {name} | " + " | ".join(cells) + " |")
     out = ROOT / "benchmarks" / "results" / "invariance.json"
     out = out.with_name(f"invariance-{'-'.join(args.variants)}.json")

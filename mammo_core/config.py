@@ -116,8 +116,10 @@ class PreprocessingConfig:
     # per-patch standardisation, for insensitivity to a scanner's gain and offset: zero
     # mean and unit std before the wavelet filter (on intensities) or after it (on its
     # output), or robust (before the filter: median and MAD, which a few bright
-    # calcifications barely move); none keeps the absolute contrast (docs/benchmarks.md)
-    standardize: Literal["none", "before", "after", "robust"] = "none"
+    # calcifications barely move), or noise (before the filter: minus the median, divided
+    # by the patch's own noise level, which a gain scales but tissue and class do not
+    # move); none keeps the absolute contrast (docs/benchmarks.md)
+    standardize: Literal["none", "before", "after", "robust", "noise"] = "none"
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,10 @@ class ModelConfig:
     # ~16 steps per epoch and the small wavelet output they stay at their initial values
     # and every validation prediction collapses to one value (AUC 0.5). 0.9 settles fast.
     batchnorm_momentum: float = 0.9
+    # True: no offsets anywhere (convolutions, normalisation, dense layers, output), so the
+    # logit of the hypermodel is linear in the gain of its input: a contrast change of the
+    # patch scales the logit and leaves its sign, the decision at probability 0.5, alone.
+    scale_equivariant: bool = False
     augmentation: AugmentationConfig = AugmentationConfig()
 
 

@@ -90,7 +90,7 @@ def test_preprocess_pipeline_switches():
         preprocess(images[0], PreprocessingConfig())
 
 
-@pytest.mark.parametrize("mode", ["before", "after", "robust"])
+@pytest.mark.parametrize("mode", ["before", "after", "robust", "noise"])
 def test_standardisation_makes_the_input_blind_to_gain_and_offset(mode):
     from mammo_core.config import PreprocessingConfig
     from mammo_core.shift import Shift, combined
@@ -104,3 +104,22 @@ def test_standardisation_makes_the_input_blind_to_gain_and_offset(mode):
                                atol=1e-3)
     plain = preprocess(shifted, PreprocessingConfig())
     assert np.abs(plain - preprocess(patches, PreprocessingConfig())).max() > 0.01
+
+
+def test_noise_level_measures_the_noise_not_the_tissue_or_the_calcifications():
+    from mammo_core.preprocessing import in_noise_units, noise_level
+
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:60, 0:60] / 60.0
+    tissue = 0.4 + 0.1 * np.sin(6 * rows) * np.cos(4 * cols)  # smooth background
+    patches = np.stack([tissue + rng.normal(0, sigma, (60, 60)) for sigma in (0.005, 0.02)])
+    patches[:, 20:23, 30:33] += 0.3  # a bright cluster
+    np.testing.assert_allclose(noise_level(patches).ravel(), [0.005, 0.02], rtol=0.15)
+    assert patches.std(axis=(1, 2)).min() > 2 * 0.02  # what `before` would divide by
+    units = in_noise_units(patches.astype(np.float32))
+    # the cluster stands out by the same number of noise levels however the gain was set
+    np.testing.assert_allclose(in_noise_units((3 * patches).astype(np.float32)), units,
+                               rtol=1e-4, atol=1e-3)
+    assert units[0, 21, 31] > 40 and np.median(units) == pytest.approx(0, abs=1)
+    flat = in_noise_units(np.full((1, 60, 60), 0.5, dtype=np.float32))
+    assert np.all(flat == 0)
