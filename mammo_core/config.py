@@ -181,10 +181,6 @@ class ModelConfig:
     # ~16 steps per epoch and the small wavelet output they stay at their initial values
     # and every validation prediction collapses to one value (AUC 0.5). 0.9 settles fast.
     batchnorm_momentum: float = 0.9
-    # True: no offsets anywhere (convolutions, normalisation, dense layers, output), so the
-    # logit of the hypermodel is linear in the gain of its input: a contrast change of the
-    # patch scales the logit and leaves its sign, the decision at probability 0.5, alone.
-    scale_equivariant: bool = False
     augmentation: AugmentationConfig = AugmentationConfig()
 
 

@@ -79,37 +79,6 @@ class RandomContrastAroundMean(layers.Layer):
                 "scale": self.scale}
 
 
-@keras.saving.register_keras_serializable(package="mammo")
-class ScaleNormalization(layers.Layer):
-    """BatchNormalization without the centring and the offset: divides each channel by its
-    root mean square over the batch (a moving average of it at inference) and multiplies
-    by a learned gain. The output is linear in the input, so a network built of it, ReLU,
-    pooling and bias-free layers scales its logit with the input's gain."""
-
-    def __init__(self, momentum: float = 0.9, epsilon: float = 1e-12, **kwargs):
-        super().__init__(**kwargs)
-        self.momentum, self.epsilon = momentum, epsilon
-
-    def build(self, input_shape):
-        channels = (input_shape[-1],)
-        self.gain = self.add_weight(shape=channels, initializer="ones", name="gain")
-        self.moving_rms = self.add_weight(shape=channels, initializer="ones", trainable=False,
-                                          name="moving_rms")
-
-    def call(self, inputs, training=None):
-        if training:
-            axes = tuple(range(len(inputs.shape) - 1))
-            rms = ops.sqrt(ops.mean(ops.square(inputs), axis=axes) + self.epsilon)
-            self.moving_rms.assign(self.momentum * self.moving_rms
-                                   + (1 - self.momentum) * ops.stop_gradient(rms))
-        else:
-            rms = self.moving_rms
-        return inputs * (self.gain / rms)
-
-    def get_config(self):
-        return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}
-
-
 def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
     """Returns the training-only augmentation stack (identity at inference)."""
     stack = []
@@ -124,14 +93,13 @@ def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
     return keras.Sequential(stack or [layers.Identity()], name=AUGMENTATION)
 
 
-def output_layer(n_classes: int, init="glorot_uniform", use_bias: bool = True) -> layers.Dense:
+def output_layer(n_classes: int, init="glorot_uniform") -> layers.Dense:
     """Returns the output layer `probability`: one sigmoid unit for two classes, else a
     softmax over `n_classes`."""
     if n_classes == 2:
-        return layers.Dense(1, activation="sigmoid", kernel_initializer=init, use_bias=use_bias,
-                            name="probability")
+        return layers.Dense(1, activation="sigmoid", kernel_initializer=init, name="probability")
     return layers.Dense(n_classes, activation="softmax", kernel_initializer=init,
-                        use_bias=use_bias, name="probability")
+                        name="probability")
 
 
 def compile_classifier(model: keras.Model, optimizer, n_classes: int) -> keras.Model:
@@ -163,10 +131,9 @@ def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],
     x = _pooling(config.pooling)(x)
     for index in range(depth):
         x = layers.Dense(max(config.dense_units // 2 ** index, 1), activation="relu",
-                         use_bias=not config.scale_equivariant, name=f"dense_{index}")(x)
+                         name=f"dense_{index}")(x)
         x = layers.Dropout(rate)(x)
-    outputs = output_layer(n_classes, use_bias=not config.scale_equivariant)(x)
-    model = keras.Model(inputs, outputs, name="mammo_cnn")
+    model = keras.Model(inputs, output_layer(n_classes)(x), name="mammo_cnn")
     return compile_classifier(model, keras.optimizers.Adam(float(hp["learning_rate"])), n_classes)
 
 
@@ -174,10 +141,7 @@ def _conv_block(x, filters: int, config: ModelConfig, rate: float, index: int):
     # The bias is redundant before BatchNormalization, which adds its own offset.
     x = layers.Conv2D(filters, config.kernel_size, padding="same", use_bias=False,
                       name=f"conv_{index}")(x)
-    if config.scale_equivariant:
-        x = ScaleNormalization(momentum=config.batchnorm_momentum, name=f"bn_{index}")(x)
-    else:
-        x = layers.BatchNormalization(momentum=config.batchnorm_momentum, name=f"bn_{index}")(x)
+    x = layers.BatchNormalization(momentum=config.batchnorm_momentum, name=f"bn_{index}")(x)
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D(name=f"pool_{index}")(x)
     return layers.Dropout(rate)(x)

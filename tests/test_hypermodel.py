@@ -85,23 +85,3 @@ def test_other_input_sizes_and_poolings():
     with pytest.raises(ValueError, match="square"):
         build_model(EXPERIMENT.hyperparameters, (60, 40, 1), ModelConfig())
 
-
-def test_a_scale_equivariant_model_scales_its_logit_with_the_input_gain(tmp_path):
-    import dataclasses
-
-    config = dataclasses.replace(EXPERIMENT.model, scale_equivariant=True)
-    model = build_model(EXPERIMENT.hyperparameters, (60, 60, 1), config, seed=0)
-    rng = np.random.default_rng(0)
-    x = rng.normal(0, 1, (16, 60, 60, 1)).astype(np.float32)
-    model.fit(x, np.array([0, 1] * 8), epochs=2, batch_size=8, verbose=0)
-    assert not any(getattr(layer, "use_bias", False) for layer in model.layers)
-
-    def logit(images):
-        p = np.clip(model.predict(images, verbose=0).ravel().astype(np.float64), 1e-7, 1 - 1e-7)
-        return np.log(p / (1 - p))
-
-    np.testing.assert_allclose(logit(2.5 * x), 2.5 * logit(x), rtol=1e-3, atol=1e-3)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=1e-5)
