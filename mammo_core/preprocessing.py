@@ -74,7 +74,7 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     pairs of patches (N, 2, H, W), each patch preprocessed on its own.
 
     Steps, each switched in the config: scale to [0, 1], CLAHE, per-patch standardisation
-    (`before`, `robust`), wavelet filter, per-patch standardisation (`after`). CLAHE comes first
+    (`before`, `robust`, `noise`), wavelet filter, per-patch standardisation (`after`). CLAHE comes first
     because it expects intensities, not the signed wavelet output.
     """
     if images.ndim == 4 and images.shape[1] == 2 and images.shape[-1] != 1:
@@ -130,7 +130,8 @@ def noise_level(images: np.ndarray) -> np.ndarray:
 def in_noise_units(images: np.ndarray) -> np.ndarray:
     """Returns each image minus its median, divided by its noise_level (a flat image stays
     at zero): a gain changes signal and noise alike, so the result does not move with it,
-    and the contrast of a calcification to the noise, its evidence, is kept."""
+    and the contrast of a calcification to the noise, its evidence, is kept. Added noise
+    or blur move the divisor instead (docs/benchmarks.md, shift: noise units)."""
     centre = np.median(images, axis=(-2, -1), keepdims=True)
     scale = noise_level(images)
     return ((images - centre) / np.where(scale > 0, scale, 1.0)).astype(np.float32)

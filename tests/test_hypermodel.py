@@ -84,4 +84,3 @@ def test_other_input_sizes_and_poolings():
         assert model.output_shape == (None, 1)
     with pytest.raises(ValueError, match="square"):
         build_model(EXPERIMENT.hyperparameters, (60, 40, 1), ModelConfig())
-
