@@ -74,8 +74,8 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     pairs of patches (N, 2, H, W), each patch preprocessed on its own.
 
     Steps, each switched in the config: scale to [0, 1], CLAHE, per-patch standardisation
-    (`before`, `robust`, `noise`), wavelet filter, per-patch standardisation (`after`). CLAHE comes first
-    because it expects intensities, not the signed wavelet output.
+    (`before`, `robust`, `noise`), wavelet filter, per-patch standardisation (`after`).
+    CLAHE comes first because it expects intensities, not the signed wavelet output.
     """
     if images.ndim == 4 and images.shape[1] == 2 and images.shape[-1] != 1:
         return preprocess(images.reshape(-1, *images.shape[2:]), config).reshape(
