@@ -37,17 +37,37 @@ SHIFTS = [(s.name, (s,)) for s in STANDARD_SHIFTS] + [
 COLUMNS = ("auc", "sensitivity", "specificity", "balanced_accuracy", "ece")
 
 
-def score_shifts(model, raw: np.ndarray, labels: np.ndarray, threshold: float) -> pd.DataFrame:
+def shift_probabilities(model, raw: np.ndarray) -> dict[str, np.ndarray]:
+    """Returns the model's probability per image under each shift, by shift name."""
+    return {name: model.predict(combined(raw, shifts, seed=0))["probability"].to_numpy()
+            for name, shifts in SHIFTS}
+
+
+def balanced_accuracy(labels: np.ndarray, p: np.ndarray, threshold: float) -> float:
+    """Returns (sensitivity + specificity) / 2 at `threshold`."""
+    m = metrics.binary_metrics(labels, p, threshold)
+    return (m["sensitivity"] + m["specificity"]) / 2
+
+
+def score_shifts(probabilities: dict[str, np.ndarray], labels: np.ndarray,
+                 threshold: float) -> pd.DataFrame:
     """Returns one row per shift with the metrics at the model's threshold."""
     rows = []
-    for name, shifts in SHIFTS:
-        p = model.predict(combined(raw, shifts, seed=0))["probability"].to_numpy()
+    for name, p in probabilities.items():
         m = metrics.binary_metrics(labels, p, threshold)
         rows.append({"shift": name, "auc": m["auc"], "sensitivity": m["sensitivity"],
                      "specificity": m["specificity"],
                      "balanced_accuracy": (m["sensitivity"] + m["specificity"]) / 2,
                      "ece": metrics.expected_calibration_error(labels, p)})
     return pd.DataFrame(rows)
+
+
+def threshold_table(probabilities: dict[str, np.ndarray], labels: np.ndarray,
+                    thresholds: list[float]) -> pd.DataFrame:
+    """Returns balanced accuracy per shift (rows) at each of `thresholds` (columns): what
+    moving the operating point, instead of the model, would trade."""
+    return pd.DataFrame({f"{t:g}": [balanced_accuracy(labels, p, t) for p in probabilities.values()]
+                         for t in thresholds}, index=list(probabilities))
 
 
 def shift_figure(table: pd.DataFrame, title: str):
@@ -68,6 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/microcal.yaml")
     parser.add_argument("--model-uri", default="")
+    parser.add_argument("--thresholds", type=float, nargs="*", default=[],
+                        help="also print balanced accuracy per shift at these thresholds")
     args = parser.parse_args()
     experiment, _ = load_config(args.config)
     use_tracking_store(PROJECT_ROOT)
@@ -80,7 +102,8 @@ def main() -> None:
     model = mlflow.pyfunc.load_model(f"models:/{ref['name']}/{ref['version']}")
     threshold = model.unwrap_python_model().predictor.ensemble.threshold
     raw, labels = dataset.images[holdout], dataset.labels[holdout]
-    table = score_shifts(model, raw, labels, threshold)
+    probabilities = shift_probabilities(model, raw)
+    table = score_shifts(probabilities, labels, threshold)
     with tracked_run(experiment.tracking.experiment_name, f"shift-v{ref['version']}",
                      tags={"mammo.kind": "shift", "mammo.model_uri": uri}):
         mlflow.log_params({"model_version": ref["version"], "search_run": search_run,
@@ -97,6 +120,13 @@ def main() -> None:
     print("| shift | " + " | ".join(COLUMNS) + " |\n" + "|---" * (len(COLUMNS) + 1) + "|")
     for row in table.to_dict("records"):
         print(f"| {row['shift']} | " + " | ".join(f"{row[c]:.3f}" for c in COLUMNS) + " |")
+    if args.thresholds:
+        moved = threshold_table(probabilities, labels, [threshold, *args.thresholds])
+        print("\nbalanced accuracy at other thresholds (the first column is the model's own)\n")
+        print("| shift | " + " | ".join(moved.columns) + " |\n" + "|---" * (moved.shape[1] + 1)
+              + "|")
+        for name, row in moved.iterrows():
+            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
 
 
 if __name__ == "__main__":
