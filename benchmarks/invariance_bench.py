@@ -98,10 +98,9 @@ def run_variant(experiment, raw: np.ndarray, labels: np.ndarray, plan, args) -> 
             p = predict_proba(model, shifted_images[fold.test])
             m = metrics.binary_metrics(labels[fold.test], p, threshold)
             out[name]["auc"].append(m["auc"])
-            out[name]["balanced_accuracy"].append((m["sensitivity"] + m["specificity"]) / 2)
-            half = metrics.binary_metrics(labels[fold.test], p, 0.5)
-            out[name]["balanced_accuracy_at_half"].append(
-                (half["sensitivity"] + half["specificity"]) / 2)
+            out[name]["balanced_accuracy"].append(metrics.balanced_accuracy(m))
+            out[name]["balanced_accuracy_at_half"].append(metrics.balanced_accuracy(
+                metrics.binary_metrics(labels[fold.test], p, 0.5)))
         print(f"  fold {fold.index + 1}: " + ", ".join(
             f"{n} AUC {out[n]['auc'][-1]:.3f} bal.acc {out[n]['balanced_accuracy'][-1]:.3f}"
             f" (at 0.5: {out[n]['balanced_accuracy_at_half'][-1]:.3f})"

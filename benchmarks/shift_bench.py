@@ -43,12 +43,6 @@ def shift_probabilities(model, raw: np.ndarray) -> dict[str, np.ndarray]:
             for name, shifts in SHIFTS}
 
 
-def balanced_accuracy(labels: np.ndarray, p: np.ndarray, threshold: float) -> float:
-    """Returns (sensitivity + specificity) / 2 at `threshold`."""
-    m = metrics.binary_metrics(labels, p, threshold)
-    return (m["sensitivity"] + m["specificity"]) / 2
-
-
 def score_shifts(probabilities: dict[str, np.ndarray], labels: np.ndarray,
                  threshold: float) -> pd.DataFrame:
     """Returns one row per shift with the metrics at the model's threshold."""
@@ -57,7 +51,7 @@ def score_shifts(probabilities: dict[str, np.ndarray], labels: np.ndarray,
         m = metrics.binary_metrics(labels, p, threshold)
         rows.append({"shift": name, "auc": m["auc"], "sensitivity": m["sensitivity"],
                      "specificity": m["specificity"],
-                     "balanced_accuracy": (m["sensitivity"] + m["specificity"]) / 2,
+                     "balanced_accuracy": metrics.balanced_accuracy(m),
                      "ece": metrics.expected_calibration_error(labels, p)})
     return pd.DataFrame(rows)
 
@@ -66,8 +60,17 @@ def threshold_table(probabilities: dict[str, np.ndarray], labels: np.ndarray,
                     thresholds: list[float]) -> pd.DataFrame:
     """Returns balanced accuracy per shift (rows) at each of `thresholds` (columns): what
     moving the operating point, instead of the model, would trade."""
-    return pd.DataFrame({f"{t:g}": [balanced_accuracy(labels, p, t) for p in probabilities.values()]
+    return pd.DataFrame({f"{t:g}": [metrics.balanced_accuracy(metrics.binary_metrics(labels, p, t))
+                                    for p in probabilities.values()]
                          for t in thresholds}, index=list(probabilities))
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """Returns `table` (rows named by shift) as a Markdown table, values to 3 decimals."""
+    lines = ["| shift | " + " | ".join(table.columns) + " |", "|---" * (table.shape[1] + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+              for name, row in table.iterrows()]
+    return "\n".join(lines)
 
 
 def shift_figure(table: pd.DataFrame, title: str):
@@ -117,16 +120,11 @@ def main() -> None:
                    "figures/shift.png")
     print(f"{uri} = v{ref['version']}, hold-out of search {search_run}: {len(holdout)} images, "
           f"threshold {threshold:.4f}\n")
-    print("| shift | " + " | ".join(COLUMNS) + " |\n" + "|---" * (len(COLUMNS) + 1) + "|")
-    for row in table.to_dict("records"):
-        print(f"| {row['shift']} | " + " | ".join(f"{row[c]:.3f}" for c in COLUMNS) + " |")
+    print(markdown(table.set_index("shift")[list(COLUMNS)]))
     if args.thresholds:
         moved = threshold_table(probabilities, labels, [threshold, *args.thresholds])
         print("\nbalanced accuracy at other thresholds (the first column is the model's own)\n")
-        print("| shift | " + " | ".join(moved.columns) + " |\n" + "|---" * (moved.shape[1] + 1)
-              + "|")
-        for name, row in moved.iterrows():
-            print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        print(markdown(moved))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,11 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray,
     return label_metrics(labels, (probabilities >= threshold).astype(int), probabilities)
 
 
+def balanced_accuracy(binary: Mapping[str, float]) -> float:
+    """Returns (sensitivity + specificity) / 2 of a binary_metrics dictionary."""
+    return (binary["sensitivity"] + binary["specificity"]) / 2
+
+
 def label_metrics(labels: np.ndarray, predicted: np.ndarray,
                   probabilities: np.ndarray) -> dict[str, float]:
     """Returns binary_metrics' dictionary for given predicted labels (any thresholds)."""

@@ -115,7 +115,7 @@ def standardize(images: np.ndarray, robust: bool = False) -> np.ndarray:
     else:
         centre = images.mean(axis=axes, keepdims=True)
         scale = images.std(axis=axes, keepdims=True)
-    return ((images - centre) / np.where(scale > 0, scale, 1.0)).astype(np.float32)
+    return _centre_and_scale(images, centre, scale)
 
 
 def noise_level(images: np.ndarray) -> np.ndarray:
@@ -133,7 +133,11 @@ def in_noise_units(images: np.ndarray) -> np.ndarray:
     and the contrast of a calcification to the noise, its evidence, is kept. Added noise
     or blur move the divisor instead (docs/benchmarks.md, shift: noise units)."""
     centre = np.median(images, axis=(-2, -1), keepdims=True)
-    scale = noise_level(images)
+    return _centre_and_scale(images, centre, noise_level(images))
+
+
+def _centre_and_scale(images: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    # a flat image has no scale: it stays at zero instead of dividing by zero
     return ((images - centre) / np.where(scale > 0, scale, 1.0)).astype(np.float32)
 
 

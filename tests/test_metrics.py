@@ -33,6 +33,15 @@ def test_threshold_and_empty_denominators():
     assert binary_metrics(labels, np.array([0.2, 0.4]), threshold=0.3)["sensitivity"] == 1.0
 
 
+def test_balanced_accuracy_is_the_mean_of_sensitivity_and_specificity():
+    from mammo_core.metrics import balanced_accuracy
+
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    m = binary_metrics(labels, np.array([0.1, 0.2, 0.3, 0.8, 0.9, 0.4]), threshold=0.5)
+    assert (m["sensitivity"], m["specificity"]) == (0.5, 0.75)
+    assert balanced_accuracy(m) == 0.625
+
+
 def test_single_class_labels_rejected():
     with pytest.raises(ValueError, match="both classes"):
         binary_metrics(np.array([1, 1]), np.array([0.5, 0.6]))

@@ -154,7 +154,7 @@ def cross_fitted(weights: np.ndarray, experts_p: np.ndarray, labels: np.ndarray,
 def scores(labels: np.ndarray, probabilities: np.ndarray, thresholds) -> dict[str, float]:
     """Returns the binary metrics plus balanced accuracy and ECE."""
     out = metrics.scores(labels, probabilities, thresholds)
-    out["balanced_accuracy"] = (out["sensitivity"] + out["specificity"]) / 2
+    out["balanced_accuracy"] = metrics.balanced_accuracy(out)
     out["ece"] = metrics.expected_calibration_error(labels, probabilities)
     return out
 
