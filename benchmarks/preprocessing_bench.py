@@ -17,7 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mammo_core.config import ClaheConfig, WaveletConfig  # noqa: E402
-from mammo_core.preprocessing import clahe, scale_to_unit, wavelet_filter  # noqa: E402
+from mammo_core.images import as_unit  # noqa: E402
+from mammo_core.preprocessing import clahe, wavelet_filter  # noqa: E402
 from tune.project import load_config, load_data  # noqa: E402
 
 
@@ -38,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     experiment, _ = load_config("experiments/microcal.yaml")
     dataset, _ = load_data(experiment, "")
-    images = scale_to_unit(dataset.images)
+    images = as_unit(dataset.images)
     rows = []
     for family in ("sym3", "haar", "db5"):
         config = WaveletConfig(family=family)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,13 +29,8 @@ from mlflow.entities import Metric, RunTag
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mammo_core.config import load_experiment  # noqa: E402
+from serve.server import free_port  # noqa: E402
 from tune.tracking_server import start, stop  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def quick_search(uri: str, config: str, storage: Path) -> tuple[float, float]:

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,9 @@ from pathlib import Path
 import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from serve.server import free_port  # noqa: E402
+
 OUT = ROOT / "docs" / "screenshots"
 QUICK = "experiments/microcal_quick.yaml"
 
@@ -41,12 +43,6 @@ def quick_store(folder: Path) -> Path:
     subprocess.run([str(Path(sys.executable).parent / "mlflow"), "run", ".", "--env-manager",
                     "local", "-P", f"config={QUICK}"], cwd=ROOT, env=env, check=True)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_ui(store: Path, port: int) -> subprocess.Popen:

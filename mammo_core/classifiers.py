@@ -11,7 +11,7 @@ import itertools
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -28,8 +28,10 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
-from mammo_core.config import ConfigError, ParamGrid
-from mammo_core.folds import Fold
+from mammo_core.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: the config module imports this one to check grids
+    from mammo_core.config import ParamGrid
 
 # name -> factory(seed). Every model gives probabilities: AUC is never computed from
 # hard labels. SVMs get them from Platt scaling fitted by internal cross-validation on
@@ -92,24 +94,28 @@ def make_classifier(name: str, params: Mapping[str, Any], standardize: bool,
     return Pipeline(steps + [("model", model)])
 
 
-def fit_fold(name: str, grid: ParamGrid, features: np.ndarray, labels: np.ndarray, fold: Fold,
-             standardize: bool, seed: int) -> tuple[FoldFit, Pipeline]:
-    """Selects on the fold's inner validation part, refits on train + val, scores the test part.
+def fit_fold(name: str, grid: ParamGrid, features: np.ndarray, labels: np.ndarray,
+             parts: tuple[np.ndarray, np.ndarray, np.ndarray], fold: int, standardize: bool,
+             seed: int) -> tuple[FoldFit, Pipeline]:
+    """Selects on the validation rows, refits on train + validation, scores the test rows.
 
-    Returns the FoldFit and the final fitted pipeline. Ties between grid points keep
-    the first (the grid's sorted order), so the result is reproducible.
+    parts: (train, validation, test) row indices of `features`; fold: the outer fold's
+    number, recorded in the FoldFit. Returns the FoldFit and the final fitted pipeline.
+    Ties between grid points keep the first (the grid's sorted order), so the result is
+    reproducible.
     """
+    train, val, test = parts
     started = time.monotonic()
     tried = []
     for params in candidates(grid):
-        model = _fit(make_classifier(name, params, standardize, seed), features, labels, fold.train)
-        auc = roc_auc_score(labels[fold.val], model.predict_proba(features[fold.val])[:, 1])
+        model = _fit(make_classifier(name, params, standardize, seed), features, labels, train)
+        auc = roc_auc_score(labels[val], model.predict_proba(features[val])[:, 1])
         tried.append((params, float(auc)))
     best = max(tried, key=lambda item: item[1])[0]
-    development = np.concatenate([fold.train, fold.val])
+    development = np.concatenate([train, val])
     final = _fit(make_classifier(name, best, standardize, seed), features, labels, development)
-    probabilities = final.predict_proba(features[fold.test])[:, 1]
-    return FoldFit(name, fold.index, best, tuple(tried), fold.test, probabilities,
+    probabilities = final.predict_proba(features[test])[:, 1]
+    return FoldFit(name, fold, best, tuple(tried), test, probabilities,
                    time.monotonic() - started), final
 
 

@@ -13,17 +13,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration file or value is invalid; the message names the offending key."""
-
-
-# How a collection is stored (mammo_core/data.py, cbis.py, mias.py read them).
-LAYOUTS = ("folders", "cbis_npy", "mias")
+from mammo_core.balance import METHODS as BALANCE_METHODS
+from mammo_core.errors import ConfigError
+from mammo_core.registry import ENSEMBLE_METHODS, FAMILIES, LAYOUTS
 
 
 @dataclass(frozen=True)
@@ -38,7 +34,7 @@ class DataConfig:
     root: str | None = None  # None: MAMMO_DATA_DIR, then the default locations
     # the folder name looked for beside the project (../shared/data/<collection>, data/<...>)
     collection: str = "microcal"
-    layout: Literal["folders", "cbis_npy", "mias"] = "folders"
+    layout: str = "folders"  # a name of mammo_core.registry.LAYOUTS
     image_size: tuple[int, int] = (60, 60)
     # images of another size are resampled to image_size (bilinear) instead of refused
     resize: bool = False
@@ -133,12 +129,6 @@ class AugmentationConfig:
     contrast_scale: Literal["uniform", "log_uniform"] = "uniform"
 
 
-# Model families (mammo_core/families.py builds them; kept here so configs are checked
-# without importing Keras).
-FAMILIES = ("hypermodel", "microcal_cnn", *(f"mass_calc_m{k}" for k in range(6)), "mias_cnn",
-            "vgg16", "inception_v3", "siamese")
-
-
 @dataclass(frozen=True)
 class SiameseConfig:
     """The siamese family: one shared encoder over a (baseline, abnormal) pair of patches."""
@@ -165,7 +155,7 @@ class BackboneConfig:
 class ModelConfig:
     """Fixed architecture choices; the searched ones live in `hyperparameters`.
 
-    `family` picks the architecture (FAMILIES); all but `hypermodel` are fixed published
+    `family` picks the architecture (mammo_core.registry.FAMILIES); all but `hypermodel` are fixed published
     designs, and the conv_blocks ... pooling fields below shape only the hypermodel.
     """
 
@@ -247,7 +237,7 @@ class TrainingConfig:
     threshold: float = 0.5
     # imbalanced classes, on the training part only (never validation or test):
     # class_weight (loss weights), oversample (repeat minority images), undersample
-    class_balance: Literal["none", "class_weight", "oversample", "undersample"] = "none"
+    class_balance: Literal[BALANCE_METHODS] = "none"
 
 
 @dataclass(frozen=True)
@@ -268,7 +258,7 @@ class RegistryConfig:
     cross_fit_folds: int = 5  # grouped splits of the hold-out for honest ensemble estimates
     # which ensemble is registered: auto = the method with the best cross-fitted hold-out
     # AUC (ties: the simpler one, average before learned before best_single)
-    method: Literal["auto", "average", "learned", "best_single"] = "auto"
+    method: Literal[("auto", *ENSEMBLE_METHODS)] = "auto"
     # binary tasks: Platt scaling of the combined probability, fitted with the weights
     calibration: Literal["none", "platt"] = "platt"
     champion_alias: str = "champion"
@@ -304,7 +294,7 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         """Returns the resolved configuration as plain YAML-friendly data."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def fingerprint(self) -> str:
         """Returns a short hash of the resolved configuration (identifies a setup)."""
@@ -374,7 +364,8 @@ def load_baselines(path: str | Path) -> BaselinesExperiment:
     Raises ConfigError naming the key for unknown keys, wrong types or bad values;
     classifier names and their grid parameters are checked by `mammo_core.classifiers`.
     """
-    from mammo_core.classifiers import validate_grids  # it imports this module
+    # imported here, not at the top: scikit-learn is needed only for a baselines config
+    from mammo_core.classifiers import validate_grids
 
     experiment = _build(BaselinesExperiment, _read_yaml(path), "")
     validate_grids(experiment.classifiers)
@@ -532,6 +523,8 @@ def _validate_data(data: DataConfig) -> None:
                           "(source labels 0..4 -> task labels)")
     if labels is not None and len(set(labels.values())) < 2:
         raise ConfigError(f"'data.{key}' must map to at least two distinct labels")
+    if data.layout not in LAYOUTS:
+        raise ConfigError(f"'data.layout' must be one of {list(LAYOUTS)}, got {data.layout!r}")
     if data.roi_patch_size < 8 or data.normal_patches_per_image < 0:
         raise ConfigError("'data.roi_patch_size' must be >= 8 and "
                           "'data.normal_patches_per_image' >= 0")
@@ -604,9 +597,13 @@ def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+def plain(value: Any, string_keys: bool = False) -> Any:
+    """Returns `value` as plain YAML/JSON data: mappings as dicts (keys made strings with
+    `string_keys`), sequences as lists, NumPy scalars as Python numbers."""
+    if isinstance(value, Mapping):
+        return {(str(k) if string_keys else k): plain(v, string_keys) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v, string_keys) for v in value]
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a NumPy scalar
+        return value.item()
     return value

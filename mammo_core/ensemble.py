@@ -21,8 +21,9 @@ from sklearn.model_selection import StratifiedGroupKFold
 from mammo_core.calibration import Calibration, fit_platt
 from mammo_core.config import RegistryConfig
 from mammo_core.metrics import auc
+from mammo_core.registry import ENSEMBLE_METHODS
 
-METHODS = ("average", "learned", "best_single")
+METHODS = ENSEMBLE_METHODS  # registered in mammo_core/registry.py, checked by the config
 _EPS = 1e-6
 
 

@@ -1,5 +1,9 @@
-"""The library's input errors, shared by the modules that read data and images."""
+"""The library's input errors: configuration, data sets and images."""
 from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the offending key."""
 
 
 class DataError(ValueError):

@@ -32,9 +32,9 @@ from typing import Callable, Mapping
 import keras
 from keras import layers
 
-from mammo_core.config import FAMILIES, AugmentationConfig, ModelConfig
+from mammo_core.config import AugmentationConfig, ModelConfig
 from mammo_core.hypermodel import AUGMENTATION, augmentation, compile_classifier, output_layer
-from mammo_core.hypermodel import build_model as build_hypermodel
+from mammo_core.registry import FAMILIES
 
 BODY = "body"
 ENCODER = "encoder"  # the siamese family's shared trunk
@@ -55,9 +55,7 @@ def build_model(hp: Mapping, input_shape: tuple[int, int, int], config: ModelCon
     Raises ValueError for an unknown family or an input the family cannot take.
     """
     family = family_of(hp, config)
-    if family not in BUILDERS:
-        raise ValueError(f"unknown model family '{family}'; choose one of {list(FAMILIES)}")
-    return BUILDERS[family](hp, tuple(input_shape), config, seed, n_classes)
+    return FAMILIES.load(family)(hp, tuple(input_shape), config, seed, n_classes)
 
 
 def family_of_model(model: keras.Model) -> str:
@@ -314,12 +312,8 @@ def _need_min_side(family: str, input_shape: tuple, side: int) -> None:
                          f"{input_shape[0]}x{input_shape[1]}")
 
 
-BUILDERS: dict[str, Callable[..., keras.Model]] = {
-    "hypermodel": build_hypermodel,
-    "microcal_cnn": microcal_cnn,
-    **{f"mass_calc_m{k}": mass_calc(k) for k in range(len(MASS_CALC))},
-    "mias_cnn": mias_cnn,
-    **{name: backbone(name) for name in BACKBONES},
-    "siamese": siamese,
-}
-assert tuple(BUILDERS) == FAMILIES, "config.FAMILIES and the builders must agree"
+# The registered builders (mammo_core/registry.py FAMILIES names each of them).
+mass_calc_m0, mass_calc_m1, mass_calc_m2, mass_calc_m3, mass_calc_m4, mass_calc_m5 = (
+    mass_calc(k) for k in range(len(MASS_CALC)))
+vgg16 = backbone("vgg16")
+inception_v3 = backbone("inception_v3")

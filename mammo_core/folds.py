@@ -13,7 +13,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mammo_core.config import CrossValidationConfig, SplitConfig
-from mammo_core.data import Dataset
+from mammo_core.dataset import Dataset
 from mammo_core.splits import assert_disjoint, holdout_split, leakage_groups
 
 

@@ -26,7 +26,6 @@ FORMATS = ("PNG", "PPM", "TIFF", "JPEG")
 # Decoding is refused above this many pixels (a full-field mammogram has ~30 M); it keeps
 # a forged header from allocating gigabytes. Callers that know a smaller bound pass it.
 MAX_PIXELS = 50_000_000
-_FULL_SCALE = {8: 255, 16: 65535}
 
 
 @dataclass(frozen=True)
@@ -89,23 +88,52 @@ def read_image(path: Path | str, size: tuple[int, int], **options) -> np.ndarray
     return read(path, size, **options).pixels
 
 
+def full_scale(bit_depth: int) -> int:
+    """Returns the largest integer of `bit_depth` bits (255 for 8, 4095 for 12, 65535 for 16)."""
+    return 2 ** bit_depth - 1
+
+
 def to_unit(array: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Returns integer pixels of `bit_depth` (8 or 16) as float32 in [0, 1].
+    """Returns integer pixels of `bit_depth` as float32 in [0, 1], divided by its full scale.
 
     The one place where stored integers become intensities; raises ImageError for values
     that do not fit the depth.
     """
-    top = _FULL_SCALE[bit_depth]
+    top = full_scale(bit_depth)
     if array.size and (array.min() < 0 or array.max() > top):
-        raise ImageError(f"pixel values [{array.min()}, {array.max()}] do not fit "
-                         f"{bit_depth}-bit")
+        raise ImageError(f"integer pixels must lie in [0, {top}] ({bit_depth}-bit), got "
+                         f"[{array.min()}, {array.max()}]")
     return array.astype(np.float32) / np.float32(top)
+
+
+def as_unit(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
+    """Returns an array of pixels from a caller as float32 intensities in [0, 1].
+
+    uint8 and uint16 are scaled by their own range; other integers (JSON gives int64) hold
+    raw intensities of `bit_depth` (None: refused); floats must be finite and in [0, 1].
+    Raises ImageError naming the problem.
+    """
+    if array.dtype in (np.uint8, np.uint16):
+        return to_unit(array, 8 * array.dtype.itemsize)
+    if np.issubdtype(array.dtype, np.integer):
+        if bit_depth is None:
+            raise ImageError(f"expected 8- or 16-bit unsigned integer pixels, got {array.dtype}")
+        return to_unit(array, bit_depth)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise ImageError("pixels contain NaN or infinite values")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise ImageError(f"float pixels must be intensities in [0, 1], got "
+                             f"[{array.min():.4g}, {array.max():.4g}]; send integers for raw "
+                             "pixels")
+        return array.astype(np.float32)
+    raise ImageError(f"expected uint8, uint16, integer or float pixels, got dtype {array.dtype}")
 
 
 def quantize(units: np.ndarray, bit_depth: int) -> np.ndarray:
     """Returns [0, 1] intensities as the integers of `bit_depth` they were stored as."""
-    dtype = np.uint8 if bit_depth == 8 else np.uint16
-    return np.rint(units * np.float32(_FULL_SCALE[bit_depth])).astype(dtype)
+    dtype = np.uint8 if bit_depth <= 8 else np.uint16
+    return np.rint(units * np.float32(full_scale(bit_depth))).astype(dtype)
 
 
 def _check_header(img: Image.Image, name: str, size: tuple[int, int] | None, resize: bool,

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from mammo_core.errors import ImageError
+from mammo_core.images import as_unit
+
 
 class PatchError(ValueError):
     """Raised for input that is not a batch of patches this model can score."""
@@ -32,20 +35,7 @@ def as_unit_patches(array: np.ndarray, image_size: tuple[int, int], bit_depth: i
         raise PatchError(f"expected patches shaped {expected}, got {tuple(array.shape)}")
     if array.shape[0] == 0:
         raise PatchError("expected at least one patch, got an empty batch")
-    if array.dtype in (np.uint8, np.uint16):
-        return array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
-    if np.issubdtype(array.dtype, np.integer):
-        top = 2 ** bit_depth - 1
-        if array.min() < 0 or array.max() > top:
-            raise PatchError(f"integer pixels must lie in [0, {top}] ({bit_depth}-bit, like "
-                             f"the training data), got [{array.min()}, {array.max()}]")
-        return array.astype(np.float32) / np.float32(top)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)):
-            raise PatchError("patches contain NaN or infinite values")
-        if array.min() < 0 or array.max() > 1:
-            raise PatchError(f"float pixels must be intensities in [0, 1], got "
-                             f"[{array.min():.4g}, {array.max():.4g}]; send integers for raw "
-                             f"{bit_depth}-bit pixels")
-        return array.astype(np.float32)
-    raise PatchError(f"expected uint8, uint16, integer or float pixels, got dtype {array.dtype}")
+    try:
+        return as_unit(array, bit_depth)
+    except ImageError as err:
+        raise PatchError(f"{err} (the model was trained on {bit_depth}-bit data)") from err

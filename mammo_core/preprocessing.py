@@ -12,23 +12,7 @@ import numpy as np
 import pywt
 
 from mammo_core.config import ClaheConfig, PreprocessingConfig, WaveletConfig
-
-
-def scale_to_unit(images: np.ndarray) -> np.ndarray:
-    """Returns float32 images in [0, 1], scaled by the integer dtype's full range.
-
-    Floats are taken to be in [0, 1] already and are only checked.
-    """
-    if np.issubdtype(images.dtype, np.integer):
-        if images.dtype.itemsize > 2:
-            raise ValueError(f"expected 8- or 16-bit integer images, got {images.dtype}")
-        return images.astype(np.float32) / np.float32(np.iinfo(images.dtype).max)
-    images = images.astype(np.float32)
-    if not np.all(np.isfinite(images)):
-        raise ValueError("images contain NaN or infinite values")
-    if images.min() < 0 or images.max() > 1:
-        raise ValueError("float images must lie in [0, 1]; pass integer images to scale them")
-    return images
+from mammo_core.images import as_unit
 
 
 def wavelet_filter(images: np.ndarray, config: WaveletConfig) -> np.ndarray:
@@ -84,7 +68,7 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
         images = images[..., 0]
     if images.ndim != 3:
         raise ValueError(f"expected images shaped (N, H, W) or (N, H, W, 1), got {images.shape}")
-    out = scale_to_unit(images)
+    out = as_unit(np.asarray(images))
     if config.clahe.enabled:
         out = clahe(out, config.clahe)
     if config.standardize == "before":

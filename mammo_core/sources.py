@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from mammo_core.config import DataConfig
-from mammo_core.data import DataError
+from mammo_core.errors import DataError
 
 ENV_VAR = "MAMMO_DATA_DIR"
 

@@ -9,7 +9,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from mammo_core.config import SplitConfig
-from mammo_core.data import Dataset
+from mammo_core.dataset import Dataset
 
 
 def leakage_groups(dataset: Dataset, group_by: str) -> np.ndarray:

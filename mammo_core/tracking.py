@@ -23,7 +23,7 @@ from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from mammo_core.config import Experiment, flat_params
+from mammo_core.config import Experiment, flat_params, plain
 
 DB_NAME = "mlflow.db"
 
@@ -152,7 +152,7 @@ def log_figure(figure: Figure, artifact_file: str) -> None:
 
 def log_yaml(data: Mapping, artifact_file: str) -> None:
     """Logs plain data (numpy scalars allowed) as a YAML artifact, readable in the UI."""
-    mlflow.log_dict(_plain(data), artifact_file)
+    mlflow.log_dict(plain(data, string_keys=True), artifact_file)
 
 
 def log_keras_model(model: keras.Model, example: np.ndarray, name: str = "model") -> str:
@@ -256,13 +256,3 @@ def raising_outside_store(make_error: Callable[[int], BaseException]) -> Callabl
 _raise_terminated = raising_outside_store(
     lambda signum: Terminated(f"terminated by signal {signum}"))
 _raise_keyboard_interrupt = raising_outside_store(lambda signum: KeyboardInterrupt())
-
-
-def _plain(value):
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

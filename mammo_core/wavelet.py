@@ -12,7 +12,7 @@ import numpy as np
 import pywt
 
 from mammo_core.config import WaveletFeaturesConfig
-from mammo_core.preprocessing import scale_to_unit
+from mammo_core.images import as_unit
 
 
 def wavelet_features(images: np.ndarray, config: WaveletFeaturesConfig) -> np.ndarray:
@@ -24,7 +24,7 @@ def wavelet_features(images: np.ndarray, config: WaveletFeaturesConfig) -> np.nd
     """
     if images.ndim != 3:
         raise ValueError(f"expected a batch shaped (N, H, W), got {images.shape}")
-    parts = [band.reshape(len(images), -1) for band in _kept_bands(scale_to_unit(images), config)]
+    parts = [band.reshape(len(images), -1) for band in _kept_bands(as_unit(np.asarray(images)), config)]
     features = np.concatenate(parts, axis=1).astype(np.float32)
     return np.abs(features) if config.magnitude else features
 

@@ -139,7 +139,8 @@ def port_bindable(host: str, port: int) -> bool:
             return False
 
 
-def free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """Returns a TCP port on `host` that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from mammo_core.config import DataConfig
+from serve.server import free_port  # noqa: F401  (the tests' one way to find a port)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "microcal"
@@ -94,13 +94,6 @@ def search_env(store: Path) -> dict[str, str]:
     """Returns the environment of an entry-point subprocess using the store folder `store`."""
     return child_env(f"sqlite:///{store / 'mlflow.db'}",
                      MAMMO_RAY_STORAGE=str(store / "ray_results"))
-
-
-def free_port() -> int:
-    """Returns a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_json(url: str, server: subprocess.Popen, timeout: float = 240) -> dict:

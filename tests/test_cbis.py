@@ -8,7 +8,8 @@ import pytest
 from collection_fixtures import write_cbis_arrays
 
 from mammo_core.config import CrossValidationConfig, DataConfig, SplitConfig
-from mammo_core.data import DataError, load_dataset
+from mammo_core.data import load_dataset
+from mammo_core.errors import DataError
 from mammo_core.folds import make_fold_plan
 
 MASS_VS_CALC = {"1": 0, "2": 0, "3": 1, "4": 1}

@@ -4,7 +4,6 @@ from sklearn.metrics import roc_auc_score
 
 from mammo_core.classifiers import CLASSIFIERS, candidates, fit_fold, make_classifier, validate_grids
 from mammo_core.config import ConfigError
-from mammo_core.folds import Fold
 
 
 def separable(n=120, dim=20, seed=0):
@@ -15,7 +14,7 @@ def separable(n=120, dim=20, seed=0):
     return features, labels
 
 
-FOLD = Fold(0, train=np.arange(0, 60), val=np.arange(60, 90), test=np.arange(90, 120))
+PARTS = (np.arange(0, 60), np.arange(60, 90), np.arange(90, 120))  # train, val, test
 
 
 def test_unknown_classifier_and_parameter_are_named():
@@ -37,16 +36,16 @@ def test_candidates_is_the_cartesian_product():
 @pytest.mark.parametrize("name", sorted(CLASSIFIERS))
 def test_every_classifier_gives_probabilities_that_rank_a_separable_problem(name):
     features, labels = separable()
-    fit, _ = fit_fold(name, {}, features, labels, FOLD, standardize=True, seed=0)
+    fit, _ = fit_fold(name, {}, features, labels, PARTS, 0, standardize=True, seed=0)
     assert fit.probabilities.shape == (30,) and np.all((0 <= fit.probabilities) & (fit.probabilities <= 1))
-    assert roc_auc_score(labels[FOLD.test], fit.probabilities) > 0.8
-    np.testing.assert_array_equal(fit.test_index, FOLD.test)
+    assert roc_auc_score(labels[PARTS[2]], fit.probabilities) > 0.8
+    np.testing.assert_array_equal(fit.test_index, PARTS[2])
 
 
 def test_selection_uses_validation_auc_and_keeps_every_candidate():
     features, labels = separable()
     grid = {"n_neighbors": (1, 15)}
-    fit, final = fit_fold("knn", grid, features, labels, FOLD, standardize=False, seed=0)
+    fit, final = fit_fold("knn", grid, features, labels, PARTS, 0, standardize=False, seed=0)
     assert [p for p, _ in fit.tried] == [{"n_neighbors": 1}, {"n_neighbors": 15}]
     best = max(fit.tried, key=lambda t: t[1])[0]
     assert fit.best_params == best and final.named_steps["model"].n_neighbors == best["n_neighbors"]
@@ -54,10 +53,11 @@ def test_selection_uses_validation_auc_and_keeps_every_candidate():
 
 def test_the_scaler_never_sees_test_fold_rows():
     features, labels = separable()
-    features[FOLD.test] += 1000.0  # any leak would move the fitted mean by hundreds
-    _, final = fit_fold("logistic_regression", {}, features, labels, FOLD, standardize=True, seed=0)
+    features[PARTS[2]] += 1000.0  # any leak would move the fitted mean by hundreds
+    _, final = fit_fold("logistic_regression", {}, features, labels, PARTS, 0, standardize=True,
+                        seed=0)
     scaler = final.named_steps["scale"]
-    development = np.concatenate([FOLD.train, FOLD.val])
+    development = np.concatenate(PARTS[:2])
     assert scaler.n_samples_seen_ == len(development)
     np.testing.assert_allclose(scaler.mean_, features[development].mean(axis=0))
 

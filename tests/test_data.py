@@ -6,7 +6,10 @@ from PIL import Image
 
 from conftest import make_dataset, write_image
 from mammo_core.config import DataConfig
-from mammo_core.data import DataError, FileNameError, load_dataset, read_image, summarize
+from mammo_core.data import load_dataset
+from mammo_core.dataset import summarize
+from mammo_core.errors import DataError, FileNameError
+from mammo_core.images import read_image
 
 
 def test_real_shared_data(shared_data, data_config):

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mammo_core.errors import DataError, ImageError
-from mammo_core.images import decode, decode_image, quantize, to_unit
+from mammo_core.images import as_unit, decode, decode_image, quantize, to_unit
 
 SIZE = (60, 60)
 
@@ -48,7 +48,7 @@ def test_to_unit_and_quantize_are_inverse_at_each_depth():
     for depth, dtype in ((8, np.uint8), (16, np.uint16)):
         stored = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
         np.testing.assert_array_equal(quantize(to_unit(stored, depth), depth), stored)
-    with pytest.raises(ImageError, match="do not fit 8-bit"):
+    with pytest.raises(ImageError, match=r"must lie in \[0, 255\] \(8-bit\)"):
         to_unit(np.array([256]), 8)
 
 
@@ -128,3 +128,21 @@ def test_no_size_keeps_the_stored_size_within_the_pixel_bound():
     assert decode(encode(PATCH[:, :40]), "a", None).pixels.shape == (60, 40)
     with pytest.raises(ImageError, match="at most 100 are decoded"):
         decode(encode(PATCH), "a", None, max_pixels=100)
+
+
+def test_as_unit_scales_integers_by_their_own_range():
+    assert as_unit(np.array([[[4095]]], np.int64), bit_depth=12).max() == 1.0
+    assert to_unit(np.array([[4095]], np.uint16), 12).max() == 1.0
+    assert as_unit(np.array([[[255]]], np.uint8)).max() == 1.0
+    assert as_unit(np.array([[[65535]]], np.uint16)).max() == 1.0
+    assert as_unit(np.array([[[255]]], np.uint16)).max() == pytest.approx(255 / 65535)
+    assert as_unit(np.array([[[0.5]]], np.float64)).dtype == np.float32
+
+
+@pytest.mark.parametrize("bad, depth, message", [
+    (np.array([[[np.nan]]]), None, "NaN"), (np.array([[[2.0]]]), None, r"\[0, 1\]"),
+    (np.array([[[1]]], np.int64), None, "8- or 16-bit"),
+    (np.array([[[256]]], np.int64), 8, r"\[0, 255\] \(8-bit\)")])
+def test_as_unit_rejects(bad, depth, message):
+    with pytest.raises(ImageError, match=message):
+        as_unit(bad, bit_depth=depth)

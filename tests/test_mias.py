@@ -7,8 +7,9 @@ from collection_fixtures import MIAS_SIZE, write_mias
 from PIL import Image
 
 from mammo_core.config import DataConfig
-from mammo_core.data import DataError, load_dataset
-from mammo_core.mias import load_mias, parse_info, woman
+from mammo_core.data import load_dataset
+from mammo_core.errors import DataError
+from mammo_core.readers.mias import load_mias, parse_info, woman
 
 
 @pytest.fixture(scope="module")

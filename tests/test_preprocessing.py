@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mammo_core.config import ClaheConfig, PreprocessingConfig, WaveletConfig
-from mammo_core.preprocessing import clahe, preprocess, scale_to_unit, wavelet_filter
+from mammo_core.preprocessing import clahe, preprocess, wavelet_filter
 
 
 def gradient_patch(size=(60, 60)) -> np.ndarray:
@@ -53,21 +53,6 @@ def test_nothing_dropped_rebuilds_the_input():
 def test_rejects_non_batch():
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         wavelet_filter(np.zeros((60, 60)), WaveletConfig())
-
-
-def test_scale_to_unit_is_bit_depth_aware():
-    assert scale_to_unit(np.array([[[255]]], np.uint8)).max() == 1.0
-    assert scale_to_unit(np.array([[[65535]]], np.uint16)).max() == 1.0
-    assert scale_to_unit(np.array([[[255]]], np.uint16)).max() == pytest.approx(255 / 65535)
-    assert scale_to_unit(np.array([[[0.5]]], np.float64)).dtype == np.float32
-
-
-@pytest.mark.parametrize("bad, message", [
-    (np.array([[[np.nan]]]), "NaN"), (np.array([[[2.0]]]), r"\[0, 1\]"),
-    (np.array([[[1]]], np.int64), "8- or 16-bit")])
-def test_scale_to_unit_rejects(bad, message):
-    with pytest.raises(ValueError, match=message):
-        scale_to_unit(bad)
 
 
 def test_clahe_raises_local_contrast():

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import make_dataset
 from mammo_core.config import DataConfig
-from mammo_core.data import DataError, load_dataset
+from mammo_core.data import load_dataset
+from mammo_core.errors import DataError
 from mammo_core.sources import download_dataset, extract_subdir, resolve_data_root
 
 SUBDIR = "IMAGES/Mammography_micro"

@@ -26,11 +26,12 @@ import ray
 from mammo_core import metrics
 from mammo_core.classifiers import FoldFit, fit_fold
 from mammo_core.config import BaselinesExperiment, load_baselines
-from mammo_core.data import Dataset
+from mammo_core.dataset import Dataset
 from mammo_core.folds import Fold, make_fold_plan
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from mammo_core.wavelet import wavelet_features
 from tune.cluster import start_ray
+from tune.evaluation import predictions_csv
 from tune.progress import clock
 from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, UsageError, base_parser,
                           finished_fold_runs, latest_search, load_config, load_data,
@@ -114,7 +115,8 @@ def choose_search(experiment: BaselinesExperiment, requested: str) -> str:
 
 @ray.remote(num_cpus=1)
 def _fit_task(name, grid, features, labels, fold, standardize, seed) -> FoldFit:
-    return fit_fold(name, grid, features, labels, fold, standardize, seed)[0]
+    return fit_fold(name, grid, features, labels, (fold.train, fold.val, fold.test), fold.index,
+                    standardize, seed)[0]
 
 
 def run_fits(experiment: BaselinesExperiment, features: np.ndarray, labels: np.ndarray,
@@ -192,7 +194,11 @@ def log_classifier(experiment: BaselinesExperiment, name: str, fits: list[FoldFi
         log_figure(metrics.cv_roc_figure(curves, f"ROC per outer fold: {name}"),
                    "figures/cv_roc.png")
         mlflow.log_text(candidates_csv(fits), "search/candidates.csv")
-        mlflow.log_text(predictions_csv(fits, dataset.labels), "predictions/test.csv")
+        index = np.concatenate([f.test_index for f in fits])
+        mlflow.log_text(predictions_csv(
+            index, dataset.labels[index], np.concatenate([f.probabilities for f in fits]),
+            folds=np.concatenate([np.full(len(f.test_index), f.fold) for f in fits])),
+            "predictions/test.csv")
     return [s["test_auc"] for s in scores]
 
 
@@ -200,12 +206,6 @@ def candidates_csv(fits: list[FoldFit]) -> str:
     return _csv(["fold", "val_auc", "chosen", "params"],
                 [[f.fold, f"{auc:.6f}", int(params == f.best_params), json.dumps(params)]
                  for f in fits for params, auc in f.tried])
-
-
-def predictions_csv(fits: list[FoldFit], labels: np.ndarray) -> str:
-    return _csv(["fold", "index", "label", "probability"],
-                [[f.fold, i, labels[i], f"{p:.6f}"]
-                 for f in fits for i, p in zip(f.test_index, f.probabilities)])
 
 
 def _csv(header: list[str], rows: list[list]) -> str:

@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from mammo_core import metrics
 from mammo_core.config import Experiment
-from mammo_core.data import Dataset
+from mammo_core.dataset import Dataset
 from mammo_core.predictor import probabilities_of
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
 from tune.explain import ensemble_inside, log_explanation_figures

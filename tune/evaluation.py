@@ -12,7 +12,7 @@ import numpy as np
 from mammo_core import metrics
 from mammo_core.baselines import logistic_baseline, max_pixel_scores
 from mammo_core.config import Experiment
-from mammo_core.data import Dataset
+from mammo_core.dataset import Dataset
 from mammo_core.tracking import log_figure
 from mammo_core.training import predict_proba
 
@@ -38,15 +38,19 @@ def evaluate_on_test(model: keras.Model, experiment: Experiment, dataset: Datase
     return scores, probabilities
 
 
-def predictions_csv(index: np.ndarray, labels: np.ndarray, probabilities: np.ndarray) -> str:
-    """Returns `index,label,probability` rows, or `index,label,probability_0..K-1`."""
+def predictions_csv(index: np.ndarray, labels: np.ndarray, probabilities: np.ndarray,
+                    folds: np.ndarray | None = None) -> str:
+    """Returns `index,label,probability` rows, or `index,label,probability_0..K-1`; with
+    `folds`, each row starts with its outer fold (`fold,index,label,...`)."""
     columns = (probabilities.reshape(len(index), -1) if probabilities.ndim == 2
                else probabilities[:, None])
     names = (["probability"] if probabilities.ndim == 1
              else [f"probability_{k}" for k in range(columns.shape[1])])
-    rows = [",".join([str(i), str(label)] + [f"{p:.6f}" for p in row])
-            for i, label, row in zip(index, labels, columns)]
-    return ",".join(["index", "label", *names]) + "\n" + "\n".join(rows) + "\n"
+    lead = [] if folds is None else ["fold"]
+    firsts = [[] for _ in index] if folds is None else [[str(f)] for f in folds]
+    rows = [",".join(first + [str(i), str(label)] + [f"{p:.6f}" for p in row])
+            for first, i, label, row in zip(firsts, index, labels, columns)]
+    return ",".join([*lead, "index", "label", *names]) + "\n" + "\n".join(rows) + "\n"
 
 
 def baseline_aucs(dataset: Dataset, parts: dict[str, np.ndarray]) -> dict[str, float]:

@@ -14,7 +14,7 @@ from ray import tune
 
 from mammo_core import metrics
 from mammo_core.config import Experiment
-from mammo_core.data import Dataset
+from mammo_core.dataset import Dataset
 from mammo_core.folds import Fold
 from mammo_core.families import build_model, count_params, family_of
 from mammo_core.tracking import log_figure, log_keras_model, tracked_run

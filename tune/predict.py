@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from mammo_core.data import read_image
+from mammo_core.images import read_image
 from mammo_core.tracking import tracked_run, use_tracking_store
 from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
                           load_pyfunc, run_entry)

@@ -17,8 +17,9 @@ from mlflow.exceptions import MlflowException
 
 from mammo_core import exploration
 from mammo_core.config import BaselinesExperiment, ConfigError, Experiment, load_experiment
-from mammo_core.data import (DataError, Dataset, FileNameError, format_summary, load_dataset,
-                             summarize)
+from mammo_core.data import load_dataset
+from mammo_core.dataset import Dataset, format_summary, summarize
+from mammo_core.errors import DataError, FileNameError
 from mammo_core.folds import FoldPlan
 from mammo_core.patches import PatchError
 from mammo_core.sources import resolve_data_root

@@ -32,7 +32,7 @@ from mammo_core import ensemble as ens
 from mammo_core.calibration import bootstrap_interval
 from mammo_core import metrics
 from mammo_core.config import Experiment, experiment_from_dict
-from mammo_core.data import Dataset
+from mammo_core.dataset import Dataset
 from mammo_core.explanations import shap_backgrounds
 from mammo_core.families import family_of_model
 from mammo_core.folds import FoldPlan

@@ -25,7 +25,7 @@ import ray
 from mammo_core import metrics
 from mammo_core.exploration import plan_parts
 from mammo_core.config import Experiment
-from mammo_core.data import Dataset
+from mammo_core.dataset import Dataset
 from mammo_core.families import family_of
 from mammo_core.folds import make_fold_plan
 from mammo_core.preprocessing import preprocess

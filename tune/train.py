@@ -18,7 +18,7 @@ import pandas as pd
 
 from mammo_core import metrics, splits
 from mammo_core.config import Experiment
-from mammo_core.data import Dataset
+from mammo_core.dataset import Dataset
 from mammo_core.families import build_model
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import (EpochLogger, log_experiment_config, log_figure,

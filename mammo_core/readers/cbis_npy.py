@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mammo_core.config import DataConfig
-from mammo_core.data import Dataset, assemble
+from mammo_core.dataset import Dataset, assemble
 from mammo_core.errors import DataError
 from mammo_core.images import resample, to_unit
 
