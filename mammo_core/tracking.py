@@ -8,6 +8,7 @@ import hashlib
 import os
 import signal
 import threading
+import warnings
 from importlib import metadata
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,8 @@ import mlflow
 import mlflow.data
 import numpy as np
 from matplotlib.figure import Figure
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
@@ -127,6 +130,18 @@ def log_experiment_config(experiment: Experiment, source: str | Path) -> None:
                      "mammo.config_hash": experiment.fingerprint()})
 
 
+def local_source(path: str) -> DatasetSource:
+    """Returns the MLflow dataset source of a local folder or file.
+
+    MLflow registers two source classes that both claim a plain path and warns that the
+    path "can be interpreted in multiple ways" on every dataset; both give the same source.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be "
+                                                  "interpreted in multiple ways")
+        return resolve_dataset_source(path)
+
+
 def log_data_input(images: np.ndarray, labels: np.ndarray, source: str, name: str,
                    fingerprint: str, context: str,
                    index: np.ndarray | None = None) -> None:
@@ -139,8 +154,8 @@ def log_data_input(images: np.ndarray, labels: np.ndarray, source: str, name: st
         images, labels = images[index], labels[index]
         digest = hashlib.sha256(f"{fingerprint}:".encode() + np.asarray(index, np.int64)
                                 .tobytes()).hexdigest()[:16]
-    dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=name,
-                                     digest=digest)
+    dataset = mlflow.data.from_numpy(images, targets=labels, source=local_source(source),
+                                     name=name, digest=digest)
     mlflow.log_input(dataset, context=context)
 
 

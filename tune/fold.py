@@ -40,8 +40,12 @@ class FoldOutcome:
 
 
 def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold: Fold,
-             parent_id: str, storage: Path, fixed: dict | None, resume: bool) -> FoldOutcome:
+             parent_id: str, storage: Path, fixed: dict | None, resume: bool,
+             durations: list[float] | None = None) -> FoldOutcome:
     """Searches (or retrains `fixed`) on the fold, evaluates its expert once on the test part.
+
+    durations: the seconds of the search's finished trials so far, for the status line's
+    ETA; this fold's trials are appended.
 
     Logs, in a child run of `parent_id`: split sizes, the trial runs (via TrialRuns), the
     expert's config, test metrics and figures, its learning curves and the expert model.
@@ -59,7 +63,8 @@ def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold:
         callbacks = [TrialRuns(mlflow.get_tracking_uri(), run.info.experiment_id,
                                run.info.run_id, fold.index, experiment.search.max_epochs),
                      StatusLine(fold.index, experiment.cross_validation.n_folds,
-                                1 if fixed else experiment.search.trials_per_fold),
+                                1 if fixed else experiment.search.trials_per_fold,
+                                experiment.search.max_concurrent_trials, durations=durations),
                      TimeToQuality(mlflow.get_tracking_uri(), parent_id, fold.index)]
         try:
             grid = fit_fold(experiment, fold.index, data, storage, callbacks, fixed,

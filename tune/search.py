@@ -116,11 +116,13 @@ def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary:
         log_exploration(dataset, images, plan_parts(plan), experiment.data.class_names)
         log_data_parts(dataset, {"all": None, "holdout": plan.holdout})
     outcomes, started = [], time.monotonic()
+    durations: list[float] = []  # every finished trial's seconds: the status line's ETA
     for fold in plan.folds:
         outcome = load_outcome(parent_id, fold.index) if resumed else None
         if outcome is None:
             outcome = run_fold(experiment, dataset, images, fold, parent_id,
-                               storage / parent_id, (fixed or {}).get(fold.index), resumed)
+                               storage / parent_id, (fixed or {}).get(fold.index), resumed,
+                               durations)
         else:
             print(f"fold {fold.index + 1}/{len(plan.folds)}: already finished, reused")
         outcomes.append(outcome)
