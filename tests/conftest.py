@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from mammo_core.config import DataConfig
@@ -20,6 +22,9 @@ from serve.server import free_port  # noqa: F401  (the tests' one way to find a 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "microcal"
+# 2 folds x 1 trial x 1 epoch: every plumbing test's config (microcal_quick.yaml, 5 folds x
+# 2 trials x 3 epochs, is left to the tests that need several trials or folds at once)
+SMOKE = "experiments/microcal_smoke.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -135,17 +140,38 @@ def runs_of(store: Path) -> list:
 
 @pytest.fixture(scope="session")
 def pipeline_store(tmp_path_factory) -> Path:
-    """A store after `mlflow run . -P config=<quick>` (tune -> register -> evaluate, ~3 min).
+    """A store after the README's first command, `./dev.sh run` (tune -> register ->
+    evaluate), on the smoke config: about a minute, run once per test session.
 
-    Shared by the registry and serving tests; the registry tests add versions to it.
+    Tests that only read it share it; a test that adds runs or versions works on
+    `copy_store(pipeline_store, ...)` (the registry tests add versions to it on purpose).
     """
     folder = tmp_path_factory.mktemp("pipeline")
-    result = subprocess.run(["mlflow", "run", ".", "--env-manager", "local",
-                             "-P", "config=experiments/microcal_quick.yaml"],
+    result = subprocess.run(["./dev.sh", "run", "-P", f"config={SMOKE}"],
                             cwd=PROJECT_ROOT, env=search_env(folder), capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "mammo-microcal v1 @champion" in result.stdout
+    return folder
+
+
+def config_variant(config: str, path: Path, **sections: dict) -> str:
+    """Writes the project config `config` with `sections` updated (e.g. search={"max_epochs":
+    8}) to `path`; returns the path as text."""
+    data = yaml.safe_load((PROJECT_ROOT / config).read_text())
+    for section, values in sections.items():
+        data[section].update(values)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def copy_store(store: Path, folder: Path) -> Path:
+    """Returns `folder`, a copy of the store folder `store` (database and artifacts), for a
+    test that writes to it. Runs of the copy's experiments keep their artifacts under the
+    original's `mlartifacts/` (the experiment's location is an absolute path), new runs
+    too: no test deletes there, so the copy reads and adds without touching the original's
+    runs."""
+    shutil.copytree(store, folder, ignore=shutil.ignore_patterns("ray_results"))
     return folder
 
 

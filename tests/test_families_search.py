@@ -45,7 +45,7 @@ def of_kind(store: Path, kind: str) -> list:
 
 def test_every_trial_fold_and_register_run_names_its_family(store):
     trials, folds = of_kind(store, "trial"), of_kind(store, "fold")
-    assert len(folds) == 5 and all(r.info.status == "FINISHED" for r in trials + folds)
+    assert len(folds) == 2 and all(r.info.status == "FINISHED" for r in trials + folds)
     assert {r.data.params["family"] for r in trials} <= set(FAMILIES)
     assert len({r.data.params["family"] for r in trials}) >= 2
     assert all(r.data.metrics["n_weights"] > 0 and "epoch_seconds" in r.data.metrics
@@ -54,7 +54,7 @@ def test_every_trial_fold_and_register_run_names_its_family(store):
         assert fold.data.params["family"] == fold.data.params["best.family"]
         assert int(fold.data.params["expert_params"]) > 0
     (register,) = of_kind(store, "register")
-    experts = [register.data.params[f"expert.{k}.family"] for k in range(5)]
+    experts = [register.data.params[f"expert.{k}.family"] for k in range(2)]
     assert experts == [f.data.params["family"] for f in sorted(
         folds, key=lambda r: int(r.data.tags["mammo.fold"]))]
 
@@ -69,7 +69,7 @@ def test_the_search_parent_compares_the_families_it_tried(store):
     assert lines[0].startswith("family,val_auc_mean,val_auc_std,folds,trials,params,"
                                "seconds_per_epoch,experts_won")
     assert {line.split(",")[0] for line in lines[1:]} == tried
-    assert sum(float(line.split(",")[-1]) for line in lines[1:]) == 5  # one expert per fold
+    assert sum(float(line.split(",")[-1]) for line in lines[1:]) == 2  # one expert per fold
     for family in tried:
         assert 0 <= search.data.metrics[f"family_{family}_val_auc_mean"] <= 1
     figures = {a.path for a in client.list_artifacts(search.info.run_id, "figures")}

@@ -1,14 +1,21 @@
-"""README as a test: every shell command in README.md's ```bash blocks runs as written.
+"""The documentation as a test: every shell command in the ```bash blocks of README.md and
+of the pages it links (DOCS) runs as written.
 
-Commands are extracted in README order (continuation lines joined, comment lines and
-trailing comments dropped) and run one by one with bash in a copy of the project, against
-a store of their own, with the explicit SUBSTITUTIONS below and nothing else changed. Each
-must exit 0 and leave no run RUNNING or FAILED. State carries over as for a user typing
-them: the environment after each command (`source`, `export`) is the next one's.
-Servers (SERVERS) run in the background until they answer their health address, and stay
-up, one per port, for the commands that call them (the `curl` lines). Commands not run
-here are listed in NOT_HERE with the test that runs them instead; the test fails if a
-README command is neither run nor listed, so nothing is skipped silently.
+Commands are extracted in reading order (continuation lines joined, comment lines and
+trailing comments dropped) and run one by one with bash in a copy of the project, with the
+explicit SUBSTITUTIONS below and nothing else changed. Each must exit 0 and leave no run
+RUNNING or FAILED. State carries over as for a user typing them: the environment after
+each command (`source`, `export`) is the next one's.
+
+The store they run against starts as a copy of the session's smoke pipeline
+(conftest.pipeline_store), which is the README's first command, `./dev.sh run`, on the
+smoke config: that command is not run twice. A `--resume` command resumes something
+real: an interrupted search of the same config is left behind just before it (PREPARE),
+and the command must reuse its finished fold. Servers (SERVERS) run in the background
+until they answer their health address, and stay up, one per port, for the commands that
+call them (the `curl` lines). Commands run by another test are listed in NOT_HERE with
+that test; the test fails if a command is neither run nor listed, so nothing is skipped
+silently.
 """
 from __future__ import annotations
 
@@ -21,25 +28,27 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from collection_fixtures import write_cbis_arrays, write_mias
-from conftest import child_env, interrupt_group
+from conftest import SMOKE, child_env, copy_store, interrupt_group
 from PIL import Image
 
 from serve.server import port_bindable
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = "experiments/microcal_quick.yaml"
+# README.md first, then the pages it links, in this order.
+DOCS = ("README.md", "docs/shift.md", "docs/serving.md", "docs/explanations.md",
+        "docs/search.md", "docs/team.md", "docs/evaluation.md", "docs/studies.md",
+        "docs/configuration.md")
 
-# (README text, what runs instead): applied to every command, in this order.
+# (documented text, what runs instead): applied to every command, in this order.
 SUBSTITUTIONS = (
-    # The default searches take 20 minutes or more: the same commands on the quick twins.
-    ("experiments/microcal.yaml", QUICK),
-    ("experiments/cbis_5class.yaml", "experiments/cbis_5class_quick.yaml"),
+    # The default searches take 20 minutes or more, the quick ones minutes: the same
+    # commands on the smoke config (2 folds x 1 trial x 1 epoch).
+    ("experiments/microcal.yaml", SMOKE),
+    ("experiments/microcal_quick.yaml", SMOKE),
     ("experiments/wavelet_baselines.yaml", "experiments/wavelet_baselines_quick.yaml"),
-    ("./dev.sh run", f"./dev.sh run -P config={QUICK}"),
-    ("--experiment-name mammo-microcal", f"--experiment-name mammo-microcal -P config={QUICK}"),
-    ("-P resume=true", f"-P resume=true -P config={QUICK}"),
+    ("--experiment-name mammo-microcal", f"--experiment-name mammo-microcal -P config={SMOKE}"),
+    ("-P resume=true", f"-P resume=true -P config={SMOKE}"),
     ("-e baselines -P search_run=none", "-e baselines -P search_run=none "
                                         "-P config=experiments/wavelet_baselines_quick.yaml"),
     # `curl -s` exits 0 on an HTTP error too: -f makes an error answer fail the command.
@@ -73,8 +82,14 @@ SERVERS = (
     ("./dev.sh ui", "http://127.0.0.1:5000/health"),
 )
 
-# README commands run by another test instead, and why.
+# Commands run by another test instead, and why.
 NOT_HERE = {
+    "./dev.sh run": "conftest.pipeline_store runs it (on the smoke config) once per session; "
+                    "this test's store starts as a copy of that store",
+    "Studies": "tests/test_studies.py runs every study's quick pipeline (these commands "
+               "among them) on fixtures written in each collection's original layout",
+    "mlflow run . -e baselines --env-manager local": "tests/test_baselines_entry.py runs "
+                                                     "this command on the smoke search",
     "On a Ray cluster": "tests/test_two_nodes.py: the same head / worker / tracking-server "
                         "commands on two hosts made of network namespaces (the README's "
                         "10.0.0.1 is a real cluster's address, which tests must not reach)",
@@ -84,9 +99,14 @@ NOT_HERE = {
 
 
 def readme_commands() -> list[tuple[str, str]]:
-    """Returns (section title, command) for every command of the README's bash blocks."""
+    """Returns (section title, command) for every command of the DOCS' bash blocks."""
+    return [pair for doc in DOCS for pair in doc_commands(ROOT / doc)]
+
+
+def doc_commands(path: Path) -> list[tuple[str, str]]:
+    """Returns (section title, command) for every command of one page's bash blocks."""
     section, out, block = "", [], None
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in path.read_text().splitlines():
         if block is None:
             if line.startswith("#"):
                 section = line.lstrip("# ").strip()
@@ -124,6 +144,8 @@ def strip_comment(command: str) -> str:
 
 
 def test_the_extraction_finds_every_block_and_joins_continuations():
+    linked = set(re.findall(r"\]\((docs/[\w.]+\.md)", (ROOT / "README.md").read_text()))
+    assert linked - {"docs/benchmarks.md"} == set(DOCS[1:])  # every page the README links
     commands = [c for _, c in readme_commands()]
     assert "./dev.sh test" in commands and "./dev.sh run" in commands
     assert any(c.startswith("curl -s -X POST http://127.0.0.1:8000/predict -H") and "-d" in c
@@ -132,9 +154,10 @@ def test_the_extraction_finds_every_block_and_joins_continuations():
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, shared_data) -> tuple[Path, dict[str, str]]:
-    """Returns (a copy of the project, the user's environment): its own store, the
-    files the README names (patch.png, ...) and folders for the data placeholders."""
+def workspace(tmp_path_factory, shared_data, pipeline_store) -> tuple[Path, dict[str, str]]:
+    """Returns (a copy of the project, the user's environment): a copy of the session's
+    pipeline store, the files the README names (patch.png, ...) and folders for the data
+    placeholders."""
     tmp = tmp_path_factory.mktemp("readme")
     project = tmp / "project"
     shutil.copytree(ROOT, project, symlinks=True, ignore=shutil.ignore_patterns(
@@ -155,12 +178,11 @@ def workspace(tmp_path_factory, shared_data) -> tuple[Path, dict[str, str]]:
     (data / "patches").mkdir()
     for source in positives[3:5]:
         shutil.copy(source, data / "patches" / source.name)
-    write_cbis_arrays(data / "cbis")
-    write_mias(data / "mias")
-    env = child_env(f"sqlite:///{tmp / 'mlflow.db'}", drop=("VIRTUAL_ENV",),
-                    MAMMO_RAY_STORAGE=str(tmp / "ray_results"))
-    places = {k: str(data / k) for k in ("labelled", "patches", "site", "cbis", "mias")}
-    places["store_file"] = str(tmp / "mlflow.db")
+    store = copy_store(pipeline_store, tmp / "store")
+    env = child_env(f"sqlite:///{store / 'mlflow.db'}", drop=("VIRTUAL_ENV",),
+                    MAMMO_RAY_STORAGE=str(store / "ray_results"))
+    places = {k: str(data / k) for k in ("labelled", "patches", "site")}
+    places["store_file"] = str(store / "mlflow.db")
     return project, env | {"__places__": repr(places)}
 
 
@@ -244,7 +266,27 @@ class Shell:
             interrupt_group(server)
 
 
-@pytest.mark.timeout(3600)  # ~40 commands, ten of them searches: 20 minutes on 2 cores
+def interrupted_search(shell: Shell) -> None:
+    """Leaves a smoke search with its first fold finished and its second interrupted
+    (SIGTERM, as a user's Ctrl-C or a lost session would), for a `--resume` to continue."""
+    search = subprocess.Popen(["python", "-m", "tune.search", "--config", SMOKE],
+                              cwd=shell.project, env=shell.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    for line in search.stdout:
+        if line.startswith("fold 2/2"):  # fold 1 has finished
+            break
+    search.terminate()
+    out, _ = search.communicate(timeout=180)
+    assert search.returncode == 130, out[-2000:]
+
+
+# Commands that continue an unfinished search: what must come before them, and what they
+# must print once they ran.
+PREPARE = {"--resume true": (interrupted_search, "already finished, reused"),
+           "-P resume=true": (interrupted_search, "already finished, reused")}
+
+
+@pytest.mark.timeout(2400)  # ~35 commands, eight of them searches on the smoke config
 def test_every_readme_command_runs_as_written(workspace):
     project, env = workspace
     places = eval(env.pop("__places__"))  # noqa: S307 — our own repr of a dict of paths
@@ -260,6 +302,10 @@ def test_every_readme_command_runs_as_written(workspace):
             actual = substituted(command, places, store)
             health = next((h for key, h in SERVERS if key in command), None)
             started = time.monotonic()
+            prepare, expected = next((p for key, p in PREPARE.items() if key in command),
+                                     (None, ""))
+            if prepare:
+                prepare(shell)
             if health:
                 shell.serve(actual, health)
             else:
@@ -267,6 +313,7 @@ def test_every_readme_command_runs_as_written(workspace):
                 assert result.returncode == 0, (
                     f"README command failed ({section}): {command}\nran: {actual}\n"
                     f"{(result.stdout + result.stderr)[-3000:]}")
+                assert expected in result.stdout, (command, result.stdout[-3000:])
             ran.append(command)
             print(f"{time.monotonic() - started:6.1f} s  {command}", flush=True)
     finally:

@@ -2,14 +2,14 @@
 metrics before and after, and the alias served by `mlflow run . -e serve`."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import free_port, interrupt_group, runs_of, search_env, use_store, wait_for_json
+from conftest import (copy_store, free_port, interrupt_group, runs_of, search_env, use_store,
+                      wait_for_json)
 from PIL import Image
 
 from mammo_core.images import quantize
@@ -35,9 +35,9 @@ def shifted_site(shared_data: Path, folder: Path, per_class: int = 12) -> Path:
 
 @pytest.fixture(scope="module")
 def recalibrated(pipeline_store, shared_data, tmp_path_factory) -> tuple[Path, str]:
-    """A copy of the quick pipeline's store after `mlflow run . -e recalibrate`."""
+    """A copy of the smoke pipeline's store after `mlflow run . -e recalibrate`."""
     store = tmp_path_factory.mktemp("recalibrate") / "store"
-    shutil.copytree(pipeline_store, store, ignore=shutil.ignore_patterns("ray_results"))
+    copy_store(pipeline_store, store)
     site = shifted_site(shared_data, store.parent / "site")
     result = subprocess.run(["mlflow", "run", ".", "--env-manager", "local", "-e", "recalibrate",
                              "-P", f"data_dir={site}", "-P", "site=test"],

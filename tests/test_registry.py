@@ -1,6 +1,6 @@
 """`main` end to end (tune -> register -> evaluate) and the registered model from outside.
 
-One quick pipeline through the mlflow CLI (about 3 minutes), then: the run tree, the
+The session's smoke pipeline (conftest.pipeline_store), then: the run tree, the
 model card, predictions in a fresh process, input dtypes and errors, the promotion gate,
 `mlflow models predict` and `mlflow models serve` over HTTP on 127.0.0.1.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import free_port, runs_of, search_env, use_store
+from conftest import SMOKE, free_port, runs_of, search_env, use_store
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
@@ -33,7 +33,6 @@ from tune.project import PROJECT_ROOT, download_text, load_fold_plan
 from tune.register import load_experts, promote, register_search, search_config
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = "experiments/microcal_quick.yaml"
 NAME = "mammo-microcal"
 CHAMPION = f"models:/{NAME}@champion"
 pytestmark = pytest.mark.slow
@@ -60,8 +59,8 @@ def patches(shared_data) -> np.ndarray:
 def test_pipeline_is_one_finished_run_tree(store):
     runs = runs_of(store)
     assert Counter((r.data.tags.get("mammo.kind"), r.info.status) for r in runs) == {
-        ("pipeline", "FINISHED"): 1, ("search", "FINISHED"): 1, ("fold", "FINISHED"): 5,
-        ("trial", "FINISHED"): 10, ("register", "FINISHED"): 1, ("evaluate", "FINISHED"): 1}
+        ("pipeline", "FINISHED"): 1, ("search", "FINISHED"): 1, ("fold", "FINISHED"): 2,
+        ("trial", "FINISHED"): 2, ("register", "FINISHED"): 1, ("evaluate", "FINISHED"): 1}
     pipeline = next(r for r in runs if r.data.tags["mammo.kind"] == "pipeline")
     for kind in ("search", "register", "evaluate"):
         child = next(r for r in runs if r.data.tags["mammo.kind"] == kind)
@@ -75,7 +74,7 @@ def test_registry_run_compares_methods_and_the_evaluate_run_logs_figures(store, 
         for metric in ("auc", "accuracy", "sensitivity", "specificity", "f1", "f2"):
             assert 0 <= register.data.metrics[f"holdout_{method}_{metric}"] <= 1
     assert register.data.metrics["round_trip_max_abs_diff"] < 1e-5
-    weights = [float(register.data.params[f"ensemble.weight.fold{k}"]) for k in range(5)]
+    weights = [float(register.data.params[f"ensemble.weight.fold{k}"]) for k in range(2)]
     assert min(weights) >= 0 and sum(weights) == pytest.approx(1, abs=1e-3)
     evaluate = next(r for r in runs if r.data.tags["mammo.kind"] == "evaluate")
     figures = {a.path for a in client.list_artifacts(evaluate.info.run_id, "figures")}
@@ -151,7 +150,7 @@ def test_uint8_float_and_channel_inputs_agree_and_bad_shapes_are_refused(client,
 
 
 def test_promotion_gate_moves_the_champion_only_for_an_equal_or_better_model(client, store):
-    experiment = load_experiment(ROOT / QUICK)
+    experiment = load_experiment(ROOT / SMOKE)
     first = client.get_model_version_by_alias(NAME, "champion")
     # The same search registered again scores exactly the champion's hold-out AUC: promoted.
     again = register_search(experiment, first.tags["mammo.search_run"])
@@ -211,7 +210,7 @@ def test_predict_entry_point_writes_a_csv_and_names_a_corrupt_file(store, shared
     folder.mkdir()
     for f in sorted((shared_data / "1").glob("*.png"))[:3]:
         (folder / f.name).write_bytes(f.read_bytes())
-    command = [sys.executable, "-m", "tune.predict", "--config", QUICK, "--input", str(folder),
+    command = [sys.executable, "-m", "tune.predict", "--config", SMOKE, "--input", str(folder),
                "--output", str(tmp_path / "out.csv")]
     subprocess.run(command, check=True, cwd=ROOT, env=search_env(store), capture_output=True)
     lines = (tmp_path / "out.csv").read_text().splitlines()
@@ -230,7 +229,7 @@ def test_explain_entry_point_writes_maps_and_overlays_for_every_method(store, sh
     for name in names:
         (folder / name).write_bytes((shared_data / "1" / name).read_bytes())
     out = tmp_path / "explained"
-    command = [sys.executable, "-m", "tune.explain", "--config", QUICK, "--input", str(folder),
+    command = [sys.executable, "-m", "tune.explain", "--config", SMOKE, "--input", str(folder),
                "--output", str(out), "--method", "all"]
     result = subprocess.run(command, cwd=ROOT, env=search_env(store), capture_output=True,
                             text=True)
@@ -270,7 +269,7 @@ def test_an_8_bit_and_a_16_bit_copy_score_the_same_in_predict_evaluate_and_expla
         pairs.append((str(eight), str(sixteen)))
 
     def entry(module: str, *args: str) -> None:
-        result = subprocess.run([sys.executable, "-m", module, "--config", QUICK, *args],
+        result = subprocess.run([sys.executable, "-m", module, "--config", SMOKE, *args],
                                 cwd=ROOT, env=search_env(store), capture_output=True, text=True)
         assert result.returncode == 0, result.stderr[-2000:]
 
@@ -307,7 +306,7 @@ def test_explain_keeps_same_named_files_of_two_folders_apart_and_logs_only_its_o
     sixteen_bit_copy(sorted((shared_data / "0").glob("*.png"))[0], folder / "site,b" / source.name)
     out.mkdir()
     (out / "left_over_gradcam.png").write_bytes(b"from an earlier run")
-    result = subprocess.run([sys.executable, "-m", "tune.explain", "--config", QUICK, "--input",
+    result = subprocess.run([sys.executable, "-m", "tune.explain", "--config", SMOKE, "--input",
                              str(folder), "--output", str(out)], cwd=ROOT, env=search_env(store),
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -352,10 +351,10 @@ def test_evaluate_and_explain_through_mlflow_run_with_the_default_model_uri(stor
 
 
 def test_register_without_a_search_says_so(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tune.register", "--config", QUICK],
+    result = subprocess.run([sys.executable, "-m", "tune.register", "--config", SMOKE],
                             cwd=ROOT, env=search_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 2
-    assert "no finished search in experiment 'mammo-microcal-quick'" in result.stderr
+    assert "no finished search in experiment 'mammo-microcal-smoke'" in result.stderr
 
 
 def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 180) -> None:

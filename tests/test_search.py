@@ -1,6 +1,8 @@
-"""The `tune` entry point end to end: real Ray, real SQLite store, the quick config.
+"""The search end to end: real Ray, real SQLite store.
 
-Each search here runs 5 folds x 2 trials x up to 3 epochs (about 2-3 minutes).
+The run tree, summaries and figures are read from the session's smoke pipeline
+(conftest.pipeline_store: 2 folds x 1 trial x 1 epoch); reusing configs works on a copy of
+it; the interrupt-and-resume and worker-death tests run searches of their own.
 """
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import yaml
-from conftest import runs_of, search_env
+from conftest import SMOKE, config_variant, copy_store, runs_of, search_env
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = "experiments/microcal_quick.yaml"
+SEARCH_KINDS = ("search", "fold", "trial")
 pytestmark = pytest.mark.slow
 
 
@@ -28,11 +30,13 @@ def artifact_text(store: Path, run_id: str, path: str) -> str:
 
 
 def kinds(runs) -> Counter:
-    return Counter((r.data.tags.get("mammo.kind"), r.info.status) for r in runs)
+    """Returns how many runs of each (search kind, status) there are."""
+    return Counter((r.data.tags.get("mammo.kind"), r.info.status) for r in runs
+                   if r.data.tags.get("mammo.kind") in SEARCH_KINDS)
 
 
 def start_search(store: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "tune.search", "--config", QUICK, *args],
+    return subprocess.Popen([sys.executable, "-m", "tune.search", "--config", SMOKE, *args],
                             cwd=ROOT, env=search_env(store), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -43,23 +47,16 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
-def searched(tmp_path_factory) -> Path:
-    """A quick search run through the mlflow CLI, as a user would."""
-    store = tmp_path_factory.mktemp("search")
-    result = subprocess.run(
-        ["mlflow", "run", ".", "-e", "tune", "--env-manager", "local",
-         "--experiment-name", "search-test", "-P", f"config={QUICK}"],
-        cwd=ROOT, env=search_env(store), capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert "fold 5/5 | trials 2/2 done" in result.stdout
-    return store
+@pytest.fixture
+def searched(pipeline_store) -> Path:
+    """The session's smoke pipeline, whose search ran through `./dev.sh run` (read only)."""
+    return pipeline_store
 
 
 def test_run_tree_is_complete_and_finished(searched):
     runs = runs_of(searched)
-    assert kinds(runs) == {("search", "FINISHED"): 1, ("fold", "FINISHED"): 5,
-                           ("trial", "FINISHED"): 10}
+    assert kinds(runs) == {("search", "FINISHED"): 1, ("fold", "FINISHED"): 2,
+                           ("trial", "FINISHED"): 2}
     parent = next(r for r in runs if r.data.tags.get("mammo.kind") == "search")
     folds = [r for r in runs if r.data.tags.get("mammo.kind") == "fold"]
     trials = [r for r in runs if r.data.tags.get("mammo.kind") == "trial"]
@@ -87,10 +84,10 @@ def test_parent_logs_cv_summary_baselines_and_figures(searched):
     paths = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/cv_roc.png", "figures/cv_confusion.png"} <= paths
     trial_ids = {r.info.run_id for r in runs if r.data.tags.get("mammo.kind") == "trial"}
-    for k in range(5):
+    for k in range(2):
         assert parent.data.tags[f"mammo.best_trial.fold{k}"] in trial_ids
     plan = json.loads(artifact_text(searched, parent.info.run_id, "fold_plan.json"))
-    assert len(plan["folds"]) == 5 and plan["group_by"] == "case"
+    assert len(plan["folds"]) == 2 and plan["group_by"] == "case"
 
 
 def test_search_run_logs_time_to_quality_per_fold_and_its_figure(searched):
@@ -102,7 +99,7 @@ def test_search_run_logs_time_to_quality_per_fold_and_its_figure(searched):
     trials = [r for r in runs if r.data.tags.get("mammo.kind") == "trial"]
     wall = (parent.info.end_time - parent.info.start_time) / 1000
     previous_end = -1
-    for k in range(5):
+    for k in range(2):
         history = sorted(client.get_metric_history(parent.info.run_id,
                                                    f"best_val_auc_so_far.fold{k}"),
                          key=lambda m: (m.step, m.timestamp))
@@ -131,14 +128,15 @@ def test_fold_runs_hold_the_expert_and_its_test_evaluation(searched):
         assert [m.name for m in models] == ["expert"]
 
 
-def test_reuse_configs_retrains_each_folds_best_config(searched):
-    parent = next(r for r in runs_of(searched) if r.data.tags.get("mammo.kind") == "search")
-    out = finish(start_search(searched, "--reuse-configs-from", parent.info.run_id))
+def test_reuse_configs_retrains_each_folds_best_config(pipeline_store, tmp_path):
+    store = copy_store(pipeline_store, tmp_path / "store")
+    parent = next(r for r in runs_of(store) if r.data.tags.get("mammo.kind") == "search")
+    out = finish(start_search(store, "--reuse-configs-from", parent.info.run_id))
     assert "FINISHED" in out
-    runs = runs_of(searched)
+    runs = runs_of(store)
     reuse = next(r for r in runs if r.data.params.get("mode") == "reuse")
     folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == reuse.info.run_id]
-    best = json.loads(artifact_text(searched, parent.info.run_id, "search/best_configs.json"))
+    best = json.loads(artifact_text(store, parent.info.run_id, "search/best_configs.json"))
     for fold in folds:
         k = fold.data.tags["mammo.fold"]
         trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == fold.info.run_id]
@@ -149,7 +147,7 @@ def test_reuse_configs_retrains_each_folds_best_config(searched):
 def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     process = start_search(tmp_path)
     for line in process.stdout:
-        if line.startswith("fold 2/5"):
+        if line.startswith("fold 2/2"):  # fold 1 has finished
             break
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=180)
@@ -164,20 +162,17 @@ def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     out = finish(start_search(tmp_path, "--resume", "true"))
     assert "already finished, reused" in out
     runs = runs_of(tmp_path)
-    assert kinds(runs) == {("search", "FINISHED"): 1, ("fold", "FINISHED"): 5,
-                           ("trial", "FINISHED"): 10}
+    assert kinds(runs) == {("search", "FINISHED"): 1, ("fold", "FINISHED"): 2,
+                           ("trial", "FINISHED"): 2}
     again = next(r for r in runs if r.info.run_id == first_fold.info.run_id)
     assert again.info.end_time == first_fold.info.end_time  # fold 1 was not recomputed
 
 
 def test_a_trial_whose_worker_dies_is_retried(tmp_path):
     # 2 folds of 2 trials that all run 8 epochs: a wide window to kill a worker mid-trial
-    config = yaml.safe_load((ROOT / QUICK).read_text())
-    config["cross_validation"]["n_folds"] = 2
-    config["search"].update(max_epochs=8, grace_period=8)
-    path = tmp_path / "long_trials.yaml"
-    path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, "-m", "tune.search", "--config", str(path)],
+    path = config_variant(QUICK, tmp_path / "long_trials.yaml", cross_validation={"n_folds": 2},
+                          search={"max_epochs": 8, "grace_period": 8})
+    process = subprocess.Popen([sys.executable, "-m", "tune.search", "--config", path],
                                cwd=ROOT, env=search_env(tmp_path), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:  # the first status line: both trials run and have reported

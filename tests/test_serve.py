@@ -21,7 +21,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import free_port, use_store
+from conftest import SMOKE, free_port, use_store
 from PIL import Image
 
 from mammo_core.config import load_experiment
@@ -96,7 +96,7 @@ def test_http_predictions_equal_pyfunc_predictions_in_every_input_format(service
         got = [p["probability"] for p in body["predictions"]]
         np.testing.assert_allclose(got, expected["probability"], atol=1e-6)
         assert [p["label"] for p in body["predictions"]] == expected["label"].tolist()
-        assert len(body["predictions"][0]["experts"]) == 5
+        assert len(body["predictions"][0]["experts"]) == 2
     assert [r["label"] for r in score_files(files, url)] == expected["label"].tolist()
 
 
@@ -145,7 +145,7 @@ def test_model_endpoint_and_openapi_docs(service):
     status, info = request(f"{url}/model")
     assert status == 200 and info["name"] == NAME and info["alias"] == "champion"
     assert "not for diagnosis" in info["model_card"] and "holdout_learned_auc" in info["metrics"]
-    assert info["image_size"] == [60, 60] and len(info["weights"]) == 5
+    assert info["image_size"] == [60, 60] and len(info["weights"]) == 2
     with urllib.request.urlopen(f"{url}/openapi.json", timeout=10) as response:
         assert "/predict" in json.loads(response.read())["paths"]
 
@@ -311,7 +311,7 @@ def test_reload_after_the_alias_moves_serves_the_new_version_without_failed_requ
     url, settings = service
     before = request(f"{url}/model")[1]
     # The register step moves the alias: the same search again ties the champion's AUC.
-    registration = register_search(load_experiment(ROOT / "experiments/microcal_quick.yaml"),
+    registration = register_search(load_experiment(ROOT / SMOKE),
                                    before["search_run"])
     assert registration.alias == "champion" and registration.version != before["version"]
     payload = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import child_env
+from conftest import SMOKE, child_env, config_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -112,8 +112,10 @@ def test_quick_search_runs_trials_on_both_nodes_and_logs_to_the_server(tmp_path)
         assert work.returncode == 0, work.stderr[-2000:]
 
         uri = f"http://{hosts.head_ip}:5000"
-        search = hosts.run(hosts.head, [sys.executable, "-m", "tune.search", "--config",
-                                        "experiments/microcal_quick.yaml"],
+        # 2 folds of 2 trials at once, one epoch each: a trial per node at the same time
+        config = config_variant(SMOKE, tmp_path / "two_trials.yaml",
+                                search={"trials_per_fold": 2, "max_concurrent_trials": 2})
+        search = hosts.run(hosts.head, [sys.executable, "-m", "tune.search", "--config", config],
                            env=hosts.env(RAY_ADDRESS=f"{hosts.head_ip}:6379",
                                          MLFLOW_TRACKING_URI=uri,
                                          MAMMO_RAY_STORAGE=str(tmp_path / "ray_results")),
@@ -126,7 +128,7 @@ def test_quick_search_runs_trials_on_both_nodes_and_logs_to_the_server(tmp_path)
         assert query.returncode == 0, query.stderr[-2000:]
         runs = json.loads(query.stdout.strip().splitlines()[-1])
         trials = [r for r in runs if r["kind"] == "trial"]
-        assert len(trials) == 10 and all(r["status"] == "FINISHED" for r in runs)
+        assert len(trials) == 4 and all(r["status"] == "FINISHED" for r in runs)
         assert {r["node"] for r in trials} == {hosts.head_ip, hosts.work_ip}
         # the runs are in PostgreSQL and the artifacts came over HTTP into the server's folder
         assert (hosts.team / "pgdata" / "PG_VERSION").exists()
