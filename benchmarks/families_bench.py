@@ -17,7 +17,6 @@ Prints a markdown table for docs/benchmarks.md and writes benchmarks/results/fam
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -53,10 +52,10 @@ class EpochTimer(keras.callbacks.Callback):
 
 def run_family(family: str, experiment, images, labels, plan, args) -> dict:
     """Returns per-fold test AUCs, wall seconds, weights and median seconds per epoch."""
-    model_config = dataclasses.replace(experiment.model, family=family, backbone=BackboneConfig(
+    model_config = experiment.model.replace(family=family, backbone=BackboneConfig(
         cut=args.vgg_cut, trainable_layers=None))
-    training = dataclasses.replace(experiment.training, epochs=args.epochs,
-                                   early_stopping_patience=args.patience)
+    training = experiment.training.replace(epochs=args.epochs,
+                                           early_stopping_patience=args.patience)
     # the published designs keep their own dropout and learning rate
     hyperparameters = experiment.hyperparameters if family == "hypermodel" else {}
     aucs, epoch_times, epochs, started = [], [], [], time.monotonic()

@@ -28,7 +28,6 @@ Prints a markdown table and writes benchmarks/results/invariance.json.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -65,13 +64,11 @@ def variant_experiment(experiment, name: str):
             experiment = variant_experiment(experiment, part)
         return experiment
     if name in ("before", "after", "robust", "noise"):
-        return dataclasses.replace(experiment, preprocessing=dataclasses.replace(
-            experiment.preprocessing, standardize=name))
+        return experiment.replace(preprocessing=experiment.preprocessing.replace(standardize=name))
     if name in CONTRAST_AUGMENTATION:
         model, (factor, scale) = experiment.model, CONTRAST_AUGMENTATION[name]
-        return dataclasses.replace(experiment, model=dataclasses.replace(
-            model, augmentation=dataclasses.replace(model.augmentation, contrast=factor,
-                                                    contrast_scale=scale)))
+        return experiment.replace(model=model.replace(augmentation=model.augmentation.replace(
+            contrast=factor, contrast_scale=scale)))
     if name != "none":
         raise SystemExit(f"unknown variant {name!r}")
     return experiment
@@ -79,8 +76,8 @@ def variant_experiment(experiment, name: str):
 
 def run_variant(experiment, raw: np.ndarray, labels: np.ndarray, plan, args) -> dict:
     """Returns {shift: {"auc": [per fold], "balanced_accuracy": [per fold]}}."""
-    training = dataclasses.replace(experiment.training, epochs=args.epochs,
-                                   early_stopping_patience=args.patience)
+    training = experiment.training.replace(epochs=args.epochs,
+                                           early_stopping_patience=args.patience)
     shifted = {name: preprocess(combined(raw, shifts), experiment.preprocessing)
                for name, shifts in SHIFTS.items()}
     out = {name: {"auc": [], "balanced_accuracy": [], "balanced_accuracy_at_half": []}

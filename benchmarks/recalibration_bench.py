@@ -14,7 +14,6 @@ registered threshold) and after. Prints mean ± std over the draws.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def main() -> None:
     shifted = combined(dataset.images[holdout], SITE)
     labels, cases = dataset.labels[holdout], dataset.cases[holdout]
     experts_p = predictor.expert_probabilities(predictor.model_inputs(shifted))
-    registry = dataclasses.replace(predictor.experiment.registry, calibration="platt")
+    registry = predictor.experiment.registry.replace(calibration="platt")
     rng = np.random.default_rng(0)
     rows = {"as registered": [], "recalibrated, threshold kept (default)": [],
             "recalibrated, threshold re-chosen on the sample": []}

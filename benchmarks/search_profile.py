@@ -15,7 +15,6 @@ and how many trials ASHA stopped early.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 import time
@@ -119,8 +118,8 @@ def main() -> None:
     args = parser.parse_args()
     experiment, _ = load_config(args.config)
     if args.reuse_actors:
-        experiment = dataclasses.replace(experiment, search=dataclasses.replace(
-            experiment.search, reuse_actors=args.reuse_actors == "true"))
+        experiment = experiment.replace(search=experiment.search.replace(
+            reuse_actors=args.reuse_actors == "true"))
     dataset, _ = load_data(experiment, "")
     fold = make_fold_plan(dataset, experiment.split, experiment.cross_validation).folds[args.fold]
     images = preprocess(dataset.images, experiment.preprocessing)

@@ -29,7 +29,7 @@ from mlflow.entities import Metric, RunTag
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from mammo_core.config import load_experiment  # noqa: E402
-from serve.server import free_port  # noqa: E402
+from serve.ports import free_port  # noqa: E402
 from tune.tracking_server import start, stop  # noqa: E402
 
 

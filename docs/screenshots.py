@@ -29,7 +29,7 @@ import mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from serve.server import free_port  # noqa: E402
+from serve.ports import free_port  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"
 QUICK = "experiments/microcal_quick.yaml"

@@ -1,74 +1,171 @@
-"""Experiment configuration: YAML files loaded into typed, frozen dataclasses.
+"""Experiment configuration: YAML files loaded into typed, frozen pydantic models.
 
-Every key a YAML file may hold is a dataclass field here. Unknown keys and values of
-the wrong type are rejected with a ``ConfigError`` that names the dotted key path, so a
-typo such as ``preprocessing.wavelet.famly`` fails loudly instead of being ignored.
+Every key a YAML file may hold is a field here, with its type and its range. Unknown keys,
+values of the wrong type, NaN or infinity, numbers outside their range and fractions the
+splitter cannot honour exactly are rejected with a ``ConfigError`` that names the dotted
+key path and what is allowed, so a typo such as ``preprocessing.wavelet.famly`` fails
+loudly instead of being ignored.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import types
-import typing
-from dataclasses import dataclass, field
+import re
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, Optional, Union
 
+import pywt
 import yaml
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      StrictBool, StrictInt, ValidationError, field_validator,
+                      model_validator)
 
 from mammo_core.balance import METHODS as BALANCE_METHODS
 from mammo_core.errors import ConfigError
 from mammo_core.registry import ENSEMBLE_METHODS, FAMILIES, LAYOUTS
 
 
-@dataclass(frozen=True)
-class DataConfig:
+def _number(value: Any) -> Any:
+    """YAML reads 1e-3 (no dot) as a string; true/false are never numbers."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+    return value
+
+
+def _text(value: Any) -> Any:
+    """A YAML key or value such as 0 or 2024 is text where text is expected."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _one_over_n(value: float) -> float:
+    """Grouped splits cut 1/n of the groups off (n folds): other fractions are refused
+    rather than silently rounded."""
+    n = round(1 / value)
+    if n < 2 or abs(value - 1 / n) > 1e-3:
+        allowed = ", ".join(f"{1 / k:.4g}" for k in range(2, 11))
+        raise ValueError(f"must be 1/n for a whole n >= 2 ({allowed}, ...), got {value}: a "
+                         "grouped split takes one part of n")
+    return value
+
+
+Int = StrictInt
+Float = Annotated[float, BeforeValidator(_number)]
+Text = Annotated[str, BeforeValidator(_text)]
+Name = Annotated[Text, Field(min_length=1)]
+Bool = StrictBool
+Count = Annotated[Int, Field(ge=1)]
+Seed = Annotated[Int, Field(ge=0)]
+Rate = Annotated[Float, Field(ge=0, lt=1)]  # dropout, momentum
+Probability = Annotated[Float, Field(gt=0, lt=1)]
+SplitFraction = Annotated[Float, Field(gt=0, lt=1), AfterValidator(_one_over_n)]
+# a hyperparameter value or a searched choice: integers stay integers, numbers in any YAML
+# spelling become floats, anything else stays text
+Scalar = Annotated[Union[Int, Float, Text], Field(union_mode="left_to_right")]
+
+
+class Section(BaseModel):
+    """A config section: immutable, no unknown keys, no NaN or infinity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def replace(self, **changes: Any) -> Any:
+        """Returns a copy with `changes` (field -> value), checked like a loaded file."""
+        return type(self).model_validate(dict(self) | changes)
+
+
+class DataConfig(Section):
     """Where the images are, how the collection is laid out, how to read labels and groups.
 
-    layout: `folders` (class folders, e.g. microcal's {Train,Test}/{0,1} or CBIS'
-    {mass,calc}_{train,test}), `cbis_npy` (CBIS-DDSM baseline/abnormal pairs in .npy
-    arrays) or `mias` (mini-MIAS .pgm files with Info.txt).
+    layout: a name of mammo_core/registry.py LAYOUTS: `folders` (class folders, e.g.
+    microcal's {Train,Test}/{0,1} or CBIS' {mass,calc}_{train,test}), `cbis_npy` (CBIS-DDSM
+    baseline/abnormal pairs in .npy arrays) or `mias` (mini-MIAS .pgm files with Info.txt).
     """
 
-    root: str | None = None  # None: MAMMO_DATA_DIR, then the default locations
+    root: Optional[Text] = None  # None: MAMMO_DATA_DIR, then the default locations
     # the folder name looked for beside the project (../shared/data/<collection>, data/<...>)
-    collection: str = "microcal"
-    layout: str = "folders"  # a name of mammo_core.registry.LAYOUTS
-    image_size: tuple[int, int] = (60, 60)
+    collection: Name = "microcal"
+    layout: Text = "folders"
+    image_size: tuple[Count, Count] = (60, 60)
     # images of another size are resampled to image_size (bilinear) instead of refused
-    resize: bool = False
+    resize: Bool = False
     # cbis_npy / mias: source label -> task label ("0".."4" for CBIS; NORM, CALC, CIRC,
     # SPIC, MISC, ARCH, ASYM for MIAS); images of labels not listed are left out
-    label_map: dict[str, int] | None = None
+    label_map: Optional[dict[Text, Int]] = None
     # cbis_npy: partition -> [images.npy, labels.npy]; null: every *_images.npy with the
     # *_labels.npy of the same prefix
-    npy_files: dict[str, tuple[str, str]] | None = None
+    npy_files: Optional[dict[Text, tuple[Text, Text]]] = None
     # mias: whole (each mammogram downscaled) or roi (patches around each abnormality's
     # centre, and from normal tissue of normal images)
     mias_task: Literal["whole", "roi"] = "whole"
-    mias_info_file: str = "Info.txt"
+    mias_info_file: Name = "Info.txt"
     # cbis_npy: one input per patient, the (baseline, abnormal) pair of patches, labelled
     # by the abnormal patch's task label (the siamese family takes pairs)
-    pairs: bool = False
-    roi_patch_size: int = 128  # source pixels per side of a cut patch (mias roi)
-    normal_patches_per_image: int = 2  # mias roi: tissue patches per normal mammogram
+    pairs: Bool = False
+    roi_patch_size: Annotated[Int, Field(ge=8)] = 128  # source pixels per side (mias roi)
+    normal_patches_per_image: Annotated[Int, Field(ge=0)] = 2  # mias roi: per normal mammogram
     # class-folder name -> integer label; the folder names are also the class names
-    classes: dict[str, int] = field(default_factory=lambda: {"0": 0, "1": 1})
-    class_names: dict[int, str] = field(
-        default_factory=lambda: {0: "normal", 1: "microcalcification"})
-    extensions: tuple[str, ...] = (".png", ".pgm")  # folders layout
+    classes: dict[Text, Int] = {"0": 0, "1": 1}
+    class_names: dict[Int, Text] = {0: "normal", 1: "microcalcification"}
+    extensions: tuple[Text, ...] = (".png", ".pgm")  # folders layout
     # Regex matched at the start of each file name; named groups `case` and `roi`.
     # None gives every image its own case and ROI.
-    filename_pattern: str | None = r"(?P<roi>(?P<case>\d{4})[^.]*)\.pgm_\d+"
+    filename_pattern: Optional[Text] = r"(?P<roi>(?P<case>\d{4})[^.]*)\.pgm_\d+"
     # null: the collection has no public download (a missing folder is an error)
-    download_url: str | None = "https://www.pi.infn.it/~boccali/DL_class_data.tar.gz"
+    download_url: Optional[Text] = "https://www.pi.infn.it/~boccali/DL_class_data.tar.gz"
     # SHA-256 the downloaded tarball must have before anything is extracted; null refuses
     # the download and prints the digest it got, to be checked and pinned here.
-    download_sha256: str | None = None
-    download_max_bytes: int = 512 * 2**20  # a larger download is stopped while it streams
+    download_sha256: Optional[Text] = None
+    download_max_bytes: Count = 512 * 2**20  # a larger download is stopped while it streams
     # folder inside the tarball that holds the {Train,Test}/{0,1} tree
-    archive_subdir: str = "IMAGES/Mammography_micro"
+    archive_subdir: Text = "IMAGES/Mammography_micro"
+
+    @field_validator("layout")
+    @classmethod
+    def _known_layout(cls, layout: str) -> str:
+        if layout not in LAYOUTS:
+            raise ValueError(f"must be one of {list(LAYOUTS)}, got {layout!r}")
+        return layout
+
+    @field_validator("filename_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                groups = re.compile(pattern).groupindex
+            except re.error as err:
+                raise ValueError(f"not a regular expression: {err}") from None
+            if not {"case", "roi"} <= set(groups):
+                raise ValueError("needs the named groups (?P<case>...) and (?P<roi>...)")
+        return pattern
+
+    @model_validator(mode="after")
+    def _labels(self) -> DataConfig:
+        key = "label_map" if self.layout != "folders" else "classes"
+        labels = self.label_map if self.layout != "folders" else self.classes
+        if labels is None and self.layout == "cbis_npy":
+            raise ValueError("'data.label_map' is required for the cbis_npy layout "
+                             "(source labels 0..4 -> task labels)")
+        if labels is None:
+            return self
+        values = sorted(set(labels.values()))
+        if len(values) < 2:
+            raise ValueError(f"'data.{key}' must map to at least two distinct labels")
+        if values != list(range(len(values))):
+            raise ValueError(f"'data.{key}' values must be the task labels 0..{len(values) - 1}, "
+                             f"each used; got {values}")
+        # the reader's own list of the labels its collection uses (folders: any name)
+        known = (None if self.layout == "folders"
+                 else getattr(LAYOUTS.module(self.layout), "SOURCE_LABEL_NAMES", None))
+        unknown = sorted(set(labels) - set(known)) if known else []
+        if unknown:
+            raise ValueError(f"'data.{key}' names {unknown}, not a {self.layout} source label "
+                             f"(known: {', '.join(known)}): a typo would drop a class")
+        return self
 
     @property
     def n_classes(self) -> int:
@@ -88,25 +185,37 @@ class DataConfig:
         return self.resize or (self.layout == "mias" and self.mias_task == "whole")
 
 
-@dataclass(frozen=True)
-class WaveletConfig:
-    enabled: bool = True
-    family: str = "sym3"
-    level: int = 3
-    threshold_k: float = 1.5  # details kept only where |c| > k * sigma of their sub-band
-    drop_approximation: bool = True  # removes the smooth tissue background
-    drop_detail_levels: tuple[int, ...] = (1,)  # level 1 is mostly sensor noise
+class WaveletConfig(Section):
+    enabled: Bool = True
+    family: Name = "sym3"
+    level: Annotated[Int, Field(ge=1, le=8)] = 3
+    # details kept only where |c| > k * sigma of their sub-band
+    threshold_k: Annotated[Float, Field(ge=0, le=100)] = 1.5
+    drop_approximation: Bool = True  # removes the smooth tissue background
+    drop_detail_levels: tuple[Count, ...] = (1,)  # level 1 is mostly sensor noise
+
+    @field_validator("family")
+    @classmethod
+    def _known_wavelet(cls, family: str) -> str:
+        if family not in pywt.wavelist(kind="discrete"):
+            raise ValueError(f"not a discrete PyWavelets family, got {family!r} "
+                             "(pywt.wavelist(kind='discrete') lists them)")
+        return family
+
+    @model_validator(mode="after")
+    def _levels(self) -> WaveletConfig:
+        if any(level > self.level for level in self.drop_detail_levels):
+            raise ValueError("drop_detail_levels must lie in 1..level")
+        return self
 
 
-@dataclass(frozen=True)
-class ClaheConfig:
-    enabled: bool = False
-    clip_limit: float = 0.01
-    kernel_size: int = 8
+class ClaheConfig(Section):
+    enabled: Bool = False
+    clip_limit: Annotated[Float, Field(gt=0, le=1)] = 0.01
+    kernel_size: Annotated[Int, Field(ge=2)] = 8
 
 
-@dataclass(frozen=True)
-class PreprocessingConfig:
+class PreprocessingConfig(Section):
     wavelet: WaveletConfig = WaveletConfig()
     clahe: ClaheConfig = ClaheConfig()
     # per-patch standardisation, for insensitivity to a scanner's gain and offset: zero
@@ -118,70 +227,98 @@ class PreprocessingConfig:
     standardize: Literal["none", "before", "after", "robust", "noise"] = "none"
 
 
-@dataclass(frozen=True)
-class AugmentationConfig:
-    flip: bool = True
-    rotate90: bool = True
-    contrast: float = 0.1  # max relative contrast change; 0 switches it off
-    # uniform: factors in [1 - contrast, 1 + contrast]; log_uniform: factors in
-    # [1 / (1 + contrast), 1 + contrast], uniform in log scale, so a doubling of the
-    # contrast is as likely as a halving (a scanner's gain multiplies)
+class AugmentationConfig(Section):
+    flip: Bool = True
+    rotate90: Bool = True
+    # max relative contrast change; 0 switches it off. uniform: factors in [1 - contrast,
+    # 1 + contrast] (so below 1); log_uniform: factors in [1 / (1 + contrast), 1 +
+    # contrast], uniform in log scale, so a doubling of the contrast is as likely as a
+    # halving (a scanner's gain multiplies)
+    contrast: Annotated[Float, Field(ge=0, le=10)] = 0.1
     contrast_scale: Literal["uniform", "log_uniform"] = "uniform"
 
+    @model_validator(mode="after")
+    def _positive_factors(self) -> AugmentationConfig:
+        if self.contrast_scale == "uniform" and self.contrast >= 1:
+            raise ValueError("contrast must be below 1 with contrast_scale uniform (a "
+                             "factor 1 - contrast <= 0 inverts or blanks a patch); use "
+                             "log_uniform for larger ranges")
+        return self
 
-@dataclass(frozen=True)
-class SiameseConfig:
+
+class SiameseConfig(Section):
     """The siamese family: one shared encoder over a (baseline, abnormal) pair of patches."""
 
-    trunk: str = "hypermodel"  # the family whose network (without its output) encodes a patch
-    head_units: int = 32  # dense layer over [abnormal - baseline, baseline, abnormal]
-    dropout: float = 0.3
+    trunk: Text = "hypermodel"  # the family whose network (without its output) encodes a patch
+    head_units: Count = 32  # dense layer over [abnormal - baseline, baseline, abnormal]
+    dropout: Rate = 0.3
 
 
-@dataclass(frozen=True)
-class BackboneConfig:
+class BackboneConfig(Section):
     """The ImageNet families (vgg16, inception_v3): weights, where to cut, what to train."""
 
     # imagenet (Keras' download, cached in ~/.keras/models), a local weights file, or null
-    weights: str | None = None
-    cut: str = "top"  # top = the whole convolutional base; top+k drops its last k blocks
+    weights: Optional[Text] = None
+    # top = the whole convolutional base; top+k drops its last k blocks
+    cut: Annotated[Text, Field(pattern=r"^top(\+\d+)?$")] = "top"
     # backbone layers fine-tuned, counted down from the cut: null = all, 0 = frozen
-    trainable_layers: int | None = None
-    head_units: int = 64  # dense layer between the pooled features and the output
-    dropout: float = 0.3
+    trainable_layers: Optional[Annotated[Int, Field(ge=0)]] = None
+    head_units: Count = 64  # dense layer between the pooled features and the output
+    dropout: Rate = 0.3
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Section):
     """Fixed architecture choices; the searched ones live in `hyperparameters`.
 
-    `family` picks the architecture (mammo_core.registry.FAMILIES); all but `hypermodel` are fixed published
-    designs, and the conv_blocks ... pooling fields below shape only the hypermodel.
+    `family` picks the architecture (mammo_core/registry.py FAMILIES); all but
+    `hypermodel` are fixed published designs, and the conv_blocks ... pooling fields below
+    shape only the hypermodel.
     """
 
-    family: str = "hypermodel"
+    family: Text = "hypermodel"
     backbone: BackboneConfig = BackboneConfig()
     siamese: SiameseConfig = SiameseConfig()
 
-    conv_blocks: int = 3
-    kernel_size: int = 3
-    dense_units: int = 64  # first dense layer; each further layer halves it
+    conv_blocks: Annotated[Int, Field(ge=1, le=8)] = 3
+    kernel_size: Annotated[Int, Field(ge=1, le=15)] = 3
+    dense_units: Count = 64  # first dense layer; each further layer halves it
     pooling: Literal["flatten", "avg", "max"] = "flatten"  # how the head sees the maps
     # Keras' default 0.99 needs hundreds of steps for the moving statistics to settle; with
     # ~16 steps per epoch and the small wavelet output they stay at their initial values
     # and every validation prediction collapses to one value (AUC 0.5). 0.9 settles fast.
-    batchnorm_momentum: float = 0.9
+    batchnorm_momentum: Rate = 0.9
     augmentation: AugmentationConfig = AugmentationConfig()
 
+    @model_validator(mode="after")
+    def _known_families(self) -> ModelConfig:
+        if self.family not in FAMILIES:
+            raise ValueError(f"'model.family' must be one of {list(FAMILIES)}, "
+                             f"got {self.family!r}")
+        if self.siamese.trunk not in FAMILIES or self.siamese.trunk == "siamese":
+            raise ValueError(f"'model.siamese.trunk' must be one of "
+                             f"{[f for f in FAMILIES if f != 'siamese']}, got "
+                             f"{self.siamese.trunk!r}")
+        return self
 
-@dataclass(frozen=True)
-class ParamSpace:
+
+class ParamSpace(Section):
     """One searched hyperparameter: a finite `choice` or a continuous range."""
 
     type: Literal["choice", "uniform", "loguniform"]
-    values: tuple[int | float | str, ...] | None = None
-    low: float | None = None
-    high: float | None = None
+    values: Optional[tuple[Scalar, ...]] = None
+    low: Optional[Float] = None
+    high: Optional[Float] = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> ParamSpace:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("a choice needs at least one value in 'values'")
+        elif self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"needs low < high for a {self.type} range")
+        elif self.type == "loguniform" and self.low <= 0:
+            raise ValueError("a loguniform range needs low > 0")
+        return self
 
     def corners(self) -> tuple[float, ...]:
         """Returns the extreme values of this dimension (used to smoke-test the space)."""
@@ -190,100 +327,119 @@ class ParamSpace:
         return (self.low, self.high)
 
 
-@dataclass(frozen=True)
-class SplitConfig:
+class SplitConfig(Section):
     group_by: Literal["case", "roi", "none"] = "case"
-    test_fraction: float = 0.2
-    val_fraction: float = 0.2  # of the part that remains after the test part
-    seed: int = 0
+    test_fraction: SplitFraction = 0.2
+    val_fraction: SplitFraction = 0.2  # of the part that remains after the test part
+    seed: Seed = 0
 
 
-@dataclass(frozen=True)
-class CrossValidationConfig:
+class CrossValidationConfig(Section):
     """The fold plan: an ensemble hold-out first, then outer folds over the rest.
 
     Grouping key and seed come from `split`, so `train` and the search agree.
     """
 
-    n_folds: int = 5
-    holdout_fraction: float = 0.2  # cases no expert ever trains on (ensemble weights)
-    inner_val_fraction: float = 0.25  # of each fold's development part, for selection
+    n_folds: Annotated[Int, Field(ge=2, le=20)] = 5
+    holdout_fraction: SplitFraction = 0.2  # cases no expert ever trains on (ensemble weights)
+    inner_val_fraction: SplitFraction = 0.25  # of each fold's development part, for selection
 
 
-@dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(Section):
     """The Ray Tune budget per outer fold."""
 
     searcher: Literal["optuna", "hyperopt", "random"] = "optuna"
-    trials_per_fold: int = 12
-    max_epochs: int = 40
-    grace_period: int = 8  # ASHA never stops a trial earlier: validation AUC is noisy
-    reduction_factor: int = 3
-    max_concurrent_trials: int = 2  # one trial per CPU core
-    max_failures: int = 2  # retries of a trial whose worker died
-    seed: int = 0
+    trials_per_fold: Count = 12
+    max_epochs: Count = 40
+    grace_period: Count = 8  # ASHA never stops a trial earlier: validation AUC is noisy
+    reduction_factor: Annotated[Int, Field(ge=2)] = 3
+    max_concurrent_trials: Count = 2  # one trial per CPU core
+    max_failures: Annotated[Int, Field(ge=0)] = 2  # retries of a trial whose worker died
+    seed: Seed = 0
     # one worker per core trains trial after trial: no process start, no TensorFlow import
     # (benchmarks/search_profile.py: trial start-up 63 -> 11 core-seconds per fold)
-    reuse_actors: bool = True
+    reuse_actors: Bool = True
+
+    @model_validator(mode="after")
+    def _grace_within_budget(self) -> SearchConfig:
+        if self.grace_period > self.max_epochs:
+            raise ValueError("'search.grace_period' must not exceed 'search.max_epochs'")
+        return self
 
 
-@dataclass(frozen=True)
-class TrainingConfig:
-    epochs: int = 60
-    batch_size: int = 32
-    early_stopping_patience: int = 12
-    monitor: str = "val_auc"  # selection on AUC, never accuracy (see docs)
-    seed: int = 0
-    threshold: float = 0.5
+class TrainingConfig(Section):
+    epochs: Count = 60
+    batch_size: Annotated[Int, Field(ge=1, le=65536)] = 32
+    early_stopping_patience: Count = 12
+    # selection on AUC (or loss), never accuracy (see docs)
+    monitor: Literal["val_auc", "val_loss"] = "val_auc"
+    seed: Seed = 0
+    threshold: Probability = 0.5
     # imbalanced classes, on the training part only (never validation or test):
     # class_weight (loss weights), oversample (repeat minority images), undersample
     class_balance: Literal[BALANCE_METHODS] = "none"
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
-    experiment_name: str = "mammo-microcal"
-    registered_model_name: str = "mammo-microcal"
+class TrackingConfig(Section):
+    experiment_name: Name = "mammo-microcal"
+    registered_model_name: Name = "mammo-microcal"
 
 
-@dataclass(frozen=True)
-class RegistryConfig:
+class RegistryConfig(Section):
     """How the registry step combines the fold experts and picks the decision threshold."""
 
     # fixed: `fixed_threshold`; youden: max sensitivity + specificity - 1; sensitivity: the
     # highest threshold whose hold-out sensitivity reaches `target_sensitivity`.
     threshold: Literal["fixed", "youden", "sensitivity"] = "youden"
-    fixed_threshold: float = 0.5
-    target_sensitivity: float = 0.9
-    cross_fit_folds: int = 5  # grouped splits of the hold-out for honest ensemble estimates
+    fixed_threshold: Probability = 0.5
+    target_sensitivity: Annotated[Float, Field(gt=0, le=1)] = 0.9
+    # grouped splits of the hold-out for honest ensemble estimates
+    cross_fit_folds: Annotated[Int, Field(ge=2, le=20)] = 5
     # which ensemble is registered: auto = the method with the best cross-fitted hold-out
     # AUC (ties: the simpler one, average before learned before best_single)
     method: Literal[("auto", *ENSEMBLE_METHODS)] = "auto"
     # binary tasks: Platt scaling of the combined probability, fitted with the weights
     calibration: Literal["none", "platt"] = "platt"
-    champion_alias: str = "champion"
-    challenger_alias: str = "challenger"
+    champion_alias: Name = "champion"
+    challenger_alias: Name = "challenger"
 
 
-@dataclass(frozen=True)
-class ExplanationsConfig:
+class ExplanationsConfig(Section):
     """Grad-CAM and SHAP maps: what the register step stores and its runs show."""
 
-    background_size: int = 50  # training patches per expert stored for SHAP's expectation
-    partition_max_evals: int = 500  # model evaluations per patch of the model-agnostic SHAP
-    patches_per_class: int = 3  # random patches of each class in the logged figures
-    max_misclassified: int = 6  # misclassified patches in the logged figures, worst first
-    seed: int = 0
+    background_size: Count = 50  # training patches per expert stored for SHAP's expectation
+    partition_max_evals: Count = 500  # model evaluations per patch of the model-agnostic SHAP
+    patches_per_class: Count = 3  # random patches of each class in the logged figures
+    # misclassified patches in the logged figures, worst first
+    max_misclassified: Annotated[Int, Field(ge=0)] = 6
+    seed: Seed = 0
 
 
-@dataclass(frozen=True)
-class Experiment:
-    name: str
+REQUIRED_HYPERPARAMETERS = ("init", "rate", "depth", "learning_rate")
+# searched beside them: the family and the backbone's choices (override model.backbone)
+SEARCHABLE = (*REQUIRED_HYPERPARAMETERS, "family", "cut", "trainable_layers", "head_units")
+
+
+class Document(Section):
+    """A whole YAML file: its resolved form and a hash of it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Returns the resolved configuration as plain YAML-friendly data."""
+        return plain(self.model_dump())
+
+    def fingerprint(self) -> str:
+        """Returns a short hash of the resolved configuration (identifies a setup)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class Experiment(Document):
+    name: Name
     data: DataConfig = DataConfig()
     preprocessing: PreprocessingConfig = PreprocessingConfig()
     model: ModelConfig = ModelConfig()
-    hyperparameters: dict[str, int | float | str] = field(default_factory=dict)
-    search_space: dict[str, ParamSpace] = field(default_factory=dict)
+    hyperparameters: dict[Text, Scalar] = {}
+    search_space: dict[Text, ParamSpace] = {}
     split: SplitConfig = SplitConfig()
     cross_validation: CrossValidationConfig = CrossValidationConfig()
     search: SearchConfig = SearchConfig()
@@ -292,62 +448,99 @@ class Experiment:
     registry: RegistryConfig = RegistryConfig()
     explanations: ExplanationsConfig = ExplanationsConfig()
 
-    def to_dict(self) -> dict[str, Any]:
-        """Returns the resolved configuration as plain YAML-friendly data."""
-        return plain(dataclasses.asdict(self))
+    @field_validator("search_space")
+    @classmethod
+    def _searchable(cls, space: dict[str, ParamSpace]) -> dict[str, ParamSpace]:
+        for name, dimension in space.items():
+            if name not in SEARCHABLE:
+                raise ValueError(f"unknown hyperparameter 'search_space.{name}' "
+                                 f"(searchable: {', '.join(SEARCHABLE)})")
+            unknown = [v for v in (dimension.values or ()) if v not in FAMILIES]
+            if name == "family" and (dimension.type != "choice" or unknown):
+                raise ValueError(f"'search_space.family' must be a choice of "
+                                 f"{list(FAMILIES)}, got {unknown or dimension.type}")
+        return space
 
-    def fingerprint(self) -> str:
-        """Returns a short hash of the resolved configuration (identifies a setup)."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        families = self.searched_families()
+        if self.data.pairs and families != {"siamese"}:
+            raise ValueError("'data.pairs' feeds (baseline, abnormal) pairs: 'model.family' "
+                             "must be siamese (and only siamese searched)")
+        if "siamese" in families and not self.data.pairs:
+            raise ValueError("the siamese family takes pairs: set 'data.pairs: true' "
+                             "(cbis_npy layout)")
+        if self.data.pairs and self.data.layout != "cbis_npy":
+            raise ValueError("'data.pairs' needs the cbis_npy layout (baseline/abnormal pairs)")
+        trunks = families | ({self.model.siamese.trunk} if "siamese" in families else set())
+        missing = [k for k in REQUIRED_HYPERPARAMETERS if k not in self.hyperparameters]
+        if missing and "hypermodel" in trunks:  # the other families have fixed designs
+            raise ValueError(f"'hyperparameters' is missing {missing}")
+        return self
+
+    def searched_families(self) -> set[str]:
+        """Returns the families the search may build (the searched choice, else the model's)."""
+        family = self.search_space.get("family")
+        return set(family.values) if family else {self.model.family}
 
 
-REQUIRED_HYPERPARAMETERS = ("init", "rate", "depth", "learning_rate")
-# searched beside them: the family and the backbone's choices (override model.backbone)
-SEARCHABLE = (*REQUIRED_HYPERPARAMETERS, "family", "cut", "trainable_layers", "head_units")
-
-
-@dataclass(frozen=True)
-class WaveletFeaturesConfig:
+class WaveletFeaturesConfig(Section):
     """Which 2-D wavelet coefficients represent a patch for the classic classifiers."""
 
-    family: str = "db5"
-    level: int = 4
-    keep_levels: tuple[int, ...] = (2, 3, 4)  # detail levels kept; 1 is the finest
-    keep_approximation: bool = False
+    family: Name = "db5"
+    level: Annotated[Int, Field(ge=1, le=8)] = 4
+    keep_levels: tuple[Count, ...] = (2, 3, 4)  # detail levels kept; 1 is the finest
+    keep_approximation: Bool = False
     # |c| instead of c: a calcification is a large coefficient of either sign, which a
     # linear model of the signed values cannot use
-    magnitude: bool = False
-    standardize: bool = True  # a scaler fitted on each training fold only
+    magnitude: Bool = False
+    standardize: Bool = True  # a scaler fitted on each training fold only
+
+    @model_validator(mode="after")
+    def _kept(self) -> WaveletFeaturesConfig:
+        if any(level > self.level for level in self.keep_levels):
+            raise ValueError("'features' needs keep_levels within 1..level")
+        if not self.keep_levels and not self.keep_approximation:
+            raise ValueError("'features' keeps no coefficients: set keep_levels or "
+                             "keep_approximation")
+        return self
 
 
 # One classifier's search grid: parameter -> values tried (the Cartesian product is searched).
 # A list value (e.g. MLP layer sizes) is one tuple-valued choice; null is None.
-ParamGrid = dict[str, tuple[int | float | str | tuple[int, ...] | None, ...]]
+GridValue = Annotated[Union[Int, Float, Text, tuple[Int, ...], None],
+                      Field(union_mode="left_to_right")]
+ParamGrid = dict[str, tuple[GridValue, ...]]
 
 
-@dataclass(frozen=True)
-class BaselinesSearchConfig:
-    seed: int = 0
-    max_concurrent: int = 2  # Ray tasks at once; one (classifier, fold) fit per CPU
+class BaselinesSearchConfig(Section):
+    seed: Seed = 0
+    max_concurrent: Count = 2  # Ray tasks at once; one (classifier, fold) fit per CPU
 
 
-@dataclass(frozen=True)
-class BaselinesExperiment:
+class BaselinesExperiment(Document):
     """The wavelet-coefficient study: classic classifiers on the CNN search's folds."""
 
-    name: str
+    name: Name
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()  # used only when no search's fold plan is read
     cross_validation: CrossValidationConfig = CrossValidationConfig()
     features: WaveletFeaturesConfig = WaveletFeaturesConfig()
-    classifiers: dict[str, ParamGrid] = field(default_factory=dict)
+    classifiers: dict[Text, dict[Text, tuple[GridValue, ...]]] = {}
     search: BaselinesSearchConfig = BaselinesSearchConfig()
     tracking: TrackingConfig = TrackingConfig()
-    threshold: float = 0.5  # for accuracy, sensitivity, specificity, F1, F2
+    threshold: Probability = 0.5  # for accuracy, sensitivity, specificity, F1, F2
 
-    to_dict = Experiment.to_dict
-    fingerprint = Experiment.fingerprint
+    @field_validator("classifiers")
+    @classmethod
+    def _known_classifiers(cls, grids: dict[str, ParamGrid]) -> dict[str, ParamGrid]:
+        # imported here, not at the top: scikit-learn is needed only for a baselines config
+        from mammo_core.classifiers import validate_grids
+
+        if not grids:
+            raise ValueError("'classifiers' must name at least one classifier")
+        validate_grids(grids)
+        return grids
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -358,27 +551,45 @@ def load_experiment(path: str | Path) -> Experiment:
     return experiment_from_dict(_read_yaml(path))
 
 
+def experiment_from_dict(raw: dict[str, Any]) -> Experiment:
+    """Returns the Experiment for already-parsed data (same checks as load_experiment)."""
+    return _validated(Experiment, raw)
+
+
 def load_baselines(path: str | Path) -> BaselinesExperiment:
     """Returns the BaselinesExperiment described by the YAML file at `path`.
 
     Raises ConfigError naming the key for unknown keys, wrong types or bad values;
     classifier names and their grid parameters are checked by `mammo_core.classifiers`.
     """
-    # imported here, not at the top: scikit-learn is needed only for a baselines config
-    from mammo_core.classifiers import validate_grids
+    return _validated(BaselinesExperiment, _read_yaml(path))
 
-    experiment = _build(BaselinesExperiment, _read_yaml(path), "")
-    validate_grids(experiment.classifiers)
-    features = experiment.features
-    if features.level < 1 or any(not 1 <= lvl <= features.level for lvl in features.keep_levels):
-        raise ConfigError("'features' needs level >= 1 and keep_levels within 1..level")
-    if not features.keep_levels and not features.keep_approximation:
-        raise ConfigError("'features' keeps no coefficients: set keep_levels or keep_approximation")
-    if not experiment.classifiers:
-        raise ConfigError("'classifiers' must name at least one classifier")
-    if not 0 < experiment.threshold < 1 or experiment.search.max_concurrent < 1:
-        raise ConfigError("'threshold' must lie in (0, 1) and 'search.max_concurrent' be >= 1")
-    return experiment
+
+def flat_params(experiment: Document) -> dict[str, str]:
+    """Returns the config flattened to dotted keys, for MLflow params."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        else:
+            out[prefix] = str(value)
+
+    walk("", experiment.to_dict())
+    return out
+
+
+def plain(value: Any, string_keys: bool = False) -> Any:
+    """Returns `value` as plain YAML/JSON data: mappings as dicts (keys made strings with
+    `string_keys`), sequences as lists, NumPy scalars as Python numbers."""
+    if isinstance(value, Mapping):
+        return {(str(k) if string_keys else k): plain(v, string_keys) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, string_keys) for v in value]
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a NumPy scalar
+        return value.item()
+    return value
 
 
 def _read_yaml(path: str | Path) -> dict:
@@ -394,216 +605,59 @@ def _read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def experiment_from_dict(raw: dict[str, Any]) -> Experiment:
-    """Returns the Experiment for already-parsed data (same checks as load_experiment)."""
-    experiment = _build(Experiment, raw, "")
-    _validate(experiment)
-    return experiment
-
-
-def flat_params(experiment: Experiment) -> dict[str, str]:
-    """Returns the config flattened to dotted keys, for MLflow params."""
-    out: dict[str, str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), item)
-        else:
-            out[prefix] = str(value)
-
-    walk("", experiment.to_dict())
-    return out
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
+def _validated(model: type[Document], raw: Any) -> Any:
+    """Returns `model` validated from `raw`; raises ConfigError for the first problem."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'experiment'}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        key = _join(where, unknown[0])
-        raise ConfigError(f"unknown config key '{key}' (allowed here: {', '.join(sorted(names))})")
-    kwargs = {name: _coerce(hints[name], value, _join(where, name)) for name, value in raw.items()}
+        raise ConfigError(f"experiment: expected a mapping, got {raw!r}")
     try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required field is missing
-        raise ConfigError(f"{where or 'experiment'}: {err}") from err
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_message(err.errors()[0], model, raw)) from None
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        for candidate in inner[:-1]:
-            try:
-                return _coerce(candidate, value, where)
-            except ConfigError:
-                continue
-        return _coerce(inner[-1], value, where)
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"'{where}' must be one of {list(args)}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{where}' must be a list, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"'{where}' must have {len(args)} items, got {len(value)}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"'{where}' must be a mapping, got {value!r}")
-        key_type, value_type = args
-        return {_coerce(key_type, k, f"{where}.{k}"): _coerce(value_type, v, f"{where}.{k}")
-                for k, v in value.items()}
-    return _scalar(hint, value, where)
+def _message(error: dict, model: type[BaseModel], raw: dict) -> str:
+    """Returns one pydantic error as a sentence that names the dotted key."""
+    path = _path_in(raw, error["loc"])
+    where = ".".join(str(p) for p in path)
+    text = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        allowed = _fields_at(model, path[:-1])
+        return f"unknown config key '{where}'" + (
+            f" (allowed here: {', '.join(sorted(allowed))})" if allowed else "")
+    if error["type"] == "missing":
+        missing = error["loc"][len(path)] if len(error["loc"]) > len(path) else "?"
+        if isinstance(missing, int):
+            return f"'{where}' has too few items (none at position {missing})"
+        return f"'{where or 'experiment'}' is missing the key '{missing}'"
+    if error["type"] == "value_error" and text.startswith(("'", "the ")):
+        return text  # a sentence that names its full keys itself
+    shown = "" if error["type"] == "value_error" or isinstance(error.get("input"), dict) \
+        else f", got {error['input']!r}"
+    return f"'{where or 'experiment'}': {text}{shown}"
 
 
-def _scalar(hint: Any, value: Any, where: str) -> Any:
-    # YAML reads 1e-3 as a string; ints are fine where floats are expected, bools never are.
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    elif hint is bool and isinstance(value, bool):
-        return value
-    elif hint is str and isinstance(value, (str, int)) and not isinstance(value, bool):
-        return str(value)
-    raise ConfigError(f"'{where}' must be of type {hint.__name__}, got {value!r}")
+def _path_in(raw: Any, loc: tuple) -> list:
+    """Returns the part of pydantic's error location that exists in the raw YAML (pydantic
+    adds union member names and `[key]` markers that no file holds)."""
+    path, node = [], raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        else:
+            break
+    return path
 
 
-def _validate(experiment: Experiment) -> None:
-    """Checks value ranges and cross-field rules that types alone cannot express."""
-    data, wavelet = experiment.data, experiment.preprocessing.wavelet
-    _validate_data(data)
-    if any(side <= 0 for side in data.image_size):
-        raise ConfigError(f"'data.image_size' must be positive, got {data.image_size}")
-    if wavelet.level < 1 or wavelet.threshold_k < 0:
-        raise ConfigError("'preprocessing.wavelet' needs level >= 1 and threshold_k >= 0")
-    if any(not 1 <= lvl <= wavelet.level for lvl in wavelet.drop_detail_levels):
-        raise ConfigError("'preprocessing.wavelet.drop_detail_levels' must lie in 1..level")
-    for frac in ("test_fraction", "val_fraction"):
-        if not 0 < getattr(experiment.split, frac) < 1:
-            raise ConfigError(f"'split.{frac}' must lie strictly between 0 and 1")
-    _validate_search(experiment)
-    if experiment.model.family not in FAMILIES:
-        raise ConfigError(f"'model.family' must be one of {list(FAMILIES)}, "
-                          f"got {experiment.model.family!r}")
-    _validate_pairs(experiment)
-    family = experiment.search_space.get("family")
-    families = set(family.values) if family else {experiment.model.family}
-    missing = [k for k in REQUIRED_HYPERPARAMETERS if k not in experiment.hyperparameters]
-    trunks = families | ({experiment.model.siamese.trunk} if "siamese" in families else set())
-    if missing and "hypermodel" in trunks:  # the other families have fixed designs
-        raise ConfigError(f"'hyperparameters' is missing {missing}")
-    for name, space in experiment.search_space.items():
-        _validate_space(name, space)
-
-
-def _validate_data(data: DataConfig) -> None:
-    labels = data.label_map if data.layout != "folders" else data.classes
-    key = "label_map" if data.layout != "folders" else "classes"
-    if labels is None and data.layout == "cbis_npy":
-        raise ConfigError("'data.label_map' is required for the cbis_npy layout "
-                          "(source labels 0..4 -> task labels)")
-    if labels is not None and len(set(labels.values())) < 2:
-        raise ConfigError(f"'data.{key}' must map to at least two distinct labels")
-    if data.layout not in LAYOUTS:
-        raise ConfigError(f"'data.layout' must be one of {list(LAYOUTS)}, got {data.layout!r}")
-    if data.roi_patch_size < 8 or data.normal_patches_per_image < 0:
-        raise ConfigError("'data.roi_patch_size' must be >= 8 and "
-                          "'data.normal_patches_per_image' >= 0")
-
-
-def _validate_pairs(experiment: Experiment) -> None:
-    """Pairs of patches and the siamese family go together."""
-    family = experiment.search_space.get("family")
-    families = set(family.values) if family else {experiment.model.family}
-    if experiment.data.pairs and families != {"siamese"}:
-        raise ConfigError("'data.pairs' feeds (baseline, abnormal) pairs: 'model.family' must "
-                          "be siamese (and only siamese searched)")
-    if "siamese" in families and not experiment.data.pairs:
-        raise ConfigError("the siamese family takes pairs: set 'data.pairs: true' "
-                          "(cbis_npy layout)")
-    if experiment.data.pairs and experiment.data.layout != "cbis_npy":
-        raise ConfigError("'data.pairs' needs the cbis_npy layout (baseline/abnormal pairs)")
-    trunk = experiment.model.siamese.trunk
-    if trunk not in FAMILIES or trunk == "siamese":
-        raise ConfigError(f"'model.siamese.trunk' must be one of "
-                          f"{[f for f in FAMILIES if f != 'siamese']}, got {trunk!r}")
-
-
-def _validate_search(experiment: Experiment) -> None:
-    cv, search = experiment.cross_validation, experiment.search
-    if cv.n_folds < 2:
-        raise ConfigError("'cross_validation.n_folds' must be at least 2")
-    for frac in ("holdout_fraction", "inner_val_fraction"):
-        if not 0 < getattr(cv, frac) < 1:
-            raise ConfigError(f"'cross_validation.{frac}' must lie strictly between 0 and 1")
-    for key in ("trials_per_fold", "max_epochs", "grace_period", "max_concurrent_trials"):
-        if getattr(search, key) < 1:
-            raise ConfigError(f"'search.{key}' must be at least 1")
-    if search.grace_period > search.max_epochs:
-        raise ConfigError("'search.grace_period' must not exceed 'search.max_epochs'")
-    if search.reduction_factor < 2:
-        raise ConfigError("'search.reduction_factor' must be at least 2")
-    registry = experiment.registry
-    if not 0 < registry.fixed_threshold < 1 or not 0 < registry.target_sensitivity <= 1:
-        raise ConfigError("'registry.fixed_threshold' must lie in (0, 1) and "
-                          "'registry.target_sensitivity' in (0, 1]")
-    if registry.cross_fit_folds < 2:
-        raise ConfigError("'registry.cross_fit_folds' must be at least 2")
-    explain = experiment.explanations
-    if min(explain.background_size, explain.partition_max_evals, explain.patches_per_class) < 1:
-        raise ConfigError("'explanations.background_size', 'partition_max_evals' and "
-                          "'patches_per_class' must be at least 1")
-
-
-def _validate_space(name: str, space: ParamSpace) -> None:
-    where = f"search_space.{name}"
-    if name not in SEARCHABLE:
-        raise ConfigError(f"unknown hyperparameter '{where}' "
-                          f"(searchable: {', '.join(SEARCHABLE)})")
-    if name == "family":
-        unknown = [v for v in (space.values or ()) if v not in FAMILIES]
-        if space.type != "choice" or unknown:
-            raise ConfigError(f"'{where}' must be a choice of {list(FAMILIES)}, got "
-                              f"{unknown or space.type}")
-    if space.type == "choice":
-        if not space.values:
-            raise ConfigError(f"'{where}.values' must list at least one value for a choice")
-    elif space.low is None or space.high is None or not space.low < space.high:
-        raise ConfigError(f"'{where}' needs low < high for a {space.type} range")
-    elif space.type == "loguniform" and space.low <= 0:
-        raise ConfigError(f"'{where}.low' must be > 0 for a loguniform range")
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-def plain(value: Any, string_keys: bool = False) -> Any:
-    """Returns `value` as plain YAML/JSON data: mappings as dicts (keys made strings with
-    `string_keys`), sequences as lists, NumPy scalars as Python numbers."""
-    if isinstance(value, Mapping):
-        return {(str(k) if string_keys else k): plain(v, string_keys) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v, string_keys) for v in value]
-    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a NumPy scalar
-        return value.item()
-    return value
+def _fields_at(model: type[BaseModel], path: list) -> list[str]:
+    """Returns the field names of the section at `path` (empty if it is not a section)."""
+    current: Any = model
+    for part in path:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return list(getattr(current, "model_fields", {}))

@@ -8,6 +8,7 @@ imported on first use. A new collection or family is one new module and one line
 from __future__ import annotations
 
 import importlib
+from types import ModuleType
 from typing import Any, Callable
 
 
@@ -31,10 +32,13 @@ class Registry:
     def load(self, name: str) -> Callable[..., Any]:
         """Returns the implementation registered as `name`; raises ValueError naming the
         known names for an unknown one."""
+        return getattr(self.module(name), self._entries[name].split(":")[1])
+
+    def module(self, name: str) -> ModuleType:
+        """Returns the module that implements `name` (its constants describe it too)."""
         if name not in self._entries:
             raise ValueError(f"unknown {self.kind} {name!r}; choose one of {list(self._entries)}")
-        module, attribute = self._entries[name].split(":")
-        return getattr(importlib.import_module(module), attribute)
+        return importlib.import_module(self._entries[name].split(":")[0])
 
 
 # data.layout: how a collection is stored -> its reader(root, DataConfig) -> Dataset

@@ -61,7 +61,8 @@ def resolve_data_root(config: DataConfig, project_root: Path, explicit: str | No
 
 
 def download_dataset(url: str, cache_dir: Path, subdir: str, sha256: str | None,
-                     max_bytes: int = DataConfig.download_max_bytes, into: str = "data") -> Path:
+                     max_bytes: int = DataConfig().download_max_bytes,
+                     into: str = "data") -> Path:
     """Downloads the tarball at `url`, checks it, extracts `subdir` into `cache_dir`.
 
     Returns the extracted folder: `cache_dir/subdir`, or `cache_dir/into` when `subdir` is

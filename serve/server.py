@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from mammo_core.config import ConfigError
 from mammo_core.tracking import raising_outside_store, registry_reference, tracking_uri
 from serve.app import bind_app
 from serve.model import load_model
+from serve.ports import free_port, port_bindable
 from serve.settings import ServeSettings
 from tune.cluster import start_ray
 from tune.project import DEFAULT_CONFIG, PROJECT_ROOT, default_model_uri, load_config, run_entry
@@ -126,24 +126,6 @@ def wait_until_bindable(host: str, port: int) -> bool:
             said = True
         time.sleep(1)
     return True
-
-
-def port_bindable(host: str, port: int) -> bool:
-    """Returns True if a socket can bind `port` now (no listener, no TIME_WAIT entries),
-    as Serve's direct-ingress socket binds it: without SO_REUSEADDR."""
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-            return True
-        except OSError:
-            return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Returns a TCP port on `host` that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def deploy(settings: ServeSettings, reload_token: int = 0) -> None:

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from mammo_core.config import DataConfig
-from serve.server import free_port  # noqa: F401  (the tests' one way to find a port)
+from serve.ports import free_port  # noqa: F401  (the tests' one way to find a port)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "microcal"

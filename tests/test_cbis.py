@@ -1,8 +1,6 @@
 """The CBIS-DDSM NumPy reader: labels per task, pairs as groups, sizes and broken files."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from collection_fixtures import write_cbis_arrays
@@ -115,12 +113,11 @@ def test_float_arrays_in_unit_range_are_accepted(tmp_path):
 
 
 def test_a_task_without_a_label_map_is_a_config_error():
-    from mammo_core.config import ConfigError, Experiment, _validate
+    from mammo_core.config import ConfigError, experiment_from_dict
 
     with pytest.raises(ConfigError, match="label_map"):
-        _validate(replace(Experiment("x", hyperparameters={"init": 1, "rate": 0, "depth": 1,
-                                                           "learning_rate": 1e-3}),
-                          data=DataConfig(layout="cbis_npy")))
+        experiment_from_dict({"name": "x", "data": {"layout": "cbis_npy"}, "hyperparameters":
+                              {"init": 1, "rate": 0, "depth": 1, "learning_rate": 1e-3}})
 
 
 def test_pairs_keep_baseline_and_abnormal_together_labelled_by_the_abnormal(tmp_path):

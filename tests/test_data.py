@@ -1,4 +1,3 @@
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -132,7 +131,7 @@ def test_class_folder_missing_in_one_partition(tmp_path, data_config):
 
 
 def test_third_class_from_config(tiny_dataset, data_config):
-    three = replace(data_config, classes={"0": 0, "1": 1, "2": 2})
+    three = data_config.replace(classes={"0": 0, "1": 1, "2": 2})
     with pytest.raises(DataError, match=r"class folder missing: .*tiny/2"):
         load_dataset(tiny_dataset, three)
 

@@ -1,7 +1,6 @@
 """Model families: each builds, trains an epoch, saves and loads; backbones take local weights."""
 from __future__ import annotations
 
-import dataclasses
 
 import keras
 import numpy as np
@@ -57,8 +56,8 @@ def toy_pairs(shape: tuple, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("trunk", ["hypermodel", "microcal_cnn", "vgg16"])
 def test_the_siamese_encoder_is_one_trunk_shared_by_both_patches(trunk):
-    config = dataclasses.replace(SMALL, family="siamese", backbone=BackboneConfig(cut="top+4"),
-                                 siamese=dataclasses.replace(SMALL.siamese, trunk=trunk))
+    config = SMALL.replace(family="siamese", backbone=BackboneConfig(cut="top+4"),
+                           siamese=SMALL.siamese.replace(trunk=trunk))
     hp = {"init": 4, "rate": 0.1, "depth": 1, "learning_rate": 1e-3}
     model = build_model(hp, (2, 32, 32, 1), config, seed=0)
     (encoder,) = [layer for layer in model.layers if layer.name == "encoder"]
@@ -72,7 +71,7 @@ def test_the_siamese_encoder_is_one_trunk_shared_by_both_patches(trunk):
 
 
 def test_deep_shap_of_a_pair_adds_up_to_the_probability_and_shows_both_patches():
-    config = dataclasses.replace(SMALL, family="siamese")
+    config = SMALL.replace(family="siamese")
     model = build_model({"init": 4, "rate": 0.1, "depth": 1, "learning_rate": 1e-3},
                         (2, 32, 32, 1), config, seed=0)
     x, _ = toy_pairs((2, 32, 32, 1), n=6)
@@ -165,5 +164,5 @@ def test_family_is_a_checked_config_key_and_search_dimension():
              "search_space.family' must be a choice of")):
         with pytest.raises(ConfigError, match=message):
             experiment_from_dict({**raw, **change})
-    vgg_only = dataclasses.replace(quick.model, family="vgg16")
+    vgg_only = quick.model.replace(family="vgg16")
     assert vgg_only.backbone.cut == "top+4"

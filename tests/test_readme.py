@@ -31,7 +31,7 @@ import pytest
 from conftest import SMOKE, child_env, copy_store, interrupt_group
 from PIL import Image
 
-from serve.server import port_bindable
+from serve.ports import port_bindable
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

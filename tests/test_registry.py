@@ -354,7 +354,7 @@ def test_register_without_a_search_says_so(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tune.register", "--config", SMOKE],
                             cwd=ROOT, env=search_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 2
-    assert "no finished search in experiment 'mammo-microcal-smoke'" in result.stderr
+    assert "no finished search in experiment 'mammo-microcal-quick'" in result.stderr
 
 
 def wait_until_up(url: str, server: subprocess.Popen, timeout: float = 180) -> None:

@@ -41,13 +41,13 @@ def test_unsearched_hyperparameters_keep_their_fixed_value_and_the_family_is_nam
                                             ("random", "BasicVariantGenerator")])
 def test_every_searcher_can_be_built(name, expected):
     import dataclasses
-    experiment = dataclasses.replace(EXPERIMENT, search=SearchConfig(searcher=name))
+    experiment = EXPERIMENT.replace(search=SearchConfig(searcher=name))
     assert type(make_searcher(experiment, fold=0)).__name__ == expected
 
 
 def test_random_searcher_is_seeded():
     import dataclasses
-    experiment = dataclasses.replace(EXPERIMENT, search=SearchConfig(searcher="random"))
+    experiment = EXPERIMENT.replace(search=SearchConfig(searcher="random"))
     assert isinstance(make_searcher(experiment, 0), BasicVariantGenerator)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,7 @@ def load_data(experiment: Experiment | BaselinesExperiment, data_dir: str,
         if not any_file_names:
             raise
         print(f"note: {err}; each file is its own group here", flush=True)
-        dataset = load_dataset(root, dataclasses.replace(experiment.data, filename_pattern=None))
+        dataset = load_dataset(root, experiment.data.replace(filename_pattern=None))
     summary = summarize(dataset, experiment.data.class_names)
     print(f"data: {root} ({dataset.bit_depth}-bit, fingerprint {dataset.fingerprint()})")
     print(format_summary(summary), flush=True)

@@ -18,7 +18,6 @@ other parts), then registers a new version with the same experts under the alias
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import sys
@@ -109,7 +108,7 @@ def site_ensemble(current: Ensemble, experts_p: np.ndarray, labels: np.ndarray,
     after (cross-fitted)."""
     if len(np.unique(labels)) < 2:
         raise UsageError("the site sample needs labelled images of both classes")
-    registry = dataclasses.replace(experiment.registry, calibration="platt")
+    registry = experiment.registry.replace(calibration="platt")
     before = scores(labels, current.combine(experts_p), current.threshold)
     after_p, after_t = cross_fitted(current.weights, experts_p, labels, groups, registry,
                                     threshold)

@@ -11,7 +11,6 @@ is at least as good as the champion on the same hold-out.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import sys
@@ -87,8 +86,8 @@ def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
     `experiment` contributes the registry and tracking settings.
     """
     search_run = search_run or latest_search(experiment.tracking.experiment_name)
-    trained = dataclasses.replace(search_config(search_run), registry=experiment.registry,
-                                  tracking=experiment.tracking)
+    trained = search_config(search_run).replace(registry=experiment.registry,
+                                                tracking=experiment.tracking)
     dataset, summary = load_data(trained, data_dir)
     plan = load_fold_plan(search_run, dataset)
     with tracked_run(experiment.tracking.experiment_name, f"register-{trained.name}",
@@ -98,7 +97,7 @@ def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
         # resolved_search_run: `mlflow run` already logged search_run as given ('' = latest)
         mlflow.log_params({"resolved_search_run": search_run, "model_name": experiment.tracking
                            .registered_model_name} | {f"registry.{k}": v for k, v in
-                                                      dataclasses.asdict(experiment.registry).items()})
+                                                      experiment.registry.model_dump().items()})
         log_data_parts(dataset, {"holdout": plan.holdout})
         version, alias, reason, auc = build_and_register(trained, dataset, summary, plan, search_run)
     return Registration(run.info.run_id, experiment.tracking.registered_model_name,

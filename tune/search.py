@@ -11,7 +11,6 @@ folds and the grid of confusion matrices.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -78,8 +77,7 @@ def run_search(args, child_of: str | None = None) -> tuple[Experiment, str, str]
     project_run = None if child_of else os.environ.get("MLFLOW_RUN_ID")
     experiment, config_path = load_config(args.config)
     if args.group_by:
-        experiment = dataclasses.replace(
-            experiment, split=dataclasses.replace(experiment.split, group_by=args.group_by))
+        experiment = experiment.replace(split=experiment.split.replace(group_by=args.group_by))
     print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
     dataset, summary = load_data(experiment, args.data_dir)
     parent_id = resumable_search(experiment, dataset) if args.resume == "true" else None

@@ -10,16 +10,21 @@ on one side of every split, also when only the abnormal patches enter a task.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mammo_core.config import DataConfig
 from mammo_core.dataset import Dataset, assemble
 from mammo_core.errors import DataError
 from mammo_core.images import resample, to_unit
 
+if TYPE_CHECKING:  # annotations only (the config looks up this module's labels)
+    from mammo_core.config import DataConfig
+
 SOURCE_LABELS = {0: "baseline", 1: "mass benign", 2: "mass malignant",
                  3: "calcification benign", 4: "calcification malignant"}
+# the label_map keys this collection knows (a typo would silently drop a class)
+SOURCE_LABEL_NAMES = tuple(str(k) for k in SOURCE_LABELS)
 IMAGES_SUFFIX, LABELS_SUFFIX = "_images.npy", "_labels.npy"
 
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mammo_core.config import DataConfig
 from mammo_core.dataset import Dataset, assemble
 from mammo_core.errors import DataError, FileNameError
 from mammo_core.images import read
+
+if TYPE_CHECKING:  # annotations only
+    from mammo_core.config import DataConfig
 
 
 def load_class_folders(root: Path, config: DataConfig) -> Dataset:

@@ -14,16 +14,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mammo_core.config import DataConfig
 from mammo_core.dataset import Dataset, assemble
 from mammo_core.errors import DataError
 from mammo_core.images import read, resample
 
+if TYPE_CHECKING:  # annotations only (the config looks up this module's labels)
+    from mammo_core.config import DataConfig
+
 TISSUES = ("F", "G", "D")
 CLASSES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM")
+SOURCE_LABEL_NAMES = CLASSES  # the label_map keys this collection knows
 DEFAULT_LABELS = {name: int(name != "NORM") for name in CLASSES}  # normal vs abnormal
 _REFERENCE = re.compile(r"mdb\d{3}$")
 # a tissue patch of a normal image must lie inside the breast: mean and share of pixels
