@@ -137,3 +137,64 @@ def test_a_class_balancing_typo_is_named():
     raw["training"]["class_balance"] = "smote"
     with pytest.raises(ConfigError, match="training.class_balance"):
         experiment_from_dict(raw)
+
+
+def study(name: str) -> dict:
+    return yaml.safe_load((ROOT / "experiments" / f"{name}.yaml").read_text())
+
+
+def changed(raw: dict, path: tuple, value) -> dict:
+    node = raw
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+    return raw
+
+
+@pytest.mark.parametrize("path, value, expected", [
+    # NaN passed `threshold_k < 0` and zeroed every detail band: blank inputs
+    (("preprocessing", "wavelet", "threshold_k"), float("nan"), "threshold_k': .*finite"),
+    (("training", "threshold"), 2, r"training\.threshold"),
+    (("training", "batch_size"), 0, r"training\.batch_size"),
+    (("model", "augmentation", "contrast"), -0.5, r"model\.augmentation\.contrast"),
+    (("model", "augmentation", "contrast"), 1.5, "below 1 with contrast_scale uniform"),
+    (("explanations", "partition_max_evals"), float("inf"), "partition_max_evals"),
+    (("training", "monitor"), "val_accuracy", r"training\.monitor.*'val_auc' or 'val_loss'"),
+    (("model", "backbone", "cut"), "bottom", r"model\.backbone\.cut"),
+])
+def test_impossible_numbers_and_names_are_refused(path, value, expected):
+    with pytest.raises(ConfigError, match=expected):
+        experiment_from_dict(changed(base(), path, value))
+
+
+@pytest.mark.parametrize("fraction", [0.4, 0.45, 0.7, 0.9])
+def test_a_split_fraction_the_splitter_would_round_is_refused(fraction):
+    # a grouped split cuts 1/n of the groups: these were silently turned into 0.5
+    for path in (("split", "test_fraction"), ("cross_validation", "holdout_fraction")):
+        with pytest.raises(ConfigError, match=f"{'.'.join(path)}.*1/n.*got {fraction}"):
+            experiment_from_dict(changed(base(), path, fraction))
+    assert experiment_from_dict(changed(base(), ("split", "test_fraction"), 0.25))
+
+
+@pytest.mark.parametrize("name, labels, expected", [
+    # a sigmoid trained on target 2 failed with an IndexError after the whole search
+    ("cbis_benign_vs_malignant_quick", {"1": 1, "2": 2, "3": 1, "4": 2}, r"0\.\.1, each used"),
+    # a typo silently dropped a class
+    ("cbis_mass_vs_calc_quick", {"1": 0, "2": 0, "44": 1}, r"\['44'\], not a cbis_npy"),
+    ("mias_roi_patches_quick", {"NORM": 0, "CALCS": 1}, r"\['CALCS'\], not a mias"),
+])
+def test_label_maps_must_be_0_to_k_and_name_known_source_labels(name, labels, expected):
+    with pytest.raises(ConfigError, match=expected):
+        experiment_from_dict(changed(study(name), ("data", "label_map"), labels))
+
+
+def test_class_folders_map_to_0_to_k_too():
+    with pytest.raises(ConfigError, match=r"'data\.classes' values must be the task labels"):
+        experiment_from_dict(changed(base(), ("data", "classes"), {"0": 1, "1": 2}))
+
+
+def test_replace_checks_the_change_like_a_loaded_file():
+    experiment = experiment_from_dict(base())
+    assert experiment.training.replace(epochs=7).epochs == 7
+    with pytest.raises(ValueError, match="batch_size"):
+        experiment.training.replace(batch_size=0)
