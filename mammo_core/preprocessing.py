@@ -85,21 +85,20 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
 
 
 def standardize(images: np.ndarray, robust: bool = False) -> np.ndarray:
-    """Returns each image minus its mean, divided by its standard deviation (a flat image
-    stays at zero): a gain or offset of the whole image no longer changes it.
+    """Returns each image minus its mean, divided by its standard deviation: a gain or
+    offset of the whole image no longer changes it.
 
     `robust` uses the median and 1.4826 x the median absolute deviation instead: the
     tissue's spread, which a few bright pixels (calcifications) barely move, so their
-    contrast to the tissue survives the scaling.
+    contrast to the tissue survives the scaling. Where that spread is zero (over half of
+    the patch flat or saturated) the standard deviation is used: every patch ends in units
+    of its own spread (see `_centre_and_scale`).
     """
     axes = (-2, -1)
-    if robust:
-        centre = np.median(images, axis=axes, keepdims=True)
-        scale = 1.4826 * np.median(np.abs(images - centre), axis=axes, keepdims=True)
-    else:
-        centre = images.mean(axis=axes, keepdims=True)
-        scale = images.std(axis=axes, keepdims=True)
-    return _centre_and_scale(images, centre, scale)
+    if not robust:
+        return _centre_and_scale(images, images.mean(axis=axes, keepdims=True), [_std(images)])
+    centre = np.median(images, axis=axes, keepdims=True)
+    return _centre_and_scale(images, centre, [_mad(images, centre), _std(images)])
 
 
 def noise_level(images: np.ndarray) -> np.ndarray:
@@ -112,16 +111,34 @@ def noise_level(images: np.ndarray) -> np.ndarray:
 
 
 def in_noise_units(images: np.ndarray) -> np.ndarray:
-    """Returns each image minus its median, divided by its noise_level (a flat image stays
-    at zero): a gain changes signal and noise alike, so the result does not move with it,
-    and the contrast of a calcification to the noise, its evidence, is kept. Added noise
-    or blur move the divisor instead (docs/benchmarks.md, shift: noise units)."""
+    """Returns each image minus its median, divided by its noise_level: a gain changes
+    signal and noise alike, so the result does not move with it, and the contrast of a
+    calcification to the noise, its evidence, is kept. Added noise or blur move the divisor
+    instead (docs/benchmarks.md, shift: noise units). A patch without measurable noise
+    (flat, saturated or quantised smooth) falls back to its robust spread, then its
+    standard deviation."""
     centre = np.median(images, axis=(-2, -1), keepdims=True)
-    return _centre_and_scale(images, centre, noise_level(images))
+    return _centre_and_scale(images, centre,
+                             [noise_level(images), _mad(images, centre), _std(images)])
 
 
-def _centre_and_scale(images: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    # a flat image has no scale: it stays at zero instead of dividing by zero
+def _mad(images: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    return 1.4826 * np.median(np.abs(images - centre), axis=(-2, -1), keepdims=True)
+
+
+def _std(images: np.ndarray) -> np.ndarray:
+    return images.std(axis=(-2, -1), keepdims=True)
+
+
+def _centre_and_scale(images: np.ndarray, centre: np.ndarray,
+                      scales: list[np.ndarray]) -> np.ndarray:
+    """Returns (images - centre) / scale, the scale of each image being the first of
+    `scales` that is positive for it. Dividing by 1 where none is (as before) left flat
+    or saturated patches in raw intensities, ~100x apart from the others' spread units;
+    a constant image has nothing to scale and comes out as zeros under any divisor."""
+    scale = scales[0]
+    for fallback in scales[1:]:
+        scale = np.where(scale > 0, scale, fallback)
     return ((images - centre) / np.where(scale > 0, scale, 1.0)).astype(np.float32)
 
 

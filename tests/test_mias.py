@@ -67,6 +67,44 @@ def test_roi_patches_are_centred_on_the_flipped_coordinates(tmp_path):
     assert len(set(dataset.paths[1:])) == 3  # three distinct tissue places
 
 
+def breast_on_film(root, info: str) -> None:
+    """Writes mdb001 (left breast: a bright half-disc on dark film), mdb002 (normal) and
+    Info.txt holding `info`."""
+    rows, cols = np.ogrid[:MIAS_SIZE[0], :MIAS_SIZE[1]]
+    breast = ((rows - 512) ** 2 + cols ** 2) < 500 ** 2
+    pixels = np.where(breast, 120, 5).astype(np.uint8)
+    root.mkdir()
+    for ref in ("mdb001", "mdb002"):
+        Image.fromarray(pixels).save(root / f"{ref}.pgm")
+    (root / "Info.txt").write_text(info)
+
+
+def test_roi_windows_of_every_class_are_centred_on_tissue(tmp_path):
+    """One rule for both classes: before, normal windows had to pass a tissue test and
+    abnormal ones were cut wherever their centre was, so the film in a window told the
+    class apart. A record centred on the film is left out, and says so."""
+    root = tmp_path / "mias"
+    breast_on_film(root, "mdb001 G CALC M 200 500 8\nmdb001 G CIRC B 900 500 20\n"
+                         "mdb002 G NORM\n")
+    config = whole(mias_task="roi", image_size=(32, 32), roi_patch_size=128,
+                   normal_patches_per_image=6)
+    with pytest.warns(UserWarning, match=r"1 abnormal record\(s\) centred off the breast.*"
+                                         r"mdb001 \(line 2\)"):
+        dataset = load_mias(root, config)
+    assert dataset.labels.tolist() == [1] + [0] * 6
+    for path in dataset.paths:  # every centre on the breast (the half-disc at column 0)
+        row, col = map(int, path.rsplit("#", 1)[1].split(","))
+        assert (row - 512) ** 2 + col ** 2 < 500 ** 2, path
+
+
+def test_an_abnormality_centred_outside_its_image_names_the_record(tmp_path):
+    root = tmp_path / "mias"
+    breast_on_film(root, "mdb001 G CALC M 200 500 8\nmdb001 G CALC M 1500 500 8\n")
+    with pytest.raises(DataError, match=r"line 2: mdb001's centre \(x 1500, y 500\) lies "
+                                        r"outside its 1024x1024 image"):
+        load_mias(root, whole(mias_task="roi", image_size=(32, 32)))
+
+
 def test_roi_skips_abnormalities_without_coordinates(mias):
     dataset = load_dataset(mias, whole(mias_task="roi", image_size=(48, 48)))
     assert not any(p.split("/")[-1].startswith("mdb009.pgm") for p in dataset.paths)

@@ -108,3 +108,26 @@ def test_noise_level_measures_the_noise_not_the_tissue_or_the_calcifications():
     assert units[0, 21, 31] > 40 and np.median(units) == pytest.approx(0, abs=1)
     flat = in_noise_units(np.full((1, 60, 60), 0.5, dtype=np.float32))
     assert np.all(flat == 0)
+
+
+def patches_with_a_saturated_one() -> np.ndarray:
+    """Three patches: textured tissue, tissue with a saturated half (a film edge, a
+    clipped detector) and a few bright spots, and a flat one."""
+    rng = np.random.default_rng(0)
+    tissue = 0.4 + 0.02 * rng.standard_normal((60, 60))
+    saturated = tissue.copy()
+    saturated[:, :40] = 1.0  # two thirds at the ceiling: median and MAD of those pixels
+    saturated[50, 50] = saturated[52, 55] = 0.9
+    return np.clip(np.stack([tissue, saturated, np.full((60, 60), 0.3)]), 0, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["before", "robust", "noise"])
+def test_flat_and_saturated_patches_end_in_spread_units_like_the_others(mode):
+    """Before, a patch whose MAD or noise level was zero kept raw intensities (|x| <= 1)
+    while the others were divided by ~0.01: about 100x apart."""
+    out = preprocess(patches_with_a_saturated_one(),
+                     PreprocessingConfig(wavelet=WaveletConfig(enabled=False), standardize=mode))
+    tissue, saturated, flat = (np.abs(x).max() for x in out)
+    assert np.all(out[2] == 0) and flat == 0  # a constant patch has nothing to scale
+    assert saturated > 1.5  # in units of its own spread, not left at raw intensities
+    assert 0.02 < saturated / tissue < 50

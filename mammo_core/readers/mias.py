@@ -12,6 +12,7 @@ Two tasks read the collection: `whole` (each mammogram downscaled to the image s
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,9 +31,9 @@ CLASSES = ("CALC", "CIRC", "SPIC", "MISC", "ARCH", "ASYM", "NORM")
 SOURCE_LABEL_NAMES = CLASSES  # the label_map keys this collection knows
 DEFAULT_LABELS = {name: int(name != "NORM") for name in CLASSES}  # normal vs abnormal
 _REFERENCE = re.compile(r"mdb\d{3}$")
-# a tissue patch of a normal image must lie inside the breast: mean and share of pixels
-# above the dark background (the film outside the breast is near 0 in mini-MIAS)
-_TISSUE_LEVEL, _TISSUE_SHARE, _TISSUE_TRIES = 0.15, 0.95, 200
+# a window's centre lies on breast tissue when it is brighter than the film outside the
+# breast (near 0 in mini-MIAS); random centres tried per normal image
+_TISSUE_LEVEL, _TISSUE_TRIES = 0.15, 200
 
 
 @dataclass(frozen=True)
@@ -144,10 +145,14 @@ def _roi_patches(root: Path, records: list[Record], labels: dict[str, int],
                  config: DataConfig) -> list[tuple]:
     """Returns (pixels, depth, label, path#where, reference) per patch.
 
-    Abnormal records without coordinates are skipped (they locate nothing); each normal
-    image gives `normal_patches_per_image` tissue patches at seeded random places.
+    One rule cuts every class's windows: `roi_patch_size` pixels a side, centred on breast
+    tissue (`_on_tissue`), shifted to lie inside the image. An abnormal record's window is
+    centred on its abnormality; a normal image gives `normal_patches_per_image` windows at
+    seeded random tissue centres. Abnormal records without coordinates are skipped (they
+    locate nothing); one whose centre lies outside its image is a DataError naming the
+    record, and one centred on the dark film is left out with a warning.
     """
-    rows = []
+    rows, off_tissue = [], []
     for record in records:
         normal = record.abnormality == "NORM"
         if record.xy is None and not normal:
@@ -157,16 +162,33 @@ def _roi_patches(root: Path, records: list[Record], labels: dict[str, int],
         if normal:
             centres = _tissue_centres(image.pixels, config, seed=int(record.reference[3:]))
         else:
-            centres = [record.centre(image.pixels.shape[0])]
+            centres = [_abnormality_centre(record, image.pixels.shape, root)]
+            if not _on_tissue(image.pixels, *centres[0], config.roi_patch_size):
+                off_tissue.append(f"{record.reference} (line {record.line})")
+                continue
         for row, col in centres:
             patch = resample(_window(image.pixels, row, col, config.roi_patch_size),
                              config.image_size)
             rows.append((patch, image.bit_depth, labels[record.abnormality],
                          f"{path}#{row},{col}", record.reference))
+    if off_tissue:
+        warnings.warn(f"{len(off_tissue)} abnormal record(s) centred off the breast left out: "
+                      f"{', '.join(off_tissue[:5])}", stacklevel=2)
     if not rows:
         raise DataError(f"{root}: no record with coordinates and no normal image to cut "
                         "patches from")
     return rows
+
+
+def _abnormality_centre(record: Record, shape: tuple[int, int], root: Path) -> tuple[int, int]:
+    """Returns the record's centre as (row, column); raises DataError naming the record if
+    it lies outside the image (it was silently clipped to a corner patch before)."""
+    row, col = record.centre(shape[0])
+    if not (0 <= row < shape[0] and 0 <= col < shape[1]):
+        raise DataError(f"{root / 'Info.txt'}, line {record.line}: {record.reference}'s "
+                        f"centre (x {record.xy[0]}, y {record.xy[1]}) lies outside its "
+                        f"{shape[1]}x{shape[0]} image")
+    return row, col
 
 
 def _window(pixels: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
@@ -177,19 +199,22 @@ def _window(pixels: np.ndarray, row: int, col: int, size: int) -> np.ndarray:
     return pixels[top:top + size, left:left + size]
 
 
+def _on_tissue(pixels: np.ndarray, row: int, col: int, size: int) -> bool:
+    """Whether the window's centre lies on breast tissue: the mean of its central
+    eighth (a side of size / 8) is above the dark film's level."""
+    return float(_window(pixels, row, col, max(size // 8, 1)).mean()) >= _TISSUE_LEVEL
+
+
 def _tissue_centres(pixels: np.ndarray, config: DataConfig, seed: int) -> list[tuple[int, int]]:
-    """Returns up to `normal_patches_per_image` centres whose window is breast tissue."""
+    """Returns up to `normal_patches_per_image` seeded random centres on breast tissue, in
+    the order drawn (no preference for bright windows: the abnormal ones have none)."""
     rng = np.random.default_rng(seed)
-    half = min(config.roi_patch_size, *pixels.shape) // 2
-    scored = []
+    centres = []
     for _ in range(_TISSUE_TRIES):
-        row = int(rng.integers(half, pixels.shape[0] - half + 1))
-        col = int(rng.integers(half, pixels.shape[1] - half + 1))
-        window = _window(pixels, row, col, config.roi_patch_size)
-        inside = (window.mean() >= _TISSUE_LEVEL
-                  and (window > _TISSUE_LEVEL / 2).mean() >= _TISSUE_SHARE)
-        scored.append((inside, float(window.mean()), (row, col)))
-        if sum(s[0] for s in scored) == config.normal_patches_per_image:
-            break
-    scored.sort(key=lambda s: (s[0], s[1]), reverse=True)  # tissue first, then brightest
-    return [centre for _, _, centre in scored[:config.normal_patches_per_image]]
+        row = int(rng.integers(0, pixels.shape[0]))
+        col = int(rng.integers(0, pixels.shape[1]))
+        if _on_tissue(pixels, row, col, config.roi_patch_size):
+            centres.append((row, col))
+            if len(centres) == config.normal_patches_per_image:
+                break
+    return centres
