@@ -142,6 +142,15 @@ def winner(scores: dict[str, dict[str, float]]) -> str:
     return next(m for m in METHODS if m in scores and scores[m]["auc"] >= best - 1e-12)
 
 
+def cross_fit_parts(labels: np.ndarray, groups: np.ndarray, n_parts: int,
+                    seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Returns the hold-out's grouped, stratified (fit part, score part) index pairs:
+    `n_parts` of them, or one per group when there are fewer groups."""
+    n_splits = min(n_parts, len(np.unique(groups)))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
 def cross_fit(expert_probabilities: np.ndarray, labels: np.ndarray, groups: np.ndarray,
               method: str, config: RegistryConfig,
               seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -150,11 +159,9 @@ def cross_fit(expert_probabilities: np.ndarray, labels: np.ndarray, groups: np.n
     The hold-out is cut into grouped, stratified parts; each part is scored by weights and
     a threshold fitted on the other parts, so no image scores a fit it took part in.
     """
-    n_splits = min(config.cross_fit_folds, len(np.unique(groups)))
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     probabilities = np.zeros((len(labels), *expert_probabilities.shape[2:]))
     thresholds = np.zeros(len(labels))
-    for fit_part, score_part in splitter.split(expert_probabilities, labels, groups):
+    for fit_part, score_part in cross_fit_parts(labels, groups, config.cross_fit_folds, seed):
         if len(np.unique(labels[fit_part])) < 2:
             raise ValueError("a cross-fitting part holds one class only; lower "
                              "'registry.cross_fit_folds'")

@@ -14,6 +14,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from mammo_core.config import CrossValidationConfig, SplitConfig
 from mammo_core.dataset import Dataset
+from mammo_core.ensemble import cross_fit_parts
+from mammo_core.errors import DataError
 from mammo_core.splits import assert_disjoint, holdout_split, leakage_groups
 
 
@@ -57,6 +59,36 @@ class FoldPlan:
                            np.array(f["test"])) for f in raw["folds"])
         return cls(np.array(raw["holdout"]), folds, np.array(raw["groups"]),
                    raw["group_by"], raw["seed"], raw["data_fingerprint"])
+
+
+def check_plan(plan: FoldPlan, labels: np.ndarray, cross_fit_folds: int, seed: int) -> None:
+    """Raises DataError, before anything trains, when a part of the plan would hold a
+    single class: an outer fold's train, validation or test part, the hold-out, or a
+    part the register step fits ensemble weights on (`registry.cross_fit_folds` grouped
+    parts of the hold-out). The message says what to change."""
+    parts = {"the hold-out": plan.holdout}
+    for fold in plan.folds:
+        parts |= {f"fold {fold.index}'s {name} part": index for name, index in
+                  (("training", fold.train), ("validation", fold.val), ("test", fold.test))}
+    fit_parts = cross_fit_parts(labels[plan.holdout], plan.groups[plan.holdout],
+                                cross_fit_folds, seed)
+    parts |= {f"cross-fitting part {k} of the hold-out": plan.holdout[fit]
+              for k, (fit, _) in enumerate(fit_parts)}
+    for name, index in parts.items():
+        held = np.unique(labels[index])
+        if len(held) < 2:
+            raise DataError(
+                f"{name} would hold {len(index)} images of one class ({held.tolist()}): "
+                f"{_group_counts(labels, plan.groups)} are too few for "
+                f"{len(plan.folds)} folds, its hold-out and {cross_fit_folds} cross-fitting "
+                "parts; lower 'cross_validation.n_folds' or 'registry.cross_fit_folds', or "
+                "add data")
+
+
+def _group_counts(labels: np.ndarray, groups: np.ndarray) -> str:
+    """Returns "12 groups of class 0, 7 of class 1"."""
+    return ", ".join(f"{len(np.unique(groups[labels == c]))} groups of class {c}"
+                     for c in np.unique(labels).tolist())
 
 
 def make_fold_plan(dataset: Dataset, split: SplitConfig,

@@ -10,6 +10,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from mammo_core.config import SplitConfig
 from mammo_core.dataset import Dataset
+from mammo_core.errors import DataError
 
 
 def leakage_groups(dataset: Dataset, group_by: str) -> np.ndarray:
@@ -47,7 +48,8 @@ def holdout_split(labels: np.ndarray, groups: np.ndarray, fraction: float,
     """
     n_splits = max(2, round(1 / fraction))
     if len(np.unique(groups)) < n_splits:
-        raise ValueError(f"{len(np.unique(groups))} groups are too few to hold out {fraction:.0%}")
+        raise DataError(f"{len(np.unique(groups))} groups are too few to hold out "
+                        f"1/{n_splits} of them; use more data or a larger fraction")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     kept, held = next(folds.split(np.zeros(len(labels)), labels, groups))
     return kept, held

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,21 @@ def test_json_round_trip_checks_the_data(dataset, plan, tmp_path):
     other = load_dataset(__import__("conftest").make_dataset(tmp_path), DataConfig())
     with pytest.raises(ValueError, match="fold plan was made for data"):
         FoldPlan.from_json(text, other)
+
+
+def test_a_plan_with_a_one_class_part_is_refused_before_training():
+    """24 mammograms of 12 women ran a whole search, then the register step stopped with
+    a traceback: a cross-fitting part held one class. The plan's check says it at once."""
+    from mammo_core.errors import DataError
+    from mammo_core.folds import check_plan
+
+    labels = np.array([0] * 40 + [1] * 8)  # 8 positives in 4 groups of 2
+    groups = np.concatenate([np.arange(20).repeat(2), 100 + np.arange(4).repeat(2)])
+    dataset = SimpleNamespace(labels=labels, cases=groups.astype(str), rois=groups.astype(str),
+                              duplicate_groups=np.arange(len(labels)),
+                              fingerprint=lambda: "f")
+    plan = make_fold_plan(dataset, SplitConfig(), CrossValidationConfig(n_folds=2))
+    with pytest.raises(DataError, match=r"would hold .* of one class .*groups of class 1.* "
+                                        r"lower 'cross_validation.n_folds' or "
+                                        r"'registry.cross_fit_folds'"):
+        check_plan(plan, labels, cross_fit_folds=5, seed=0)

@@ -26,7 +26,7 @@ from mammo_core.exploration import plan_parts
 from mammo_core.config import Experiment
 from mammo_core.dataset import Dataset
 from mammo_core.families import family_of
-from mammo_core.folds import make_fold_plan
+from mammo_core.folds import check_plan, make_fold_plan
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
@@ -81,6 +81,9 @@ def run_search(args, child_of: str | None = None) -> tuple[Experiment, str, str]
     print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
     dataset, summary = load_data(experiment, args.data_dir)
     parent_id = resumable_search(experiment, dataset) if args.resume == "true" else None
+    if not parent_id:  # a data-size problem stops the search before any run or training
+        check_plan(make_fold_plan(dataset, experiment.split, experiment.cross_validation),
+                   dataset.labels, experiment.registry.cross_fit_folds, experiment.split.seed)
     if parent_id and (child_of or project_run):
         mlflow.MlflowClient().set_tag(child_of or project_run, "mammo.resumed_search", parent_id)
     try:
