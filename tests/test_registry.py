@@ -25,11 +25,9 @@ from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from mammo_core.config import load_experiment
-from mammo_core.data import load_dataset
 from mammo_core.ensemble import Ensemble
 from mammo_core.predictor import EnsemblePredictor
-from mammo_core.sources import resolve_data_root
-from tune.project import PROJECT_ROOT, download_text, load_fold_plan
+from tune.project import download_text
 from tune.register import load_experts, promote, register_search, search_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +78,12 @@ def test_registry_run_compares_methods_and_the_evaluate_run_logs_figures(store, 
     figures = {a.path for a in client.list_artifacts(evaluate.info.run_id, "figures")}
     assert figures >= {"figures/roc.png", "figures/confusion.png",
                        "figures/misclassified.png", "figures/worst.png"}
-    assert evaluate.data.metrics["eval_auc"] == pytest.approx(register.data.metrics["holdout_auc"])
+    # the pipeline's evaluate step scores the hold-out the ensemble was fitted on: in-sample
+    assert evaluate.data.metrics["eval_in_sample_auc"] == pytest.approx(
+        register.data.metrics["holdout_auc_in_sample"])
+    assert evaluate.data.tags["mammo.figures"].startswith("in-sample")
+    assert not any(k.startswith("eval_") and not k.startswith("eval_in_sample_")
+                   for k in evaluate.data.metrics)
     assert "roc_auc/auc" in evaluate.data.metrics  # from mlflow.models.evaluate
 
 
@@ -116,7 +119,8 @@ def test_champion_carries_a_model_card_and_provenance(client):
     card = version.description
     assert "not for diagnosis" in card and "| learned |" in card and "threshold" in card
     for tag in ("mammo.search_run", "mammo.git_commit", "mammo.config_hash",
-                "mammo.holdout_auc", "mammo.promotion"):
+                "mammo.holdout_auc_cross_fitted", "mammo.holdout_auc_in_sample",
+                "mammo.promotion"):
         assert version.tags[tag]
 
 
@@ -149,29 +153,32 @@ def test_uint8_float_and_channel_inputs_agree_and_bad_shapes_are_refused(client,
         model.predict(patches.astype(np.float64))
 
 
-def test_promotion_gate_moves_the_champion_only_for_an_equal_or_better_model(client, store):
+def test_promotion_gate_compares_cross_fitted_figures_on_the_same_hold_out_only(client, store):
     experiment = load_experiment(ROOT / SMOKE)
     first = client.get_model_version_by_alias(NAME, "champion")
-    # The same search registered again scores exactly the champion's hold-out AUC: promoted.
+    ours = float(first.tags["mammo.holdout_auc_cross_fitted"])
+    register = client.get_run(first.tags["mammo.register_run"])
+    method = register.data.params["ensemble.method"]
+    # the gate's figure is the registered method's cross-fitted one, not the in-sample one
+    assert ours == pytest.approx(register.data.metrics[f"holdout_{method}_auc"], abs=1e-6)
+    assert "holdout_auc" not in register.data.metrics  # only ..._in_sample, named as such
+    # The same search registered again scores exactly the champion's figure: promoted.
     again = register_search(experiment, first.tags["mammo.search_run"])
     assert (again.version, again.alias) == ("2", "champion")
+    assert again.holdout_auc == pytest.approx(ours, abs=1e-6)
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
-    assert ">=" in again.reason
-    # A candidate below the champion on the same images only becomes the challenger.
-    raw, labels = holdout_of(first.tags["mammo.search_run"])
-    alias, reason = promote(experiment, NAME, "1", raw, labels, again.holdout_auc - 0.05,
-                            first.tags["mammo.holdout_fingerprint"])
+    assert "cross-fitted hold-out AUC" in again.reason and ">=" in again.reason
+    fingerprint = first.tags["mammo.holdout_fingerprint"]
+    # A candidate below the champion on the same hold-out only becomes the challenger.
+    alias, reason = promote(experiment, NAME, "1", again.holdout_auc - 0.05, fingerprint)
     assert alias == "challenger" and " < " in reason
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
     assert client.get_model_version(NAME, "1").tags["mammo.promotion"] == reason
-
-
-def holdout_of(search_run: str) -> tuple[np.ndarray, np.ndarray]:
-    experiment = search_config(search_run)
-    dataset = load_dataset(resolve_data_root(experiment.data, PROJECT_ROOT), experiment.data)
-    plan = load_fold_plan(search_run, dataset)
-    return dataset.images[plan.holdout], dataset.labels[plan.holdout]
+    # A better figure on another hold-out is not compared at all: challenger, and why.
+    alias, reason = promote(experiment, NAME, "1", 1.0, "another-hold-out")
+    assert alias == "challenger" and "not compared" in reason and "another hold-out" in reason
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "2"
 
 
 def test_mlflow_models_predict_cli_scores_a_json_input(client, store, patches, tmp_path):

@@ -74,9 +74,14 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
                            "data_fingerprint": dataset.fingerprint(),
                            "subset": f"holdout of {holdout_of}" if holdout_of else "all",
                            "images": len(index)} | model_version_params(model_uri))
+        # a search's ensembles fit their weights, calibration and threshold on its hold-out
+        prefix = "eval_in_sample_" if holdout_of else "eval_"
+        mlflow.set_tag("mammo.figures", "in-sample: the ensemble was fitted on these images; "
+                       "the register run's cross-fitted figures are the honest ones"
+                       if holdout_of else "held out: images the model was not fitted on")
         log_data_parts(dataset, {"holdout" if holdout_of else "evaluation": index})
         frame = predictions_table(model, dataset, index)
-        scores = log_evaluation(experiment, frame, dataset.images[index])
+        scores = log_evaluation(experiment, frame, dataset.images[index], prefix)
         predictor = ensemble_inside(model)
         # any pyfunc may be evaluated; explanations are drawn for binary tasks
         if predictor is not None and "probability" in frame:
@@ -110,40 +115,42 @@ def predictions_table(model, dataset: Dataset, index: np.ndarray) -> pd.DataFram
     return frame
 
 
-def log_evaluation(experiment: Experiment, frame: pd.DataFrame,
-                   images: np.ndarray) -> dict[str, float]:
-    """Logs eval_* metrics, figures, galleries and predictions.csv; returns the metrics."""
+def log_evaluation(experiment: Experiment, frame: pd.DataFrame, images: np.ndarray,
+                   prefix: str = "eval_") -> dict[str, float]:
+    """Logs <prefix>* metrics (eval_, or eval_in_sample_ on a hold-out the model was fitted
+    on), figures, galleries and predictions.csv; returns the metrics."""
     mlflow.log_text(frame.to_csv(index=False), "predictions.csv")
     if "probability" not in frame:
-        return log_multiclass_evaluation(experiment, frame, images)
+        return log_multiclass_evaluation(experiment, frame, images, prefix)
     labels, probabilities = frame["label"].to_numpy(), frame["probability"].to_numpy()
     scores = metrics.label_metrics(labels, frame["predicted"].to_numpy(), probabilities)
-    mlflow.log_metrics({f"eval_{k}": v for k, v in scores.items()})
+    mlflow.log_metrics({f"{prefix}{k}": v for k, v in scores.items()})
     names = experiment.data.label_names
     log_figure(metrics.roc_figure(labels, probabilities, "ROC"), "figures/roc.png")
     matrix = metrics.confusion(labels, frame["predicted"].to_numpy(), 0.5)
     log_figure(metrics.confusion_figure(matrix, names, "Confusion matrix"), "figures/confusion.png")
-    log_galleries(frame, images, probabilities)
+    log_galleries(frame, images, probabilities, prefix)
     log_with_mlflow_evaluate(frame)
     return scores
 
 
 def log_multiclass_evaluation(experiment: Experiment, frame: pd.DataFrame,
-                              images: np.ndarray) -> dict[str, float]:
-    """Logs eval_* metrics (macro AUC, accuracy, per-class recall and AUC), the per-class
-    ROC, the K x K confusion matrix and the galleries; returns the metrics."""
+                              images: np.ndarray, prefix: str) -> dict[str, float]:
+    """Logs <prefix>* metrics (macro AUC, accuracy, per-class recall and AUC), the
+    per-class ROC, the K x K confusion matrix and the galleries; returns the metrics."""
     labels, probabilities = frame["label"].to_numpy(), probabilities_of(frame)
     scores = metrics.multiclass_metrics(labels, probabilities)
-    mlflow.log_metrics({f"eval_{k}": v for k, v in scores.items()})
+    mlflow.log_metrics({f"{prefix}{k}": v for k, v in scores.items()})
     names = [c.split(".", 1)[1] for c in frame.columns if c.startswith("probability.")]
     log_figure(metrics.per_class_roc_figure(labels, probabilities, names), "figures/roc.png")
     log_figure(metrics.confusion_figure(metrics.confusion(labels, probabilities), names,
                                         "Confusion matrix"), "figures/confusion.png")
-    log_galleries(frame, images, probabilities[np.arange(len(labels)), labels])
+    log_galleries(frame, images, probabilities[np.arange(len(labels)), labels], prefix)
     return scores
 
 
-def log_galleries(frame: pd.DataFrame, images: np.ndarray, true_class: np.ndarray) -> None:
+def log_galleries(frame: pd.DataFrame, images: np.ndarray, true_class: np.ndarray,
+                  prefix: str) -> None:
     """Logs figures/misclassified.png and figures/worst.png (error > WORST_ERROR), where the
     error is 1 - the probability given to the true class (`true_class`, per image)."""
     labels = frame["label"].to_numpy()
@@ -158,7 +165,7 @@ def log_galleries(frame: pd.DataFrame, images: np.ndarray, true_class: np.ndarra
                     f"{os.path.basename(frame['path'].iat[i])[:18]}" for i in picked]
         log_figure(metrics.patch_gallery_figure(images[picked], captions, title),
                    f"figures/{name}.png")
-        mlflow.log_metric(f"eval_{name}_count", len(picked))
+        mlflow.log_metric(f"{prefix}{name}_count", len(picked))
 
 
 def log_with_mlflow_evaluate(frame: pd.DataFrame) -> None:

@@ -53,9 +53,10 @@ def pipeline(args, run_id: str) -> None:
         f"- search `{search_run}`: {search_summary}\n"
         f"- registered `{registration.model_name}` v{registration.version} "
         f"@{registration.alias}: {registration.reason}\n"
-        f"- hold-out evaluation (the ensemble's weights were fitted on it): {shown}"))
-    print(f"hold-out evaluation of {model_uri}: {shown} (the weights were fitted on these "
-          "images: the register run has the cross-fitted figures)")
+        f"- hold-out evaluation, in-sample (the ensemble was fitted on it; the register run "
+        f"has the cross-fitted figures): {shown}"))
+    print(f"in-sample hold-out evaluation of {model_uri}: {shown} (the ensemble was fitted on "
+          "these images: the register run has the cross-fitted figures)")
     print(f"\npipeline run: {run_id}\nsearch run:   {search_run}\nmodel:        "
           f"{registration.model_name} v{registration.version} @{registration.alias}\n"
           f"MLflow UI:    mlflow ui --backend-store-uri {mlflow.get_tracking_uri()}  "

@@ -55,7 +55,7 @@ class Registration:
     version: str
     alias: str
     reason: str
-    holdout_auc: float
+    holdout_auc: float  # cross-fitted, of the registered method: what the gate compares
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summary_line(r: Registration) -> str:
-    return (f"registered {r.model_name} v{r.version} -> @{r.alias} (hold-out AUC "
-            f"{r.holdout_auc:.4f}): {r.reason}")
+    return (f"registered {r.model_name} v{r.version} -> @{r.alias} (cross-fitted hold-out "
+            f"AUC {r.holdout_auc:.4f}): {r.reason}")
 
 
 def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
@@ -121,7 +121,8 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     comparison = compare_methods(experts_p, labels, groups, experiment)
     method, why = chosen_method(comparison, experiment.registry.method)
     predictor.ensemble = ens.fit_ensemble(experts_p, labels, method, experiment.registry)
-    holdout_auc = log_final_ensemble(predictor.ensemble, experts_p, labels)
+    in_sample_auc = log_final_ensemble(predictor.ensemble, experts_p, labels)
+    cross_fitted_auc = comparison[method]["auc"]
     interval = threshold_interval(predictor.ensemble, experts_p, labels, experiment)
     name = experiment.tracking.registered_model_name
     version = log_and_register(predictor, raw, name)
@@ -134,14 +135,16 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
                       predictor.ensemble.threshold, dataset.bit_depth, method, why, interval,
                       predictor.ensemble.calibration.to_dict())
     fingerprint = holdout_fingerprint(dataset, plan)
-    describe_version(facts, holdout_auc, fingerprint)
-    alias, reason = promote(experiment, name, version, raw, labels, holdout_auc, fingerprint)
+    describe_version(facts, {"mammo.holdout_auc_cross_fitted": f"{cross_fitted_auc:.6f}",
+                             "mammo.holdout_auc_in_sample": f"{in_sample_auc:.6f}",
+                             "mammo.holdout_fingerprint": fingerprint})
+    alias, reason = promote(experiment, name, version, cross_fitted_auc, fingerprint)
     if experiment.data.n_classes == 2:
         log_explanation_figures(predictor, raw, labels, predictor.ensemble.combine(experts_p),
                                 explain, experiment.data.class_names)
     else:  # Grad-CAM / SHAP of several classes are not built yet
         mlflow.set_tag("mammo.explanations", "binary models only")
-    return version, alias, reason, holdout_auc
+    return version, alias, reason, cross_fitted_auc
 
 
 def chosen_method(comparison: dict[str, dict[str, float]], configured: str) -> tuple[str, str]:
@@ -174,17 +177,16 @@ def threshold_interval(ensemble: ens.Ensemble, experts_p: np.ndarray, labels: np
     return low, high
 
 
-def describe_version(facts: CardFacts, holdout_auc: float, fingerprint: str) -> None:
-    """Sets the version's model card (description) and provenance tags; logs model_card.md."""
+def describe_version(facts: CardFacts, figures: dict[str, str]) -> None:
+    """Sets the version's model card (description), its provenance tags and `figures` (the
+    hold-out tags); logs model_card.md."""
     card = render_card(facts)
     mlflow.log_text(card, "model_card.md")
     client = mlflow.MlflowClient()
     client.update_model_version(facts.model_name, facts.version, description=card)
-    for key, value in {"mammo.search_run": facts.search_run, "mammo.git_commit": facts.git_commit,
+    for key, value in ({"mammo.search_run": facts.search_run, "mammo.git_commit": facts.git_commit,
                        "mammo.config_hash": facts.experiment.fingerprint(),
-                       "mammo.register_run": mlflow.active_run().info.run_id,
-                       "mammo.holdout_auc": f"{holdout_auc:.6f}",
-                       "mammo.holdout_fingerprint": fingerprint}.items():
+                       "mammo.register_run": mlflow.active_run().info.run_id} | figures).items():
         client.set_model_version_tag(facts.model_name, facts.version, key, value)
 
 
@@ -231,12 +233,13 @@ def compare_methods(experts_p: np.ndarray, labels: np.ndarray, groups: np.ndarra
 
 
 def log_final_ensemble(ensemble: ens.Ensemble, experts_p: np.ndarray, labels: np.ndarray) -> float:
-    """Logs the registered weights, threshold and in-sample hold-out AUC; returns that AUC."""
+    """Logs the registered weights, threshold and the hold-out AUC of the weights fitted
+    on all of it (holdout_auc_in_sample: optimistic, never a gate); returns that AUC."""
     mlflow.log_params({f"ensemble.weight.fold{k}": f"{w:.4f}"
                        for k, w in enumerate(ensemble.weights)})
     mlflow.log_param("ensemble.threshold", f"{ensemble.threshold:.6f}")
     auc = metrics.auc(labels, ensemble.combine(experts_p))
-    mlflow.log_metric("holdout_auc", auc)
+    mlflow.log_metric("holdout_auc_in_sample", auc)
     mlflow.log_dict(ensemble.to_dict(), "ensemble.json")
     return auc
 
@@ -274,12 +277,17 @@ def check_round_trip(name: str, version: str, raw: np.ndarray, expected: np.ndar
                            f"(max difference {gap:.2e})")
 
 
-def promote(experiment: Experiment, name: str, version: str, raw: np.ndarray,
-            labels: np.ndarray, auc: float, fingerprint: str) -> tuple[str, str]:
-    """Gives `version` the champion alias if its hold-out AUC >= the champion's, else challenger.
+def promote(experiment: Experiment, name: str, version: str, auc: float,
+            fingerprint: str) -> tuple[str, str]:
+    """Gives `version` the champion alias if its cross-fitted hold-out AUC `auc` is at
+    least the champion's, on the same hold-out (`fingerprint`); else challenger.
 
-    The champion is scored on these very hold-out images. Returns (alias, reason); tags the
-    version and the active run with the reason (mammo.promotion).
+    Cross-fitted figures only: an in-sample figure (weights, calibration and threshold
+    fitted on the very images) flatters every candidate by a different amount. Models whose
+    hold-outs differ are not compared: the new version becomes challenger and the reason
+    says why (move the alias by hand after comparing them on common data with
+    `evaluate`). Returns (alias, reason); tags the version and the active run with the
+    reason (mammo.promotion).
     """
     registry, client = experiment.registry, mlflow.MlflowClient()
     try:
@@ -289,20 +297,31 @@ def promote(experiment: Experiment, name: str, version: str, raw: np.ndarray,
     if champion is None:
         alias, reason = registry.champion_alias, f"first {registry.champion_alias} of {name}"
     else:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{champion.version}")
-        champion_auc = metrics.auc(labels, probabilities_of(model.predict(raw)))
-        promoted = auc >= champion_auc
-        alias = registry.champion_alias if promoted else registry.challenger_alias
-        reason = (f"hold-out AUC {auc:.4f} {'>=' if promoted else '<'} {champion_auc:.4f} of "
-                  f"{registry.champion_alias} v{champion.version} on the same images")
-        if champion.tags.get("mammo.holdout_fingerprint") != fingerprint:
-            reason += (f"; note: v{champion.version} came from another fold plan and may have "
-                       f"trained on some of these images")
+        alias, reason = gate(champion, auc, fingerprint, registry)
     client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, "mammo.promotion", reason)
     mlflow.set_tags({"mammo.promotion": reason, "mammo.model_version": version,
                      "mammo.model_alias": alias})
     return alias, reason
+
+
+def gate(champion, auc: float, fingerprint: str, registry) -> tuple[str, str]:
+    """Returns (alias, reason) for a candidate against the current `champion` version."""
+    theirs = champion.tags.get("mammo.holdout_auc_cross_fitted")
+    refused = None
+    if champion.tags.get("mammo.holdout_fingerprint") != fingerprint:
+        refused = (f"v{champion.version} was scored on another hold-out (another fold plan "
+                   "or data)")
+    elif theirs is None:
+        refused = f"v{champion.version} has no cross-fitted hold-out figure (registered earlier)"
+    if refused:
+        return registry.challenger_alias, (f"not compared with {registry.champion_alias} "
+                                           f"v{champion.version}: {refused}; compare them on "
+                                           "common data (evaluate) and move the alias by hand")
+    promoted = auc >= float(theirs)
+    return (registry.champion_alias if promoted else registry.challenger_alias,
+            f"cross-fitted hold-out AUC {auc:.4f} {'>=' if promoted else '<'} {float(theirs):.4f} "
+            f"of {registry.champion_alias} v{champion.version} on the same hold-out")
 
 
 def search_config(search_run: str) -> Experiment:
