@@ -23,7 +23,7 @@ os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'benchmarks/res
 import numpy as np  # noqa: E402
 
 from mammo_core.explanations import explain, most_reliable_expert  # noqa: E402
-from tune.explain import load_ensemble  # noqa: E402
+from tune.project import load_ensemble  # noqa: E402
 from tune.project import load_config, load_data  # noqa: E402
 
 

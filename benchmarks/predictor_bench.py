@@ -28,7 +28,7 @@ def measure(model_uri: str, threads: int, calls: int) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     sys.path.insert(0, str(ROOT))
-    from tune.explain import load_ensemble
+    from tune.project import load_ensemble
 
     predictor = load_ensemble(model_uri)
     patch = np.random.default_rng(0).integers(0, 256, (1, 60, 60), dtype=np.uint8)

@@ -38,6 +38,13 @@ class FoldPlan:
     seed: int
     data_fingerprint: str
 
+    def same_parts(self, other: FoldPlan) -> bool:
+        """Whether both plans put every image in the same part of the same fold."""
+        def parts(plan: FoldPlan) -> list[list[int]]:
+            return [plan.holdout.tolist()] + [index.tolist() for f in plan.folds
+                                              for index in (f.train, f.val, f.test)]
+        return parts(self) == parts(other)
+
     def to_json(self, paths: tuple[str, ...]) -> str:
         """Returns the plan as JSON, with file names so it can be audited by hand."""
         return json.dumps({
@@ -50,11 +57,11 @@ class FoldPlan:
 
     @classmethod
     def from_json(cls, text: str, dataset: Dataset) -> FoldPlan:
-        """Returns the plan stored in `text`; raises ValueError if made for other data."""
+        """Returns the plan stored in `text`; raises DataError if made for other data."""
         raw = json.loads(text)
         if raw["data_fingerprint"] != dataset.fingerprint():
-            raise ValueError(f"fold plan was made for data {raw['data_fingerprint']}, "
-                             f"this data set is {dataset.fingerprint()}")
+            raise DataError(f"fold plan was made for data {raw['data_fingerprint']}, "
+                            f"this data set is {dataset.fingerprint()}")
         folds = tuple(Fold(f["index"], np.array(f["train"]), np.array(f["val"]),
                            np.array(f["test"])) for f in raw["folds"])
         return cls(np.array(raw["holdout"]), folds, np.array(raw["groups"]),

@@ -357,6 +357,24 @@ def test_evaluate_and_explain_through_mlflow_run_with_the_default_model_uri(stor
         assert run.data.params["resolved_model_uri"] == CHAMPION
 
 
+def test_a_config_that_disagrees_with_the_model_is_refused_naming_both(store, shared_data):
+    """predict, explain, evaluate and recalibrate read classes, image size and
+    preprocessing from the model; a config of another study is refused, not obeyed."""
+    patch = sorted((shared_data / "1").glob("*.png"))[0]
+    commands = {"tune.predict": ["--input", str(patch)], "tune.explain": ["--input", str(patch)],
+                "tune.evaluate": ["--data-dir", str(shared_data)],
+                "tune.recalibrate": ["--data-dir", str(shared_data)]}
+    for module, args in commands.items():
+        result = subprocess.run([sys.executable, "-m", module, "--config",
+                                 "experiments/mias_normal_vs_abnormal_quick.yaml",
+                                 "--model-uri", CHAMPION, *args], cwd=ROOT,
+                                env=search_env(store), capture_output=True, text=True)
+        assert result.returncode == 2, (module, result.stderr[-2000:])
+        (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+        assert "disagrees with the model" in line and "data.layout: the config has mias" in line
+        assert "trained with folders" in line, line
+
+
 def test_register_without_a_search_says_so(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tune.register", "--config", SMOKE],
                             cwd=ROOT, env=search_env(tmp_path), capture_output=True, text=True)

@@ -144,6 +144,20 @@ def test_reuse_configs_retrains_each_folds_best_config(pipeline_store, tmp_path)
         assert trials[0].data.params["hyperparameters.init"] == str(best[k]["init"])
 
 
+def test_reusing_configs_of_a_search_with_other_folds_is_refused(pipeline_store, tmp_path):
+    """A fold's best config is only that fold's best on that fold's images: a search that
+    split the data otherwise (here another seed) must not lend its configs."""
+    store = copy_store(pipeline_store, tmp_path / "store")
+    parent = next(r for r in runs_of(store) if r.data.tags.get("mammo.kind") == "search")
+    other = config_variant(SMOKE, tmp_path / "other_seed.yaml", split={"seed": 7})
+    result = subprocess.run([sys.executable, "-m", "tune.search", "--config", other,
+                             "--reuse-configs-from", parent.info.run_id], cwd=ROOT,
+                            env=search_env(store), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "split the data into other folds" in result.stderr
+    assert len([r for r in runs_of(store) if r.data.tags.get("mammo.kind") == "search"]) == 1
+
+
 def test_sigterm_then_resume_loses_and_duplicates_nothing(tmp_path):
     process = start_search(tmp_path)
     for line in process.stdout:

@@ -27,10 +27,10 @@ from mammo_core.config import Experiment
 from mammo_core.dataset import Dataset
 from mammo_core.predictor import probabilities_of
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
-from tune.explain import ensemble_inside, log_explanation_figures
-from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri,
-                          load_config, load_data, load_fold_plan, load_pyfunc, log_data_parts,
-                          run_entry)
+from tune.explain import log_explanation_figures
+from tune.project import (PROJECT_ROOT, UsageError, as_trained, base_parser, default_model_uri,
+                          ensemble_inside, load_config, load_data, load_fold_plan, load_pyfunc,
+                          log_data_parts, run_entry)
 
 WORST_ERROR = 0.8  # |label - probability| above this: confidently wrong
 
@@ -58,11 +58,12 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
                    parent_run_id: str | None = None) -> dict[str, float]:
     """Scores `model_uri` on the data set (or a search's hold-out); returns eval metrics."""
     model_uri = model_uri or default_model_uri(experiment)
+    model = load_pyfunc(model_uri)
+    experiment = as_trained(experiment, ensemble_inside(model), model_uri)
     dataset, _ = load_data(experiment, data_dir, any_file_names=True)
     index = np.arange(len(dataset.labels))
     if holdout_of:
         index = load_fold_plan(holdout_of, dataset).holdout
-    model = load_pyfunc(model_uri)
     data_name = f"holdout-{holdout_of[:8]}" if holdout_of else Path(dataset.root).name
     with tracked_run(experiment.tracking.experiment_name, f"evaluate-{data_name}",
                      tags={"mammo.entry_point": "evaluate", "mammo.kind": "evaluate",

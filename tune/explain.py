@@ -29,8 +29,8 @@ from mammo_core.patches import as_unit_patches
 from mammo_core.predictor import EnsemblePredictor
 from mammo_core.tracking import log_figure, tracked_run, use_tracking_store
 from tune.predict import image_files, read_images
-from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
-                          load_pyfunc, run_entry)
+from tune.project import (PROJECT_ROOT, UsageError, as_trained, base_parser, default_model_uri,
+                          load_config, load_ensemble, run_entry)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,10 +54,11 @@ def explain_files(config: str, source: Path, output: Path, methods: tuple[str, .
     experiment, _ = load_config(config)
     use_tracking_store(PROJECT_ROOT)
     files = image_files(source)
-    # all files first: a bad file stops here, before any run starts
-    raw = read_images(files, experiment.data.image_size, experiment.data.resizes)
     uri = model_uri or default_model_uri(experiment)
     predictor = load_ensemble(uri)
+    experiment = as_trained(experiment, predictor, uri)
+    # all files first: a bad file stops here, before any run starts
+    raw = read_images(files, experiment.data.image_size, experiment.data.resizes)
     if len(predictor.class_names) > 2:
         raise UsageError(f"{uri} has {len(predictor.class_names)} classes; explanations are "
                          "drawn for binary models only")
@@ -125,20 +126,6 @@ def write_summary(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(out, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def load_ensemble(uri: str) -> EnsemblePredictor:
-    """Returns the EnsemblePredictor inside a registered pyfunc ensemble."""
-    predictor = ensemble_inside(load_pyfunc(uri))
-    if predictor is None:
-        raise UsageError(f"'{uri}' is not a registered mammo ensemble")
-    return predictor
-
-
-def ensemble_inside(model: mlflow.pyfunc.PyFuncModel) -> EnsemblePredictor | None:
-    """Returns the EnsemblePredictor a loaded pyfunc wraps, or None for any other model."""
-    predictor = getattr(model.unwrap_python_model(), "predictor", None)
-    return predictor if isinstance(predictor, EnsemblePredictor) else None
 
 
 def log_explanation_figures(predictor: EnsemblePredictor, raw: np.ndarray, labels: np.ndarray,

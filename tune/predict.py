@@ -19,8 +19,8 @@ import numpy as np
 
 from mammo_core.images import read_image
 from mammo_core.tracking import tracked_run, use_tracking_store
-from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
-                          load_pyfunc, run_entry)
+from tune.project import (PROJECT_ROOT, UsageError, as_trained, base_parser, default_model_uri,
+                          ensemble_inside, load_config, load_pyfunc, run_entry)
 
 IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")
 
@@ -39,14 +39,15 @@ def main(argv: list[str] | None = None) -> int:
 def predict_files(config: str, source: Path, output: str, model_uri: str) -> None:
     """Scores every image of `source` and writes the CSV (path, probability, label, experts)."""
     experiment, _ = load_config(config)
+    use_tracking_store(PROJECT_ROOT)
+    files = image_files(source)
+    uri = model_uri or default_model_uri(experiment)
+    model = load_pyfunc(uri)
+    experiment = as_trained(experiment, ensemble_inside(model), uri)
     if experiment.data.pairs:
         raise UsageError("this study scores (baseline, abnormal) pairs, not single files: use "
                          "the pyfunc with arrays (N, 2, rows, cols) or REST {\"pairs\": [...]}")
-    use_tracking_store(PROJECT_ROOT)
-    files = image_files(source)
     images = read_images(files, experiment.data.image_size, experiment.data.resizes)
-    uri = model_uri or default_model_uri(experiment)
-    model = load_pyfunc(uri)
     with tracked_run(experiment.tracking.experiment_name, f"predict-{source.name}",
                      tags={"mammo.entry_point": "predict", "mammo.kind": "predict",
                            "mammo.model_uri": uri}):

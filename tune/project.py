@@ -21,6 +21,7 @@ from mammo_core.dataset import Dataset, format_summary, summarize
 from mammo_core.errors import DataError, FileNameError
 from mammo_core.folds import FoldPlan
 from mammo_core.patches import PatchError
+from mammo_core.predictor import EnsemblePredictor
 from mammo_core.sources import resolve_data_root
 from mammo_core.tracking import log_data_input, log_figure, log_yaml, was_interrupted
 
@@ -156,6 +157,52 @@ def load_pyfunc(uri: str) -> mlflow.pyfunc.PyFuncModel:
         return mlflow.pyfunc.load_model(uri)
     except MlflowException as err:
         raise UsageError(f"cannot load model '{uri}': {err.message}") from err
+
+
+def ensemble_inside(model: mlflow.pyfunc.PyFuncModel) -> EnsemblePredictor | None:
+    """Returns the EnsemblePredictor a loaded pyfunc wraps, or None for any other model."""
+    predictor = getattr(model.unwrap_python_model(), "predictor", None)
+    return predictor if isinstance(predictor, EnsemblePredictor) else None
+
+
+def load_ensemble(uri: str) -> EnsemblePredictor:
+    """Returns the EnsemblePredictor inside a registered pyfunc ensemble."""
+    predictor = ensemble_inside(load_pyfunc(uri))
+    if predictor is None:
+        raise UsageError(f"'{uri}' is not a registered mammo ensemble")
+    return predictor
+
+
+# What a trained model fixes about its inputs: a config that says otherwise would read or
+# name them differently from the data the model learned.
+FIXED_BY_THE_MODEL = ("data.layout", "data.image_size", "data.pairs", "data.label_names",
+                      "preprocessing")
+
+
+def as_trained(experiment: Experiment, predictor: EnsemblePredictor | None,
+               uri: str) -> Experiment:
+    """Returns `experiment` reading data as the model at `uri` was trained to (its data and
+    preprocessing sections; the config keeps where its data lie, and its tracking). Raises
+    UsageError naming both values where the config disagrees on FIXED_BY_THE_MODEL. A
+    pyfunc that is not an ensemble (None) leaves `experiment` as it is."""
+    if predictor is None:
+        return experiment
+    trained = predictor.experiment
+    for key in FIXED_BY_THE_MODEL:
+        ours, theirs = _at(experiment, key), _at(trained, key)
+        if ours != theirs:
+            raise UsageError(f"the config ({experiment.name}) disagrees with the model {uri} on "
+                             f"{key}: the config has {ours}, the model was trained with "
+                             f"{theirs}; pass the model's own study config")
+    return experiment.replace(data=trained.data.replace(root=experiment.data.root),
+                              preprocessing=trained.preprocessing)
+
+
+def _at(experiment: Experiment, dotted: str) -> Any:
+    value: Any = experiment
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value.model_dump() if hasattr(value, "model_dump") else value
 
 
 def latest_search(experiment_name: str) -> str:

@@ -35,9 +35,8 @@ from mammo_core.ensemble import Ensemble
 from mammo_core.predictor import EnsemblePredictor
 from mammo_core.splits import leakage_groups
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
-from tune.explain import load_ensemble
-from tune.project import (PROJECT_ROOT, UsageError, base_parser, default_model_uri, load_config,
-                          load_data, log_data_parts, run_entry)
+from tune.project import (PROJECT_ROOT, UsageError, as_trained, base_parser, default_model_uri,
+                          load_config, load_data, load_ensemble, log_data_parts, run_entry)
 from tune.register import check_round_trip, log_and_register
 
 SHOWN = ("auc", "sensitivity", "specificity", "balanced_accuracy", "ece")
@@ -74,8 +73,9 @@ def recalibrate(experiment: Experiment, data_dir: str, model_uri: str = "", site
         raise UsageError("recalibrate needs the new site's labelled images: pass -P data_dir=")
     uri = model_uri or default_model_uri(experiment)
     site = site_name(site or Path(data_dir).name)
-    dataset, _ = load_data(experiment, data_dir, any_file_names=True)
     predictor = load_ensemble(uri)
+    experiment = as_trained(experiment, predictor, uri)
+    dataset, _ = load_data(experiment, data_dir, any_file_names=True)
     if predictor.experiment.data.n_classes != 2:
         raise UsageError("recalibrate refits a binary threshold; this model has several classes")
     groups = leakage_groups(dataset, "case")

@@ -135,8 +135,9 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
                       predictor.ensemble.threshold, dataset.bit_depth, method, why, interval,
                       predictor.ensemble.calibration.to_dict())
     fingerprint = holdout_fingerprint(dataset, plan)
-    describe_version(facts, {"mammo.holdout_auc_cross_fitted": f"{cross_fitted_auc:.6f}",
-                             "mammo.holdout_auc_in_sample": f"{in_sample_auc:.6f}",
+    # full precision: the gate compares the next candidate with this very number
+    describe_version(facts, {"mammo.holdout_auc_cross_fitted": repr(float(cross_fitted_auc)),
+                             "mammo.holdout_auc_in_sample": repr(float(in_sample_auc)),
                              "mammo.holdout_fingerprint": fingerprint})
     alias, reason = promote(experiment, name, version, cross_fitted_auc, fingerprint)
     if experiment.data.n_classes == 2:
@@ -318,7 +319,7 @@ def gate(champion, auc: float, fingerprint: str, registry) -> tuple[str, str]:
         return registry.challenger_alias, (f"not compared with {registry.champion_alias} "
                                            f"v{champion.version}: {refused}; compare them on "
                                            "common data (evaluate) and move the alias by hand")
-    promoted = auc >= float(theirs)
+    promoted = auc >= float(theirs) - 1e-12  # the same figure, whatever its last bit
     return (registry.champion_alias if promoted else registry.challenger_alias,
             f"cross-fitted hold-out AUC {auc:.4f} {'>=' if promoted else '<'} {float(theirs):.4f} "
             f"of {registry.champion_alias} v{champion.version} on the same hold-out")

@@ -22,19 +22,20 @@ import numpy as np
 import ray
 
 from mammo_core import metrics
-from mammo_core.exploration import plan_parts
 from mammo_core.config import Experiment
+from mammo_core.exploration import plan_parts
 from mammo_core.dataset import Dataset
 from mammo_core.families import family_of
-from mammo_core.folds import check_plan, make_fold_plan
+from mammo_core.errors import DataError
+from mammo_core.folds import FoldPlan, check_plan, make_fold_plan
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
 from tune.families import log_family_comparison, markdown
 from tune.fold import SCORE_COLUMNS, FoldOutcome, config_text, load_outcome, run_fold
-from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, base_parser, finished_fold_runs,
-                          load_config, load_data, load_fold_plan, log_data, log_data_parts,
-                          log_exploration, run_entry)
+from tune.project import (PLAN_ARTIFACT, PROJECT_ROOT, UsageError, base_parser,
+                          finished_fold_runs, load_config, load_data, load_fold_plan, log_data,
+                          log_data_parts, log_exploration, run_entry)
 from tune.time_to_quality import FIGURE as TTQ_FIGURE, log_time_to_quality
 
 CONFIGS_ARTIFACT = "search/best_configs.json"
@@ -82,8 +83,11 @@ def run_search(args, child_of: str | None = None) -> tuple[Experiment, str, str]
     dataset, summary = load_data(experiment, args.data_dir)
     parent_id = resumable_search(experiment, dataset) if args.resume == "true" else None
     if not parent_id:  # a data-size problem stops the search before any run or training
-        check_plan(make_fold_plan(dataset, experiment.split, experiment.cross_validation),
-                   dataset.labels, experiment.registry.cross_fit_folds, experiment.split.seed)
+        plan = make_fold_plan(dataset, experiment.split, experiment.cross_validation)
+        check_plan(plan, dataset.labels, experiment.registry.cross_fit_folds,
+                   experiment.split.seed)
+        if args.reuse_configs_from:
+            check_reused_plan(args.reuse_configs_from, dataset, plan)
     if parent_id and (child_of or project_run):
         mlflow.MlflowClient().set_tag(child_of or project_run, "mammo.resumed_search", parent_id)
     try:
@@ -207,6 +211,19 @@ def resumable_search(experiment: Experiment, dataset: Dataset) -> str | None:
         return None
     print(f"resume: continuing search {runs[0].info.run_id}")
     return runs[0].info.run_id
+
+
+def check_reused_plan(search_run: str, dataset: Dataset, plan: FoldPlan) -> None:
+    """Raises UsageError unless `search_run` split these very data (fingerprint) into the
+    same parts: its fold k's best config is only fold k's best on fold k's images."""
+    try:
+        theirs = load_fold_plan(search_run, dataset)
+    except DataError as err:
+        raise UsageError(f"--reuse-configs-from {search_run}: {err}") from err
+    if not theirs.same_parts(plan):
+        raise UsageError(f"--reuse-configs-from {search_run}: that search split the data into "
+                         "other folds (another seed, group_by, fold count or fraction); its "
+                         "best configs would be scored on images they were chosen on")
 
 
 def best_configs(parent_run_id: str) -> dict[int, dict]:
