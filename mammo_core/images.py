@@ -28,17 +28,51 @@ FORMATS = ("PNG", "PPM", "TIFF", "JPEG")
 MAX_PIXELS = 50_000_000
 
 
+# The depths a 16-bit container (PNG, TIFF, PGM, DICOM) is read at: the smallest that
+# holds its values. 12-bit content (scanned film, DICOM exports) stored in 16 bits would
+# otherwise land at <= 1/16 of the scale, while the same pixels in a PGM with maxval 4095
+# come out at full scale.
+CONTAINER_DEPTHS = (8, 10, 12, 14, 16)
+
+
 @dataclass(frozen=True)
 class DecodedImage:
-    """One decoded image: float32 (rows, columns) intensities in [0, 1] and its bit depth."""
+    """One decoded image: float32 (rows, columns) intensities in [0, 1], the bit depth they
+    were scaled by, and the container's depth (8 or 16 bits per sample)."""
 
     pixels: np.ndarray
     bit_depth: int
+    container_depth: int = 8
+
+
+def depth_of(largest: int) -> int:
+    """Returns the smallest of CONTAINER_DEPTHS whose full scale holds `largest`."""
+    return next(d for d in CONTAINER_DEPTHS if largest <= full_scale(d))
+
+
+def at_depth(image: DecodedImage, depth: int) -> DecodedImage:
+    """Returns the image rescaled as if read at `depth` (>= its own): the stored integers
+    are the same, only the full scale they are divided by changes."""
+    scale = np.float32(full_scale(image.bit_depth) / full_scale(depth))
+    return DecodedImage(image.pixels * scale, depth, image.container_depth)
+
+
+def common_depth(images: list[DecodedImage]) -> list[DecodedImage]:
+    """Returns the images with every 16-bit container read at the deepest of their depths:
+    one collection, one scale (a darker patch is not brightened by its own smaller depth);
+    8-bit files keep theirs."""
+    deepest = max((i.bit_depth for i in images if i.container_depth == 16), default=None)
+    return [at_depth(i, deepest) if i.container_depth == 16 else i for i in images]
 
 
 def decode(data: bytes, name: str, size: tuple[int, int] | None, *, resize: bool = False,
-           formats: tuple[str, ...] = FORMATS, max_pixels: int = MAX_PIXELS) -> DecodedImage:
+           formats: tuple[str, ...] = FORMATS, max_pixels: int = MAX_PIXELS,
+           depth: int | None = None) -> DecodedImage:
     """Returns encoded image bytes as [0, 1] intensities of `size` (rows, columns).
+
+    A 16-bit container is scaled by the depth its values need (`depth_of`), or by `depth`
+    (the model's training depth) when that is deeper: a dark 12-bit patch then reads as
+    the training data did.
 
     `size` None keeps the stored size (only `max_pixels` bounds it). With `resize`, an
     image of another size is resampled (bilinear) instead of refused.
@@ -53,7 +87,7 @@ def decode(data: bytes, name: str, size: tuple[int, int] | None, *, resize: bool
             with Image.open(io.BytesIO(data), formats=list(formats)) as img:
                 _check_header(img, name, size, resize, max_pixels)
                 img.load()  # decodes now, so truncated files fail here
-                pixels, depth = _unit_pixels(img, name)
+                image = _unit_pixels(img, name)
     except ImageError:
         raise
     except Image.UnidentifiedImageError as err:
@@ -63,9 +97,11 @@ def decode(data: bytes, name: str, size: tuple[int, int] | None, *, resize: bool
                          wrong_size=True) from err
     except Exception as err:  # noqa: BLE001 — any decoder failure on untrusted bytes
         raise ImageError(f"cannot read image {name}: {type(err).__name__}: {err}") from err
-    if size is not None and pixels.shape != tuple(size):
-        pixels = resample(pixels, size)
-    return DecodedImage(pixels, depth)
+    if depth is not None and image.container_depth == 16 and depth > image.bit_depth:
+        image = at_depth(image, depth)
+    if size is not None and image.pixels.shape != tuple(size):
+        image = DecodedImage(resample(image.pixels, size), image.bit_depth, image.container_depth)
+    return image
 
 
 def decode_image(data: bytes, size: tuple[int, int], name: str, resize: bool = False,
@@ -109,12 +145,16 @@ def to_unit(array: np.ndarray, bit_depth: int) -> np.ndarray:
 def as_unit(array: np.ndarray, bit_depth: int | None = None) -> np.ndarray:
     """Returns an array of pixels from a caller as float32 intensities in [0, 1].
 
-    uint8 and uint16 are scaled by their own range; other integers (JSON gives int64) hold
-    raw intensities of `bit_depth` (None: refused); floats must be finite and in [0, 1].
-    Raises ImageError naming the problem.
+    uint8 is scaled by 255; uint16, a 16-bit container, by the depth its values need or
+    `bit_depth` (the model's training depth) if deeper, as `decode` reads a 16-bit file;
+    other integers (JSON gives int64) hold raw intensities of `bit_depth` (None:
+    refused); floats must be finite and in [0, 1]. Raises ImageError naming the problem.
     """
-    if array.dtype in (np.uint8, np.uint16):
-        return to_unit(array, 8 * array.dtype.itemsize)
+    if array.dtype == np.uint8:
+        return to_unit(array, 8)
+    if array.dtype == np.uint16:
+        own = depth_of(int(array.max())) if array.size else 8
+        return to_unit(array, max(own, bit_depth or 8))
     if np.issubdtype(array.dtype, np.integer):
         if bit_depth is None:
             raise ImageError(f"expected 8- or 16-bit unsigned integer pixels, got {array.dtype}")
@@ -149,21 +189,22 @@ def _check_header(img: Image.Image, name: str, size: tuple[int, int] | None, res
                          f"{max_pixels} are decoded", wrong_size=True)
 
 
-def _unit_pixels(img: Image.Image, name: str) -> tuple[np.ndarray, int]:
-    """Returns the decoded image's [0, 1] pixels and its bit depth."""
+def _unit_pixels(img: Image.Image, name: str) -> DecodedImage:
+    """Returns the decoded image as [0, 1] pixels, with the depth they were scaled by."""
     if img.mode == "1":  # bilevel: black or white
         img = img.convert("L")
     if img.mode in ("RGB", "RGBA", "LA", "P"):
         img = _gray_from_color(img, name)
     if img.mode == "L":
-        return to_unit(np.asarray(img, dtype=np.uint8), 8), 8
+        return DecodedImage(to_unit(np.asarray(img, dtype=np.uint8), 8), 8, 8)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         # Pillow reads a PGM whose maxval is neither 255 nor 65535 rescaled to 65535, and
-        # 16-bit PNG/TIFF as is: either way the full scale is 65535.
+        # 16-bit PNG/TIFF as stored: the values, not the container, give the depth.
         array = np.asarray(img).astype(np.int64)
         if array.min() < 0 or array.max() > 65535:
             raise ImageError(f"image {name} has values outside the 16-bit range")
-        return to_unit(array, 16), 16
+        depth = depth_of(int(array.max()) if array.size else 0)
+        return DecodedImage(to_unit(array, depth), depth, 16)
     raise ImageError(f"image {name} has mode {img.mode}; expected 8- or 16-bit grayscale")
 
 

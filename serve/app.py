@@ -203,7 +203,8 @@ class PatchScorer:
         self.in_flight += 1
         try:
             raw = await read_patches(request, reading(self.settings, self.model),
-                                     self.model.info["image_size"])
+                                     self.model.info["image_size"],
+                                     self.model.predictor.bit_depth)
             units = as_unit_patches(raw, tuple(self.model.info["image_size"]),
                                     self.model.predictor.bit_depth, pairs=self.model.info["pairs"])
             out, info = await self.score_all(units)
@@ -227,7 +228,8 @@ class PatchScorer:
         if len(model.predictor.class_names) > 2:
             raise BadRequest(422, "explanations are drawn for binary models only; this model "
                                   f"has {len(model.predictor.class_names)} classes")
-        raw = await read_patches(request, reading(self.settings, model), model.info["image_size"])
+        raw = await read_patches(request, reading(self.settings, model), model.info["image_size"],
+                                 model.predictor.bit_depth)
         if len(raw) != 1:
             raise BadRequest(422, f"/explain takes exactly one image, got {len(raw)}")
         if self.explaining.locked():

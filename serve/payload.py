@@ -4,8 +4,9 @@ Three shapes are accepted: JSON `{"images": [base64 PNG/PGM, ...]}`, MLflow-styl
 `{"inputs": nested array (N, rows, cols)}`, and multipart uploads of image files; a model
 of pairs (siamese) takes `{"pairs": [[baseline base64, abnormal base64], ...]}` or inputs
 shaped (N, 2, rows, cols).
-Images come back as [0, 1] intensities, each scaled by its own bit depth; `inputs` as the
-numbers sent. The body is bounded while it is read (chunked or not), and parsing and
+Everything comes back as [0, 1] intensities: images each scaled by its own bit depth (a
+16-bit one at least by the model's training depth), integer `inputs` by the bit depth the
+body states (`"bit_depth"` or `"dtype"`: refused without), float `inputs` as sent. The body is bounded while it is read (chunked or not), and parsing and
 decoding run in a worker thread, off the replica's event loop.
 """
 from __future__ import annotations
@@ -20,10 +21,12 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from mammo_core.errors import ImageError
-from mammo_core.images import decode_image
+from mammo_core.images import decode_image, to_unit
 from serve.settings import ServeSettings
 
 JSON_KEYS = ("images", "inputs", "pairs")
+DEPTH_KEYS = ("bit_depth", "dtype")  # how integer "inputs" say what their full scale is
+DTYPE_DEPTHS = {"uint8": 8, "uint16": 16}
 
 
 class BadRequest(Exception):
@@ -41,8 +44,11 @@ def check_size(n_bytes: int, settings: ServeSettings, so_far: bool = False) -> N
                               f"exceeds the limit of {settings.max_body_bytes} bytes")
 
 
-def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSettings) -> np.ndarray:
-    """Returns the patches of a JSON body: uint8/uint16 for images, numbers for inputs."""
+def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSettings,
+                      depth: int | None) -> np.ndarray:
+    """Returns the patches of a JSON body as [0, 1] intensities (images: each by its own
+    depth, 16-bit ones at least by the model's `depth`; inputs: floats as sent, integers by
+    the bit depth the body states)."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -53,37 +59,41 @@ def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSetting
         raise BadRequest(400, 'expected a JSON object with one of the keys "images" (base64 '
                               'PNG/PGM strings), "inputs" (nested array N x rows x cols) or '
                               '"pairs" ([baseline, abnormal] base64 pairs, siamese models)')
-    unknown = sorted(set(data) - set(JSON_KEYS))
+    unknown = sorted(set(data) - set(JSON_KEYS) - set(DEPTH_KEYS))
     if unknown:
-        raise BadRequest(400, f"unknown keys {unknown}; allowed: {list(JSON_KEYS)}")
+        raise BadRequest(400, f"unknown keys {unknown}; allowed: {list(JSON_KEYS)}, and with "
+                              f"\"inputs\" one of {list(DEPTH_KEYS)}")
     key = next(k for k in JSON_KEYS if k in data)
     items = data[key]
     if not isinstance(items, list) or not items:
         raise BadRequest(400, f'"{key}" must be a non-empty list')
     check_count(len(items), settings)
     if key == "images":
-        return np.stack([decode_base64(item, i, size, settings) for i, item in enumerate(items)])
+        return np.stack([decode_base64(item, i, size, settings, depth)
+                         for i, item in enumerate(items)])
     if key == "pairs":
-        return np.stack([decode_pair(item, i, size, settings) for i, item in enumerate(items)])
-    return numeric_array(items)
+        return np.stack([decode_pair(item, i, size, settings, depth)
+                         for i, item in enumerate(items)])
+    return inputs_as_units(numeric_array(items), data)
 
 
-def decode_pair(item, index: int, size: tuple[int, int], settings: ServeSettings) -> np.ndarray:
+def decode_pair(item, index: int, size: tuple[int, int], settings: ServeSettings,
+                depth: int | None) -> np.ndarray:
     """Returns one [baseline, abnormal] pair of base64 images as a (2, rows, cols) array."""
     if not isinstance(item, list) or len(item) != 2:
         raise BadRequest(400, f"pairs[{index}] must be a list of two base64 images "
                               "[baseline, abnormal]")
-    return np.stack([decode_base64(image, f"{index}][{k}", size, settings)
+    return np.stack([decode_base64(image, f"{index}][{k}", size, settings, depth)
                      for k, image in enumerate(item)])
 
 
 def patches_from_files(files: list[tuple[str, bytes]], size: tuple[int, int],
-                       settings: ServeSettings) -> np.ndarray:
+                       settings: ServeSettings, depth: int | None) -> np.ndarray:
     """Returns the patches of uploaded image files."""
     if not files:
         raise BadRequest(400, "the multipart request holds no files")
     check_count(len(files), settings)
-    return np.stack([decode(data, name, size, settings) for name, data in files])
+    return np.stack([decode(data, name, size, settings, depth) for name, data in files])
 
 
 def check_count(n: int, settings: ServeSettings) -> None:
@@ -92,23 +102,48 @@ def check_count(n: int, settings: ServeSettings) -> None:
                               f"{settings.max_images_per_request}")
 
 
-def decode_base64(item, index: int, size: tuple[int, int], settings: ServeSettings) -> np.ndarray:
+def decode_base64(item, index: int, size: tuple[int, int], settings: ServeSettings,
+                  depth: int | None) -> np.ndarray:
     if not isinstance(item, str):
         raise BadRequest(400, f"images[{index}] must be a base64 string, got {type(item).__name__}")
     try:
         data = base64.b64decode(item, validate=True)
     except (binascii.Error, ValueError) as err:
         raise BadRequest(400, f"images[{index}] is not valid base64: {err}") from err
-    return decode(data, f"images[{index}]", size, settings)
+    return decode(data, f"images[{index}]", size, settings, depth)
 
 
-def decode(data: bytes, name: str, size: tuple[int, int], settings: ServeSettings) -> np.ndarray:
+def decode(data: bytes, name: str, size: tuple[int, int], settings: ServeSettings,
+           depth: int | None) -> np.ndarray:
     try:
         return decode_image(data, size, name, resize=settings.wrong_size == "resize",
                             formats=settings.image_formats,
-                            max_pixels=settings.max_image_pixels)
+                            max_pixels=settings.max_image_pixels, depth=depth)
     except ImageError as err:
         raise BadRequest(422 if err.wrong_size else 400, str(err)) from err
+
+
+def inputs_as_units(array: np.ndarray, data: dict) -> np.ndarray:
+    """Returns "inputs" as [0, 1] float32: floats as sent; integers divided by the full
+    scale of the bit depth the body states ("bit_depth": 8..16, or "dtype": "uint8" /
+    "uint16"), since a model's own training depth says nothing about the client's data."""
+    stated = {k: data[k] for k in DEPTH_KEYS if k in data}
+    if len(stated) > 1:
+        raise BadRequest(422, f'state the pixels\' depth once: "bit_depth" or "dtype", got {stated}')
+    if not np.issubdtype(array.dtype, np.integer):
+        return array
+    if not stated:
+        raise BadRequest(422, 'integer "inputs" must say their bit depth: add "bit_depth" (8, '
+                              '10, 12, 14 or 16) or "dtype" ("uint8" or "uint16"), or send '
+                              'floats in [0, 1]')
+    depth = stated.get("bit_depth", DTYPE_DEPTHS.get(stated.get("dtype")))
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 16:
+        raise BadRequest(422, f'"bit_depth" must be an integer 1..16 or "dtype" one of '
+                              f'{list(DTYPE_DEPTHS)}, got {stated}')
+    try:
+        return to_unit(array, depth)
+    except ImageError as err:
+        raise BadRequest(422, f'"inputs": {err}') from err
 
 
 def numeric_array(items: list) -> np.ndarray:
@@ -127,7 +162,8 @@ def numeric_array(items: list) -> np.ndarray:
     return array
 
 
-async def read_patches(request: Request, settings: ServeSettings, size: list[int]) -> np.ndarray:
+async def read_patches(request: Request, settings: ServeSettings, size: list[int],
+                       depth: int | None = None) -> np.ndarray:
     """Returns the request's patches; raises BadRequest (4xx) naming what is wrong.
 
     The body is read within `max_body_bytes` (413 as soon as it is exceeded); JSON parsing
@@ -137,8 +173,8 @@ async def read_patches(request: Request, settings: ServeSettings, size: list[int
     size = tuple(size)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         files = await form_files(request, body, settings)
-        return await asyncio.to_thread(guarded, patches_from_files, files, size, settings)
-    return await asyncio.to_thread(guarded, patches_from_json, body, size, settings)
+        return await asyncio.to_thread(guarded, patches_from_files, files, size, settings, depth)
+    return await asyncio.to_thread(guarded, patches_from_json, body, size, settings, depth)
 
 
 async def read_body(request: Request, settings: ServeSettings) -> bytes:

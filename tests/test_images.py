@@ -135,7 +135,9 @@ def test_as_unit_scales_integers_by_their_own_range():
     assert to_unit(np.array([[4095]], np.uint16), 12).max() == 1.0
     assert as_unit(np.array([[[255]]], np.uint8)).max() == 1.0
     assert as_unit(np.array([[[65535]]], np.uint16)).max() == 1.0
-    assert as_unit(np.array([[[255]]], np.uint16)).max() == pytest.approx(255 / 65535)
+    # a 16-bit container: the depth its values need, or the model's if deeper
+    assert as_unit(np.array([[[255]]], np.uint16)).max() == 1.0
+    assert as_unit(np.array([[[255]]], np.uint16), bit_depth=16).max() == pytest.approx(255 / 65535)
     assert as_unit(np.array([[[0.5]]], np.float64)).dtype == np.float32
 
 
@@ -146,3 +148,58 @@ def test_as_unit_scales_integers_by_their_own_range():
 def test_as_unit_rejects(bad, depth, message):
     with pytest.raises(ImageError, match=message):
         as_unit(bad, bit_depth=depth)
+
+
+def twelve_bit_patch() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.integers(200, 3800, size=(60, 60)).astype(np.uint16)
+
+
+def pgm(array: np.ndarray, maxval: int) -> bytes:
+    """A binary PGM with the given maxval (16-bit samples, big-endian, as the format says)."""
+    return f"P5\n{array.shape[1]} {array.shape[0]}\n{maxval}\n".encode() + \
+        array.astype(">u2").tobytes()
+
+
+def container(array: np.ndarray, fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format=fmt)
+    return out.getvalue()
+
+
+def test_12_bit_content_reads_the_same_from_png_tiff_and_pgm():
+    """Before, a 16-bit PNG or TIFF of 12-bit content was divided by 65535 (<= 0.0625)
+    while the same pixels as a PGM with maxval 4095 came out at full scale."""
+    patch = twelve_bit_patch()
+    decoded = {name: decode(data, name, (60, 60)) for name, data in {
+        "png": container(patch, "PNG"), "tiff": container(patch, "TIFF"),
+        "pgm": pgm(patch, 4095)}.items()}
+    for name, image in decoded.items():
+        np.testing.assert_allclose(image.pixels, patch / 4095, atol=2e-4, err_msg=name)
+    assert decoded["png"].bit_depth == decoded["tiff"].bit_depth == 12
+
+
+def test_a_16_bit_container_reads_at_the_depth_its_values_need_or_the_models():
+    for largest, depth in ((255, 8), (1000, 10), (4095, 12), (9000, 14), (40000, 16)):
+        array = np.full((4, 4), largest, np.uint16)
+        image = decode(container(array, "PNG"), "x", None)
+        assert (image.bit_depth, image.container_depth) == (depth, 16)
+        assert image.pixels.max() == pytest.approx(largest / (2 ** depth - 1))
+    dark = np.full((4, 4), 900, np.uint16)  # a dark patch of a 12-bit model's data
+    assert decode(container(dark, "PNG"), "x", None, depth=12).pixels.max() == \
+        pytest.approx(900 / 4095)
+
+
+def test_a_collection_of_16_bit_files_is_read_at_one_depth(tmp_path):
+    """A dark 12-bit patch beside brighter ones is not brightened by its own depth."""
+    from mammo_core.config import DataConfig
+    from mammo_core.data import load_dataset
+
+    bright = twelve_bit_patch()
+    dark = (bright // 8).astype(np.uint16)  # values < 512: a 10-bit patch on its own
+    for label, array in (("0", bright), ("1", dark)):
+        (tmp_path / label).mkdir()
+        Image.fromarray(array).save(tmp_path / label / f"{label}.png")
+    dataset = load_dataset(tmp_path, DataConfig(filename_pattern=None))
+    assert dataset.bit_depths.tolist() == [12, 12]
+    np.testing.assert_allclose(dataset.images[1], dark / 4095, atol=1e-6)

@@ -35,22 +35,37 @@ def body(payload) -> bytes:
 
 
 def test_base64_images_inputs_and_files_give_the_same_pixels():
-    from_images = patches_from_json(body({"images": [b64(png(PATCH))] * 2}), SIZE, SETTINGS)
-    from_inputs = patches_from_json(body({"inputs": [PATCH.tolist()] * 2}), SIZE, SETTINGS)
-    from_files = patches_from_files([("a.png", png(PATCH))] * 2, SIZE, SETTINGS)
-    for array in (from_images, from_files):  # images: intensities, scaled by their own depth
+    from_images = patches_from_json(body({"images": [b64(png(PATCH))] * 2}), SIZE, SETTINGS, 8)
+    from_inputs = patches_from_json(body({"inputs": [PATCH.tolist()] * 2, "bit_depth": 8}),
+                                    SIZE, SETTINGS, 16)  # the body's depth, not the model's
+    from_files = patches_from_files([("a.png", png(PATCH))] * 2, SIZE, SETTINGS, 8)
+    for array in (from_images, from_files, from_inputs):  # intensities, each by its depth
         np.testing.assert_allclose(array, np.stack([PATCH, PATCH]) / 255, atol=1e-7)
-    np.testing.assert_array_equal(from_inputs, np.stack([PATCH, PATCH]))  # numbers as sent
     assert from_images.dtype == np.float32
+
+
+def test_integer_inputs_must_state_their_depth_and_floats_pass_as_sent():
+    """An 8-bit client of a model trained with one 16-bit file was read at 1/257."""
+    twelve = (PATCH.astype(np.int64) * 16).tolist()  # 12-bit values
+    for stated in ({"bit_depth": 12}, {"dtype": "uint16"}):
+        units = patches_from_json(body({"inputs": [twelve], **stated}), SIZE, SETTINGS, 16)
+        top = 4095 if "bit_depth" in stated else 65535
+        np.testing.assert_allclose(units[0], PATCH.astype(np.int64) * 16 / top, atol=1e-6)
+    with pytest.raises(BadRequest, match="must say their bit depth") as refused:
+        patches_from_json(body({"inputs": [twelve]}), SIZE, SETTINGS, 16)
+    assert refused.value.status == 422
+    floats = (PATCH / 255).tolist()
+    np.testing.assert_allclose(patches_from_json(body({"inputs": [floats]}), SIZE, SETTINGS,
+                                                 16)[0], PATCH / 255, atol=1e-7)
 
 
 def test_resize_setting_resamples_instead_of_refusing():
     big = np.zeros((120, 120), np.uint8)
     with pytest.raises(BadRequest) as refused:
-        patches_from_json(body({"images": [b64(png(big))]}), SIZE, SETTINGS)
+        patches_from_json(body({"images": [b64(png(big))]}), SIZE, SETTINGS, 8)
     assert refused.value.status == 422 and "expects 60x60" in refused.value.message
     resized = patches_from_json(body({"images": [b64(png(big))]}), SIZE,
-                                ServeSettings(wrong_size="resize"))
+                                ServeSettings(wrong_size="resize"), 8)
     assert resized.shape == (1, 60, 60) and resized.dtype == np.float32
 
 
@@ -72,42 +87,42 @@ def test_resize_setting_resamples_instead_of_refusing():
 ])
 def test_bad_bodies_get_a_status_and_a_message(raw, status, message):
     with pytest.raises(BadRequest) as caught:
-        patches_from_json(raw, SIZE, SETTINGS)
+        patches_from_json(raw, SIZE, SETTINGS, 8)
     assert caught.value.status == status
     assert message in caught.value.message
 
 
 def test_empty_multipart_and_unknown_settings_are_refused():
     with pytest.raises(BadRequest, match="no files"):
-        patches_from_files([], SIZE, SETTINGS)
+        patches_from_files([], SIZE, SETTINGS, 8)
     with pytest.raises(ValidationError, match="max_batch"):
         ServeSettings(max_batch=3)
 
 
 def test_an_8_bit_and_a_16_bit_copy_in_one_request_give_the_same_intensities():
     pair = [b64(png(PATCH)), b64(png(PATCH.astype(np.uint16) * 257))]
-    for patches in (patches_from_json(body({"images": pair}), SIZE, SETTINGS),
+    for patches in (patches_from_json(body({"images": pair}), SIZE, SETTINGS, 8),
                     patches_from_files([("a.png", png(PATCH)),
                                         ("b.png", png(PATCH.astype(np.uint16) * 257))],
-                                       SIZE, SETTINGS)):
+                                       SIZE, SETTINGS, 8)):
         np.testing.assert_allclose(patches[0], patches[1], atol=1e-7)
         assert patches[0].max() == pytest.approx(PATCH.max() / 255)
 
 
 def test_deep_json_and_forged_headers_are_4xx_not_crashes():
     with pytest.raises(BadRequest, match="nested too deeply") as deep:
-        patches_from_json(b"[" * 100_000 + b"]" * 100_000, SIZE, SETTINGS)
+        patches_from_json(b"[" * 100_000 + b"]" * 100_000, SIZE, SETTINGS, 8)
     assert deep.value.status == 400
     forged = bytearray(png(np.zeros((60, 60), np.uint8)))
     forged[16:24] = (100_000).to_bytes(4, "big") * 2  # IHDR width, height; CRC now wrong
     with pytest.raises(BadRequest) as caught:
-        patches_from_json(body({"images": [b64(bytes(forged))]}), SIZE, SETTINGS)
+        patches_from_json(body({"images": [b64(bytes(forged))]}), SIZE, SETTINGS, 8)
     assert caught.value.status in (400, 422) and "images[0]" in caught.value.message
 
 
 def test_pairs_of_base64_images_for_a_siamese_model():
     pair = [b64(png(PATCH)), b64(png(PATCH[::-1]))]
-    out = patches_from_json(body({"pairs": [pair, pair]}), SIZE, SETTINGS)
+    out = patches_from_json(body({"pairs": [pair, pair]}), SIZE, SETTINGS, 8)
     assert out.shape == (2, 2, *SIZE)
     np.testing.assert_allclose(out[0, 1], PATCH[::-1] / 255, atol=1e-7)
 
@@ -117,5 +132,5 @@ def test_pairs_of_base64_images_for_a_siamese_model():
     ([[b64(png(PATCH)), "@@"]], "images\\[0\\]\\[1\\] is not valid base64")])
 def test_malformed_pairs_are_named(pairs, message):
     with pytest.raises(BadRequest, match=message) as err:
-        patches_from_json(body({"pairs": pairs}), SIZE, SETTINGS)
+        patches_from_json(body({"pairs": pairs}), SIZE, SETTINGS, 8)
     assert 400 <= err.value.status < 500

@@ -88,7 +88,8 @@ def test_http_predictions_equal_pyfunc_predictions_in_every_input_format(service
     expected = mlflow.pyfunc.load_model(f"models:/{NAME}/{champion.version}").predict(patches)
     images = [base64.b64encode(f.read_bytes()).decode() for f in files]
     answers = [request(f"{url}/predict", json.dumps({"images": images}).encode()),
-               request(f"{url}/predict", json.dumps({"inputs": patches.tolist()}).encode()),
+               request(f"{url}/predict", json.dumps({"inputs": patches.tolist(),
+                                                             "bit_depth": 8}).encode()),
                request(f"{url}/predict", *multipart(files))]
     for status, body in answers:
         assert status == 200, body
@@ -117,12 +118,15 @@ def bad_bodies(files: list[Path]) -> list[tuple[bytes, str, int, str]]:
         (json.dumps({"images": [b64], "model": "x"}).encode(), "application/json", 400, "unknown keys"),
         (json.dumps({"images": [base64.b64encode(b"text").decode()]}).encode(), "application/json", 400, "not a PNG"),
         (json.dumps({"images": [base64.b64encode(png[:80]).decode()]}).encode(), "application/json", 400, "cannot read image"),
-        (json.dumps({"inputs": [np.zeros((40, 40), int).tolist()]}).encode(), "application/json", 422, "expected patches shaped"),
+        (json.dumps({"inputs": [np.zeros((40, 40), int).tolist()], "dtype": "uint8"}).encode(), "application/json", 422, "expected patches shaped"),
+        (json.dumps({"inputs": [zeros]}).encode(), "application/json", 422, "must say their bit depth"),
+        (json.dumps({"inputs": [zeros], "bit_depth": 40}).encode(), "application/json", 422, "integer 1..16"),
+        (json.dumps({"inputs": [np.full((60, 60), 300).tolist()], "bit_depth": 8}).encode(), "application/json", 422, "[0, 255] (8-bit)"),
         (json.dumps({"inputs": [[["x"] * 60] * 60]}).encode(), "application/json", 422, "numbers only"),
         (json.dumps({"inputs": [zeros]}).replace("0", "NaN", 1).encode(), "application/json", 422, "NaN"),
         (json.dumps({"inputs": [np.full((60, 60), 2.5).tolist()]}).encode(), "application/json", 422, "[0, 1]"),
         (json.dumps({"images": []}).encode(), "application/json", 400, "non-empty list"),
-        (json.dumps({"inputs": [zeros] * 9}).encode(), "application/json", 413, "limit is 8"),
+        (json.dumps({"inputs": [zeros] * 9, "bit_depth": 8}).encode(), "application/json", 413, "limit is 8"),
         (json.dumps({"images": ["A" * 300_000]}).encode(), "application/json", 413, "exceeds the limit"),
     ]
 
@@ -173,11 +177,11 @@ def test_explain_returns_a_heatmap_and_an_overlay_for_both_methods(service, file
 def test_explain_refuses_bad_requests_with_the_reason(service, files):
     url, _ = service
     one = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()
-    two = json.dumps({"inputs": [np.zeros((60, 60), int).tolist()] * 2}).encode()
+    two = json.dumps({"inputs": [np.zeros((60, 60), int).tolist()] * 2, "bit_depth": 8}).encode()
     for path, data, status, message in [
             ("/explain?method=lime", one, 422, "method must be"),
             ("/explain", two, 422, "exactly one image"),
-            ("/explain?method=shap&expert=9", one, 422, "expert must lie in 0..4"),
+            ("/explain?method=shap&expert=9", one, 422, "expert must lie in 0..1"),
             ("/explain?expert=x", one, 422, "expert"),
             ("/explain", b"{not json", 400, "not valid JSON")]:
         got, body = request(url + path, data)

@@ -58,7 +58,8 @@ def explain_files(config: str, source: Path, output: Path, methods: tuple[str, .
     predictor = load_ensemble(uri)
     experiment = as_trained(experiment, predictor, uri)
     # all files first: a bad file stops here, before any run starts
-    raw = read_images(files, experiment.data.image_size, experiment.data.resizes)
+    raw = read_images(files, experiment.data.image_size, experiment.data.resizes,
+                      predictor.bit_depth)
     if len(predictor.class_names) > 2:
         raise UsageError(f"{uri} has {len(predictor.class_names)} classes; explanations are "
                          "drawn for binary models only")

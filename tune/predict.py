@@ -43,11 +43,13 @@ def predict_files(config: str, source: Path, output: str, model_uri: str) -> Non
     files = image_files(source)
     uri = model_uri or default_model_uri(experiment)
     model = load_pyfunc(uri)
-    experiment = as_trained(experiment, ensemble_inside(model), uri)
+    predictor = ensemble_inside(model)
+    experiment = as_trained(experiment, predictor, uri)
     if experiment.data.pairs:
         raise UsageError("this study scores (baseline, abnormal) pairs, not single files: use "
                          "the pyfunc with arrays (N, 2, rows, cols) or REST {\"pairs\": [...]}")
-    images = read_images(files, experiment.data.image_size, experiment.data.resizes)
+    images = read_images(files, experiment.data.image_size, experiment.data.resizes,
+                         predictor.bit_depth if predictor else None)
     with tracked_run(experiment.tracking.experiment_name, f"predict-{source.name}",
                      tags={"mammo.entry_point": "predict", "mammo.kind": "predict",
                            "mammo.model_uri": uri}):
@@ -63,13 +65,15 @@ def predict_files(config: str, source: Path, output: str, model_uri: str) -> Non
           + ", ".join(f"{n} labelled {label}" for label, n in counts.items()) + f"; wrote {output}")
 
 
-def read_images(files: list[Path], size: tuple[int, int], resize: bool = False) -> np.ndarray:
+def read_images(files: list[Path], size: tuple[int, int], resize: bool = False,
+                depth: int | None = None) -> np.ndarray:
     """Returns the files as float32 (N, rows, columns) in [0, 1]; each image is scaled by
-    its own bit depth before stacking, so 8- and 16-bit files can share a folder.
+    its own bit depth before stacking, so 8- and 16-bit files can share a folder; 16-bit
+    files at least by `depth` (the model's training depth: images.decode).
 
     With `resize` (the study resamples its images), files of another size are resampled.
     """
-    return np.stack([read_image(f, size, resize=resize) for f in files])
+    return np.stack([read_image(f, size, resize=resize, depth=depth) for f in files])
 
 
 def image_files(path: Path) -> list[Path]:

@@ -16,7 +16,7 @@ import numpy as np
 
 from mammo_core.dataset import Dataset, assemble
 from mammo_core.errors import DataError
-from mammo_core.images import resample, to_unit
+from mammo_core.images import depth_of, full_scale, resample, to_unit
 
 if TYPE_CHECKING:  # annotations only (the config looks up this module's labels)
     from mammo_core.config import DataConfig
@@ -59,9 +59,12 @@ def load_cbis_arrays(root: Path, config: DataConfig) -> Dataset:
     unreadable arrays, mismatched lengths, an odd count, or a pair that is not
     (baseline, abnormal).
     """
+    files = sorted(array_files(root, config).items())
+    arrays = {partition: _patch_array(images_file) for partition, (images_file, _) in files}
+    depth = _collection_depth(arrays.values())
     parts = []
-    for partition, (images_file, labels_file) in sorted(array_files(root, config).items()):
-        images, depth = _unit_images(images_file, config)
+    for partition, (images_file, labels_file) in files:
+        images, depth = _unit_images(arrays[partition], images_file, config, depth)
         labels = _labels(labels_file, len(images))
         _check_pairs(labels, labels_file)
         if config.pairs:  # row k: patches 2k (baseline) and 2k + 1 (abnormal)
@@ -94,16 +97,34 @@ def _load(path: Path) -> np.ndarray:
         raise DataError(f"cannot read NumPy array {path}: {err}") from err
 
 
-def _unit_images(path: Path, config: DataConfig) -> tuple[np.ndarray, int]:
-    """Returns the file's patches as [0, 1] float32 (N, rows, columns) and their bit depth."""
+def _patch_array(path: Path) -> np.ndarray:
+    """Returns the file's patches as stored, (N, rows, columns); raises DataError naming it."""
     array = _load(path)
     if array.ndim == 4 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim != 3:
         raise DataError(f"{path}: expected patches shaped (N, rows, columns) or "
                         f"(N, rows, columns, 1), got {array.shape}")
+    return array
+
+
+def _collection_depth(arrays) -> int:
+    """Returns the depth the collection's integer patches are read at: 8 for uint8 files,
+    else the depth their largest value needs (12-bit scans in 16-bit arrays: 12), one for
+    every file, so that no partition is brightened by its own smaller depth."""
+    integers = [a for a in arrays if np.issubdtype(a.dtype, np.integer) and a.size]
+    if integers and all(a.dtype == np.uint8 for a in integers):
+        return 8
+    largest = max((int(a.max()) for a in integers), default=0)
+    return depth_of(largest) if 0 <= largest <= full_scale(16) else 16
+
+
+def _unit_images(array: np.ndarray, path: Path, config: DataConfig,
+                 depth: int) -> tuple[np.ndarray, int]:
+    """Returns the patches as [0, 1] float32 (N, rows, columns) and the depth they were
+    read at (`depth` for integers; floats in [0, 1] are taken as they are)."""
     if np.issubdtype(array.dtype, np.integer):
-        depth = 8 if array.dtype == np.uint8 else 16
+        depth = 8 if array.dtype == np.uint8 else depth
         try:
             units = to_unit(array, depth)
         except DataError as err:

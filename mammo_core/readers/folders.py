@@ -14,7 +14,7 @@ import numpy as np
 
 from mammo_core.dataset import Dataset, assemble
 from mammo_core.errors import DataError, FileNameError
-from mammo_core.images import read
+from mammo_core.images import common_depth, read
 
 if TYPE_CHECKING:  # annotations only
     from mammo_core.config import DataConfig
@@ -35,7 +35,9 @@ def load_class_folders(root: Path, config: DataConfig) -> Dataset:
     labels = np.array([label for _, label, _ in entries], dtype=np.int64)
     names = [path.name for path, _, _ in entries]
     cases, rois = _group_keys(names, entries, config.filename_pattern)  # before decoding
-    decoded = [read(path, config.image_size, resize=config.resize) for path, _, _ in entries]
+    # one scale for the collection's 16-bit files: the depth their deepest values need
+    decoded = common_depth([read(path, config.image_size, resize=config.resize)
+                            for path, _, _ in entries])
     return assemble(images=np.stack([d.pixels for d in decoded]),  # each scaled by its depth
                     bit_depths=np.array([d.bit_depth for d in decoded]), labels=labels,
                     paths=tuple(str(path) for path, _, _ in entries), cases=cases, rois=rois,
