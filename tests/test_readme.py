@@ -48,7 +48,6 @@ SUBSTITUTIONS = (
     ("experiments/microcal_quick.yaml", SMOKE),
     ("experiments/wavelet_baselines.yaml", "experiments/wavelet_baselines_quick.yaml"),
     ("--experiment-name mammo-microcal", f"--experiment-name mammo-microcal -P config={SMOKE}"),
-    ("-P resume=true", f"-P resume=true -P config={SMOKE}"),
     ("-e baselines -P search_run=none", "-e baselines -P search_run=none "
                                         "-P config=experiments/wavelet_baselines_quick.yaml"),
     # `curl -s` exits 0 on an HTTP error too: -f makes an error answer fail the command.
@@ -282,11 +281,10 @@ def interrupted_search(shell: Shell) -> None:
 
 # Commands that continue an unfinished search: what must come before them, and what they
 # must print once they ran.
-PREPARE = {"--resume true": (interrupted_search, "already finished, reused"),
-           "-P resume=true": (interrupted_search, "already finished, reused")}
+PREPARE = {"--resume true": (interrupted_search, "already finished, reused")}
 
 
-@pytest.mark.timeout(2400)  # ~35 commands, eight of them searches on the smoke config
+@pytest.mark.timeout(2400)  # ~30 commands, six of them searches on the smoke config
 def test_every_readme_command_runs_as_written(workspace):
     project, env = workspace
     places = eval(env.pop("__places__"))  # noqa: S307 — our own repr of a dict of paths
