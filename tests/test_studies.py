@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
@@ -45,30 +46,43 @@ def collections(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, collections) -> Path:
-    """One store holding every study's quick pipeline run."""
+def stores(tmp_path_factory, collections) -> dict[str, Path]:
+    """Every study's quick pipeline run, each in a store of its own: two at a time (much of
+    a short pipeline is process start-up and waiting, which two runs overlap)."""
     folder = tmp_path_factory.mktemp("studies")
-    for study, collection in STUDIES.items():
+
+    def pipeline(study: str) -> Path:
+        store = folder / study
+        store.mkdir()
         result = subprocess.run(
             ["mlflow", "run", ".", "--env-manager", "local",
              "-P", f"config=experiments/{study}_quick.yaml",
-             "-P", f"data_dir={collections[collection]}"],
-            cwd=ROOT, env=search_env(folder), capture_output=True, text=True, timeout=900)
+             "-P", f"data_dir={collections[STUDIES[study]]}"],
+            cwd=ROOT, env=search_env(store), capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, (study, (result.stdout + result.stderr)[-3000:])
         assert f"{study} v1 @champion" in result.stdout, study
-    return folder
+        return store
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(STUDIES, pool.map(pipeline, STUDIES)))
 
 
-def test_each_study_registers_a_model_under_its_task_name(store):
-    runs = runs_of(store)
+def every_run(stores: dict[str, Path]) -> list:
+    return [run for store in stores.values() for run in runs_of(store)]
+
+
+def test_each_study_registers_a_model_under_its_task_name(stores):
+    runs = every_run(stores)
     assert runs and all(r.info.status == "FINISHED" for r in runs)
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    client = mlflow.MlflowClient(uri, registry_uri=uri)  # not whatever an earlier test set
-    for study in STUDIES:
+    for study, store in stores.items():
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        client = mlflow.MlflowClient(uri, registry_uri=uri)  # not what an earlier test set
         assert str(client.get_model_version_by_alias(study, "champion").version) == "1"
-    searches = [r for r in runs if r.data.tags.get("mammo.kind") == "search"]
+    searches = [(store, r) for store in stores.values() for r in runs_of(store)
+                if r.data.tags.get("mammo.kind") == "search"]
     assert len(searches) == len(STUDIES)
-    for search in searches:  # the data exploration every study's search logs
+    for store, search in searches:  # the data exploration every study's search logs
+        client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
         figures = {a.path for a in client.list_artifacts(search.info.run_id, "figures")}
         assert {"figures/data_examples.png", "figures/data_histograms.png",
                 "figures/data_part_labels.png"} <= figures
@@ -79,8 +93,8 @@ def test_each_study_registers_a_model_under_its_task_name(store):
                           else "part,0,1")
 
 
-def test_class_balancing_is_logged_with_the_config(store):
-    searches = {r.data.tags["mlflow.runName"]: r for r in runs_of(store)
+def test_class_balancing_is_logged_with_the_config(stores):
+    searches = {r.data.tags["mlflow.runName"]: r for r in every_run(stores)
                 if r.data.tags.get("mammo.kind") == "search"}
     balance = {name: run.data.params.get("training.class_balance")
                for name, run in searches.items()}
@@ -88,14 +102,15 @@ def test_class_balancing_is_logged_with_the_config(store):
     assert balance["search-mias-roi-patches-quick"] == "oversample"
 
 
-def test_pyfunc_and_rest_answers_agree_for_every_study(store, collections):
+def test_pyfunc_and_rest_answers_agree_for_every_study(stores, collections):
     mp = pytest.MonkeyPatch()
-    use_store(store, mp)
     port = free_port()
     start_ray()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
         for study, collection in STUDIES.items():
+            store = stores[study]
+            use_store(store, mp)
             pixels, files = study_inputs(study, collections[collection])
             expected = mlflow.pyfunc.load_model(f"models:/{study}/1").predict(pixels)
             deploy(ServeSettings(model_uri=f"models:/{study}@champion", port=port,
@@ -133,7 +148,8 @@ def rest_probabilities(answer: dict) -> np.ndarray:
     return np.array([list(row["probabilities"].values()) for row in rows])
 
 
-def test_a_model_of_five_classes_answers_per_class(store, monkeypatch):
+def test_a_model_of_five_classes_answers_per_class(stores, monkeypatch):
+    store = stores["cbis_5class"]
     client = use_store(store, monkeypatch)
     card = client.get_model_version("cbis_5class", "1").description
     assert "| calcification malignant |" in card and "balanced_accuracy" in card
