@@ -132,6 +132,18 @@ def interrupt_group(server: subprocess.Popen, timeout: float = 90) -> None:
     server.wait()
 
 
+def stop_serving() -> None:
+    """Shuts Serve and then Ray down in this process, Ray even if Serve's shutdown fails:
+    a Ray left running here turns every later in-process Serve test into a proxy deployment."""
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
 def runs_of(store: Path) -> list:
     """Returns every run of every experiment in the store folder `store`."""
     client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")

@@ -12,8 +12,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import ray
-from conftest import free_port, runs_of, search_env, use_store
+from conftest import free_port, runs_of, search_env, stop_serving, use_store
 from PIL import Image
 from ray import serve
 
@@ -98,8 +97,7 @@ def test_the_registered_ensemble_is_served_and_explained_like_its_pyfunc(store, 
         explained = post(f"http://127.0.0.1:{port}/explain?method=gradcam", one.encode())
         assert np.array(explained["heatmap"]).shape == (60, 60)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_serving()
         mp.undo()
 
 

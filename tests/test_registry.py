@@ -128,8 +128,10 @@ def test_a_fresh_process_predicts_like_the_in_process_ensemble(client, store, pa
     version = client.get_model_version_by_alias(NAME, "champion")
     search_run = version.tags["mammo.search_run"]
     weights = json.loads(download_text(version.tags["mammo.register_run"], "ensemble.json"))
-    in_process = EnsemblePredictor(load_experts(search_run, 5), Ensemble.from_dict(weights),
-                                   search_config(search_run), bit_depth=8).predict(patches)
+    trained = search_config(search_run)
+    n_folds = trained.cross_validation.n_folds
+    in_process = EnsemblePredictor(load_experts(search_run, n_folds), Ensemble.from_dict(weights),
+                                   trained, bit_depth=8).predict(patches)
     np.save(tmp_path / "x.npy", patches)
     script = ("import sys, mlflow, numpy as np; m = mlflow.pyfunc.load_model(sys.argv[1]); "
               "m.predict(np.load(sys.argv[2])).to_csv(sys.argv[3], index=False)")
@@ -138,7 +140,7 @@ def test_a_fresh_process_predicts_like_the_in_process_ensemble(client, store, pa
     table = np.genfromtxt(tmp_path / "out.csv", delimiter=",", names=True)
     np.testing.assert_allclose(table["probability"], in_process["probability"], atol=1e-6)
     np.testing.assert_array_equal(table["label"], in_process["label"])
-    for k in range(5):
+    for k in range(n_folds):
         np.testing.assert_allclose(table[f"expert_{k}"], in_process["experts"][:, k], atol=1e-6)
 
 

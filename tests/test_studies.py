@@ -14,9 +14,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-import ray
 from collection_fixtures import write_cbis_arrays, write_cbis_folders, write_mias
-from conftest import runs_of, search_env, use_store
+from conftest import runs_of, search_env, stop_serving, use_store
 from PIL import Image
 from ray import serve
 from test_families_search import free_port, post
@@ -126,8 +125,7 @@ def test_pyfunc_and_rest_answers_agree_for_every_study(stores, collections):
                 explained = post(f"http://127.0.0.1:{port}/explain?method=gradcam", one)
                 assert np.array(explained["heatmap"]).shape == (48, 96)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_serving()
         mp.undo()
 
 
