@@ -26,6 +26,7 @@ from mammo_core import metrics
 from mammo_core.config import Experiment
 from mammo_core.dataset import Dataset
 from mammo_core.predictor import probabilities_of
+from mammo_core.sources import resolve_data_root
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
 from tune.explain import log_explanation_figures
 from tune.project import (PROJECT_ROOT, UsageError, as_trained, base_parser, default_model_uri,
@@ -58,6 +59,8 @@ def evaluate_model(experiment: Experiment, model_uri: str, data_dir: str = "",
                    parent_run_id: str | None = None) -> dict[str, float]:
     """Scores `model_uri` on the data set (or a search's hold-out); returns eval metrics."""
     model_uri = model_uri or default_model_uri(experiment)
+    if data_dir:  # a wrong folder is named before the model is loaded
+        resolve_data_root(experiment.data, PROJECT_ROOT, explicit=data_dir, download=False)
     model = load_pyfunc(model_uri)
     experiment = as_trained(experiment, ensemble_inside(model), model_uri)
     dataset, _ = load_data(experiment, data_dir, any_file_names=True)

@@ -33,6 +33,7 @@ from mammo_core.calibration import Calibration
 from mammo_core.config import Experiment
 from mammo_core.ensemble import Ensemble
 from mammo_core.predictor import EnsemblePredictor
+from mammo_core.sources import resolve_data_root
 from mammo_core.splits import leakage_groups
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store
 from tune.project import (PROJECT_ROOT, UsageError, as_trained, base_parser, default_model_uri,
@@ -73,6 +74,8 @@ def recalibrate(experiment: Experiment, data_dir: str, model_uri: str = "", site
         raise UsageError("recalibrate needs the new site's labelled images: pass -P data_dir=")
     uri = model_uri or default_model_uri(experiment)
     site = site_name(site or Path(data_dir).name)
+    # a wrong folder is named before the model is loaded
+    resolve_data_root(experiment.data, PROJECT_ROOT, explicit=data_dir, download=False)
     predictor = load_ensemble(uri)
     experiment = as_trained(experiment, predictor, uri)
     dataset, _ = load_data(experiment, data_dir, any_file_names=True)
