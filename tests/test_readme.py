@@ -74,7 +74,7 @@ WHOLE = {
 
 # Long-running servers: (README text, health address). Started in the background.
 SERVERS = (
-    ("-e serve --env-manager local -P model_uri=", "http://127.0.0.1:8000/healthz"),
+    ("-e serve --env-manager local -P model_uri=", "http://127.0.0.1:8001/healthz"),
     ("mlflow run . -e serve --env-manager local", "http://127.0.0.1:8000/healthz"),
     ("python -m serve.server", "http://127.0.0.1:8080/healthz"),
     ("serve run --address local serve/config.yaml", "http://127.0.0.1:8000/healthz"),

@@ -65,7 +65,8 @@ def test_an_operator_stop_releases_the_port_and_finishes_the_run(pipeline_store,
     try:
         health = wait_for_json(f"http://127.0.0.1:{port}/healthz", server)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/predict", json.dumps({"inputs": [[[0] * 60] * 60]}).encode(),
+            f"http://127.0.0.1:{port}/predict",
+            json.dumps({"inputs": [[[0] * 60] * 60], "bit_depth": 8}).encode(),
             {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=60) as response:  # the model answers
             assert json.loads(response.read())["predictions"][0]["label"] in (0, 1)
