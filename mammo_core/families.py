@@ -133,7 +133,8 @@ def mass_calc(variant: int) -> Callable[..., keras.Model]:
         optimizer = (keras.optimizers.RMSprop(keras.optimizers.schedules.InverseTimeDecay(
             rate, decay_steps=1, decay_rate=1e-6)) if spec.rmsprop
             else keras.optimizers.Adam(rate))
-        stack = config.augmentation if spec.augment else AugmentationConfig(flip=False, rotate90=False, contrast=0.0)
+        stack = (config.augmentation if spec.augment
+                 else AugmentationConfig(flip=False, rotate90=False, contrast=0.0))
         return _assemble(f"mass_calc_m{variant}", inputs, x, stack, seed, optimizer, n_classes)
     return build
 

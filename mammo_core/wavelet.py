@@ -24,7 +24,8 @@ def wavelet_features(images: np.ndarray, config: WaveletFeaturesConfig) -> np.nd
     """
     if images.ndim != 3:
         raise ValueError(f"expected a batch shaped (N, H, W), got {images.shape}")
-    parts = [band.reshape(len(images), -1) for band in _kept_bands(as_unit(np.asarray(images)), config)]
+    units = as_unit(np.asarray(images))
+    parts = [band.reshape(len(images), -1) for band in _kept_bands(units, config)]
     features = np.concatenate(parts, axis=1).astype(np.float32)
     return np.abs(features) if config.magnitude else features
 

@@ -6,8 +6,9 @@ of pairs (siamese) takes `{"pairs": [[baseline base64, abnormal base64], ...]}` 
 shaped (N, 2, rows, cols).
 Everything comes back as [0, 1] intensities: images each scaled by its own bit depth (a
 16-bit one at least by the model's training depth), integer `inputs` by the bit depth the
-body states (`"bit_depth"` or `"dtype"`: refused without), float `inputs` as sent. The body is bounded while it is read (chunked or not), and parsing and
-decoding run in a worker thread, off the replica's event loop.
+body states (`"bit_depth"` or `"dtype"`: refused without), float `inputs` as sent. The
+body is bounded while it is read (chunked or not), and parsing and decoding run in a
+worker thread, off the replica's event loop.
 """
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def inputs_as_units(array: np.ndarray, data: dict) -> np.ndarray:
     "uint16"), since a model's own training depth says nothing about the client's data."""
     stated = {k: data[k] for k in DEPTH_KEYS if k in data}
     if len(stated) > 1:
-        raise BadRequest(422, f'state the pixels\' depth once: "bit_depth" or "dtype", got {stated}')
+        raise BadRequest(422, f'state the pixels\' depth once: "bit_depth" or "dtype", '
+                              f'got {stated}')
     if not np.issubdtype(array.dtype, np.integer):
         return array
     if not stated:

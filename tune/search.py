@@ -82,6 +82,7 @@ def run_search(args, child_of: str | None = None) -> tuple[Experiment, str, str]
     print(f"tracking: {use_tracking_store(PROJECT_ROOT)}")
     dataset, summary = load_data(experiment, args.data_dir)
     parent_id = resumable_search(experiment, dataset) if args.resume == "true" else None
+    plan = None  # a resumed search reads the plan it logged
     if not parent_id:  # a data-size problem stops the search before any run or training
         plan = make_fold_plan(dataset, experiment.split, experiment.cross_validation)
         check_plan(plan, dataset.labels, experiment.registry.cross_fit_folds,
@@ -98,21 +99,23 @@ def run_search(args, child_of: str | None = None) -> tuple[Experiment, str, str]
                          system_metrics=True) as parent:
             fixed = best_configs(args.reuse_configs_from) if args.reuse_configs_from else None
             summary_line = search(experiment, config_path, dataset, summary, parent.info.run_id,
-                                  Path(args.storage), fixed, resumed=bool(parent_id))
+                                  Path(args.storage), fixed, plan)
     finally:
         ray.shutdown()
     return experiment, parent.info.run_id, summary_line
 
 
 def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary: dict,
-           parent_id: str, storage: Path, fixed: dict[int, dict] | None, resumed: bool) -> str:
-    """Runs (or resumes) every fold in the active parent run; returns a one-line summary."""
+           parent_id: str, storage: Path, fixed: dict[int, dict] | None,
+           plan: FoldPlan | None) -> str:
+    """Runs every fold of the checked `plan` in the active parent run, or resumes the
+    search the parent run is (plan None: the one it logged); returns a one-line summary."""
+    resumed = plan is None
     if resumed:
         plan = load_fold_plan(parent_id, dataset)
     else:
         log_experiment_config(experiment, config_path)
         log_data(dataset, summary)
-        plan = make_fold_plan(dataset, experiment.split, experiment.cross_validation)
         mlflow.log_text(plan.to_json(dataset.paths), PLAN_ARTIFACT)
         mlflow.log_params({"fold_plan.holdout_images": len(plan.holdout),
                            "mode": "reuse" if fixed else "search"})
