@@ -3,10 +3,11 @@
     python benchmarks/serve_bench.py                       # champion of the benchmark store
     python benchmarks/serve_bench.py --store mlflow.db --seconds 20
 
-Same registered model, same single-image requests (`{"inputs": [60x60 ints]}`), measured
-in one run on one machine: (a) the Ray Serve app (serve/), with direct ingress (the
-default: the replica answers HTTP itself) and through Serve's HTTP proxy, (b) `mlflow models serve
---env-manager local`, at concurrency 1, 8 and 32 (closed loop: each client sends its next
+Same registered model, same single-image request (`{"inputs": [60x60 ints]}` to MLflow's
+`/invocations` on both servers; `/predict` gets it with `"bit_depth": 8`), measured in one
+run on one machine: (a) the Ray Serve app (serve/), with direct ingress (the default: the
+replica answers HTTP itself) and through Serve's HTTP proxy, on `/invocations` and
+`/predict`, (b) `mlflow models serve --env-manager local`, at concurrency 1, 8 and 32 (closed loop: each client sends its next
 request when the last one is answered), and (c) in-process batched pyfunc prediction, the
 ceiling with no HTTP at all. The load generator runs on the same 2 cores, as a client on
 the same host would.
@@ -87,26 +88,31 @@ def wait_ready(port: int, path: str, body: bytes, timeout: float = 300) -> None:
     raise TimeoutError(f"nothing answered on port {port}")
 
 
-def bench_ray_serve(args, ingress: str, body: bytes, multi: bytes) -> tuple[list, list, list, dict]:
-    """Returns (single-image levels, /healthz levels, 32-image levels, batch histograms)."""
+def bench_ray_serve(args, ingress: str, bodies: dict[str, bytes],
+                    multi: bytes) -> tuple[dict, list, list, dict]:
+    """Returns ({path: single-image levels}, /healthz levels, 32-image /predict levels,
+    batch histograms)."""
     settings = ServeSettings(tracking_uri=args.tracking_uri, port=args.port, ingress=ingress,
                              num_replicas=args.replicas, tf_threads=args.tf_threads,
                              batch_wait_timeout_s=args.batch_wait, max_batch_size=args.max_batch)
     print(start_serving(settings), flush=True)
     try:
         deploy(settings)
-        wait_ready(args.port, "/predict", body)
-        load(args.port, "/predict", body, 8, 3)  # warm-up
+        for path, body in bodies.items():
+            wait_ready(args.port, path, body)
+            load(args.port, path, body, 8, 3)  # warm-up
         handle = serve.get_app_handle(APP_NAME)
         handle.batch_histogram.remote(reset=True).result()
-        scoring, histograms = [], {}
-        for c in CONCURRENCY:
-            scoring.append(load(args.port, "/predict", body, c, args.seconds))
-            histograms[f"1 image, c={c}"] = handle.batch_histogram.remote(reset=True).result()
+        scoring, histograms = {path: [] for path in bodies}, {}
+        for path, body in bodies.items():
+            for c in CONCURRENCY:
+                scoring[path].append(load(args.port, path, body, c, args.seconds))
+                histograms[f"{path}, 1 image, c={c}"] = handle.batch_histogram.remote(
+                    reset=True).result()
         many = []
         for c in MULTI_CONCURRENCY:
             many.append(load(args.port, "/predict", multi, c, args.seconds))
-            histograms[f"{MULTI} images, c={c}"] = handle.batch_histogram.remote(
+            histograms[f"/predict, {MULTI} images, c={c}"] = handle.batch_histogram.remote(
                 reset=True).result()
         # The same path without the model: what HTTP alone costs here.
         floor = [load(args.port, "/healthz", None, c, args.seconds) for c in CONCURRENCY]
@@ -168,19 +174,24 @@ def main() -> None:
     # the stored 8-bit integers, as a client holding the PNG's pixels would send them
     patch = quantize(read_image(sorted((ROOT.parent / "shared/data/microcal/1").glob("*.png"))[0],
                                 (60, 60)), 8)
+    # MLflow's protocol reads integers at the model's training depth; /predict wants it said
     body = json.dumps({"inputs": [patch.tolist()]}).encode()
-    multi = json.dumps({"inputs": [patch.tolist()] * MULTI}).encode()
+    bodies = {"/invocations": body,
+              "/predict": json.dumps({"inputs": [patch.tolist()], "bit_depth": 8}).encode()}
+    multi = json.dumps({"inputs": [patch.tolist()] * MULTI, "bit_depth": 8}).encode()
     print(f"model {uri}; {args.seconds:.0f} s per level; {vars(args)}")
     rows, multis, histograms = {}, {}, {}
     for ingress in args.ingress:
-        scoring, floor, many, counts = bench_ray_serve(args, ingress, body, multi)
-        rows[f"Ray Serve, {ingress} ingress ({args.replicas} replica, {args.tf_threads} TF "
-             f"thread, wait {args.batch_wait * 1000:g} ms)"] = scoring
+        scoring, floor, many, counts = bench_ray_serve(args, ingress, bodies, multi)
+        for path, levels in scoring.items():
+            rows[f"Ray Serve, {ingress} ingress, POST {path} ({args.replicas} replica, "
+                 f"{args.tf_threads} TF thread, wait {args.batch_wait * 1000:g} ms)"] = levels
         rows[f"Ray Serve, {ingress} ingress, GET /healthz (no model: HTTP path only)"] = floor
         multis[ingress] = many
         histograms.update({f"{ingress}, {level}": c for level, c in counts.items()})
     for workers in args.mlflow_workers:
-        rows[f"mlflow models serve ({workers} worker{'s' if workers > 1 else ''})"] = \
+        rows[f"mlflow models serve, POST /invocations ({workers} worker"
+             f"{'s' if workers > 1 else ''})"] = \
             bench_mlflow_serve(args, uri, body, workers)
     ceiling = bench_in_process(uri, patch, args.seconds)
     print("\n| server | " + " | ".join(f"c={c}: req/s, p50, p99 (ms)" for c in CONCURRENCY)

@@ -19,6 +19,8 @@ import yaml
 import mammo_core.hypermodel  # noqa: F401  (registers the custom layers the experts use)
 from mammo_core.config import Experiment, experiment_from_dict
 from mammo_core.ensemble import Ensemble
+from mammo_core.images import decode_image
+from mammo_core.inputs import Decoder, raw_patches
 from mammo_core.patches import as_unit_patches
 from mammo_core.preprocessing import preprocess
 
@@ -43,6 +45,22 @@ class EnsemblePredictor:
         units = as_unit_patches(raw, self.experiment.data.image_size, self.bit_depth,
                                 pairs=self.experiment.data.pairs)
         return preprocess(units, self.experiment.preprocessing)
+
+    def patches_of(self, model_input, decode: Decoder | None = None) -> np.ndarray:
+        """Returns any input MLflow's scoring protocol hands over (an array, a table of
+        pixel or image columns, named arrays: `mammo_core.inputs`) as one raw array.
+
+        `decode` reads image bytes; by default at the study's size (resampled if the study
+        resamples) and 16-bit containers at least at the training depth.
+        """
+        data = self.experiment.data
+        shape = (2, *data.image_size) if data.pairs else tuple(data.image_size)
+        return raw_patches(model_input, shape, decode or self.decode)
+
+    def decode(self, data: bytes, name: str) -> np.ndarray:
+        """Returns one encoded image as [0, 1] pixels the way the study read its files."""
+        return decode_image(data, tuple(self.experiment.data.image_size), name,
+                            resize=self.experiment.data.resizes, depth=self.bit_depth)
 
     @property
     def class_names(self) -> list[str]:

@@ -16,10 +16,11 @@ import hashlib
 import json
 import logging
 
+import mlflow
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException
@@ -29,7 +30,8 @@ from mammo_core.metrics import side_by_side
 from mammo_core.patches import PatchError, as_unit_patches
 from mammo_core.training import limit_tensorflow_threads
 from serve.model import load_model
-from serve.payload import BadRequest, read_patches
+from serve import scoring
+from serve.payload import BadRequest, read_body, read_patches
 from serve.settings import ServeSettings
 
 logger = logging.getLogger("ray.serve")
@@ -212,6 +214,54 @@ class PatchScorer:
             self.in_flight -= 1
         return {"predictions": answers(out, self.model.predictor.class_names),
                 "model": {"name": info["name"], "version": info["version"]}}
+
+    @api.post("/invocations")
+    async def invocations(self, request: Request) -> Response:
+        """MLflow's scoring protocol (`mlflow models serve`'s route and answer): JSON with
+        one of inputs / instances / dataframe_split / dataframe_records, CSV or Parquet;
+        answers {"predictions": [one pyfunc row per image]}, errors as MLflow's
+        {"error_code", "message"}. Same batching and limits as /predict."""
+        model = self.model
+        self.in_flight += 1
+        try:
+            raw = await self.invocation_patches(request, model)
+            units = as_unit_patches(raw, tuple(model.info["image_size"]),
+                                    model.predictor.bit_depth, pairs=model.info["pairs"])
+            out, _ = await self.score_all(units)
+        except (BadRequest, PatchError) as err:
+            return scoring.refusal(err)
+        finally:
+            self.in_flight -= 1
+        return scoring.predictions_response(model.predictor.frame(out))
+
+    async def invocation_patches(self, request: Request, model) -> np.ndarray:
+        """Returns an /invocations body's raw patches, read the way the pyfunc reads them."""
+        settings = reading(self.settings, model)
+        body = await read_body(request, settings)
+        decode = scoring.decoder(settings, tuple(model.info["image_size"]),
+                                 model.predictor.bit_depth)
+
+        def parse() -> np.ndarray:
+            parsed = scoring.model_input(body, request.headers.get("content-type"), settings)
+            try:
+                return scoring.patches(parsed, model.info, decode)
+            except PatchError:
+                raise
+            except Exception as err:  # noqa: BLE001 — any failure here is the body's fault
+                raise BadRequest(400, f"malformed input: {type(err).__name__}: {err}") from err
+        return await asyncio.to_thread(parse)
+
+    @api.get("/ping")
+    @api.get("/health")
+    async def ping(self) -> Response:
+        """MLflow's health check: 200 once the model is loaded."""
+        return Response("\n", status_code=200 if self.model else 404,
+                        media_type="application/json")
+
+    @api.get("/version")
+    async def version(self) -> Response:
+        """The MLflow version, as `mlflow models serve` answers it."""
+        return Response(mlflow.__version__, media_type="application/json")
 
     @api.post("/explain")
     async def explain_patch(self, request: Request, method: str = "gradcam",

@@ -34,7 +34,9 @@ def load_model(model_uri: str, store: str = "") -> LoadedModel:
                 weights=[float(w) for w in predictor.ensemble.weights],
                 input={"shape": "(N, rows, cols) per request, N <= max_images_per_request",
                        "formats": ["JSON images: base64 PNG/PGM", "JSON inputs: nested array",
-                                   "multipart image files"],
+                                   "multipart image files",
+                                   "POST /invocations: MLflow's inputs, instances, "
+                                   "dataframe_split, dataframe_records, CSV, Parquet"],
                        "image_pixels": "each image file scaled by its own bit depth",
                        "integer_pixels": f"{predictor.bit_depth}-bit",
                        "float_pixels": "[0, 1]"},

@@ -10,6 +10,10 @@ import base64
 import http.client
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -20,8 +24,10 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import SMOKE, free_port, use_store
+from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 from PIL import Image
 
 from mammo_core.config import load_experiment
@@ -99,6 +105,154 @@ def test_http_predictions_equal_pyfunc_predictions_in_every_input_format(service
         assert [p["label"] for p in body["predictions"]] == expected["label"].tolist()
         assert len(body["predictions"][0]["experts"]) == 2
     assert [r["label"] for r in score_files(files, url)] == expected["label"].tolist()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(pipeline_store):
+    """Yields the base URL of `mlflow models serve` on the champion's version, or skips (with
+    its last output) where it cannot start on this machine."""
+    port = free_port()
+    uri = f"sqlite:///{pipeline_store / 'mlflow.db'}"
+    version = mlflow.MlflowClient(uri).get_model_version_by_alias(NAME, "champion").version
+    log = pipeline_store.parent / f"mlflow-models-serve-{port}.log"
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri,
+               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    with open(log, "wb") as out:
+        server = subprocess.Popen(["mlflow", "models", "serve", "-m", f"models:/{NAME}/{version}",
+                                   "-h", "127.0.0.1", "-p", str(port), "-w", "1",
+                                   "--env-manager", "local"], env=env, stdout=out,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        try:
+            ScoringServerClient("127.0.0.1", port).wait_server_ready(180, server)
+        except RuntimeError as err:
+            pytest.skip(f"`mlflow models serve` did not start here: {err}; its log ends: "
+                        f"{log.read_text(errors='replace')[-600:]}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+def stored_patches(files: list[Path]) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(f)) for f in files])  # the stored uint8 pixels
+
+
+def champion_frame(patches: np.ndarray) -> pd.DataFrame:
+    champion = mlflow.MlflowClient().get_model_version_by_alias(NAME, "champion")
+    return mlflow.pyfunc.load_model(f"models:/{NAME}/{champion.version}").predict(patches)
+
+
+def invocation_bodies(files: list[Path]) -> dict[str, tuple[bytes, str]]:
+    """Returns {form: (body, content type)}: the same patches in every form MLflow's
+    scoring protocol documents, as `mlflow models serve` clients send them (two patches,
+    one of each class: floats as JSON text stay under the service's body limit)."""
+    patches = stored_patches(files)
+    flat = pd.DataFrame(patches.reshape(len(patches), -1))
+    b64 = [base64.b64encode(f.read_bytes()).decode() for f in files]
+    forms = {
+        "inputs": {"inputs": patches.tolist()},
+        "inputs, floats in [0, 1]": {"inputs": (patches / 255).tolist()},
+        "inputs, named base64 images": {"inputs": {"image": b64}},
+        "instances": {"instances": patches.tolist()},
+        "dataframe_split, pixel columns": {"dataframe_split": json.loads(
+            flat.to_json(orient="split", index=False))},
+        "dataframe_split, a base64 column": {"dataframe_split": {
+            "columns": ["image"], "data": [[b] for b in b64]}},
+        "dataframe_records, base64": {"dataframe_records": [{"image": b} for b in b64]},
+        "dataframe_records, nested pixels": {"dataframe_records": [{"pixels": p.tolist()}
+                                                                   for p in patches]},
+    }
+    bodies = {form: (json.dumps(body).encode(), "application/json") for form, body in forms.items()}
+    bodies["csv, pixel columns"] = (flat.to_csv(index=False).encode(), "text/csv")
+    parquet = io.BytesIO()
+    pd.DataFrame({"image": b64}).to_parquet(parquet)
+    bodies["parquet, a base64 column"] = (parquet.getvalue(), "application/vnd.apache.parquet")
+    bodies["json with params and a charset"] = (json.dumps(
+        {"inputs": patches.tolist(), "params": {}}).encode(), "application/json; charset=utf-8")
+    return bodies
+
+
+def scored(url: str, body: bytes, content_type: str) -> pd.DataFrame:
+    status, answer = request(f"{url}/invocations", body, content_type)
+    assert status == 200, answer
+    return pd.DataFrame(answer["predictions"])
+
+
+def test_mlflows_own_client_drives_the_serve_app(service, files):
+    url, _ = service
+    client = ScoringServerClient("127.0.0.1", int(url.rsplit(":", 1)[1]))
+    client.wait_server_ready(timeout=30)
+    assert client.get_version() == mlflow.__version__
+    for path in ("/ping", "/health"):
+        with urllib.request.urlopen(f"{url}{path}", timeout=10) as response:
+            assert response.status == 200
+    patches = stored_patches(files)
+    expected = champion_frame(patches)
+    for data in (patches, pd.DataFrame(patches.reshape(len(patches), -1))):
+        got = client.invoke(data).get_predictions()
+        assert list(got.columns) == list(expected.columns)
+        np.testing.assert_allclose(got.to_numpy(float), expected.to_numpy(float), atol=1e-5)
+
+
+def test_every_body_form_of_mlflows_protocol_scores_like_the_pyfunc(service, files):
+    url, _ = service
+    expected = champion_frame(stored_patches(files[2:4]))
+    for form, (body, content_type) in invocation_bodies(files[2:4]).items():
+        got = scored(url, body, content_type)
+        assert list(got.columns) == list(expected.columns), form
+        np.testing.assert_allclose(got.to_numpy(float), expected.to_numpy(float), atol=1e-5,
+                                   err_msg=form)
+
+
+def test_mlflow_models_serve_answers_every_form_the_same(service, mlflow_server, files):
+    url, _ = service
+    for form, (body, content_type) in invocation_bodies(files[2:4]).items():
+        ours, theirs = scored(url, body, content_type), scored(mlflow_server, body, content_type)
+        assert list(ours.columns) == list(theirs.columns), form
+        np.testing.assert_allclose(ours.to_numpy(float), theirs.to_numpy(float), atol=1e-5,
+                                   err_msg=form)
+
+
+def malformed_invocations(files: list[Path]) -> list[tuple[bytes, str, int, str]]:
+    """Returns (body, content type, status, words of the message) of refused requests."""
+    zeros = np.zeros((60, 60), int).tolist()
+    def body(data) -> bytes:
+        return json.dumps(data).encode()
+    return [
+        (b"{not json", "application/json", 400, "not valid JSON"),
+        (body([zeros]), "application/json", 400, "exactly one of the keys"),
+        (body({"images": [zeros]}), "application/json", 400, "exactly one of the keys"),
+        (body({"inputs": [zeros], "instances": [zeros]}), "application/json", 400, "exactly one"),
+        (body({"inputs": [[1, 2]]}), "application/json", 400, "expected patches shaped"),
+        (body({"inputs": []}), "application/json", 400, "expected patches shaped"),
+        (body({"inputs": [np.full((60, 60), 300).tolist()]}), "application/json", 400, "8-bit"),
+        (body({"inputs": [np.full((60, 60), 2.5).tolist()]}), "application/json", 400, "[0, 1]"),
+        (body({"dataframe_split": {"columns": ["image"], "data": [["@@"]]}}), "application/json",
+         400, "not valid base64"),
+        (body({"dataframe_records": [{"a": "x", "b": "y"}]}), "application/json", 400,
+         "one column of images"),
+        (body({"dataframe_split": {"columns": ["0"], "data": [[1]]}}), "application/json", 400,
+         "3600 columns"),
+        (b"a,b\n1,2\n", "text/csv", 400, "3600 columns"),
+        (body({"inputs": [zeros]}), "text/plain", 415, "content type"),
+        (body({"dataframe_split": {"columns": ["0"], "data": [[1]]}}),
+         "application/json; format=pandas-split", 415, "unrecognized content type parameters"),
+        (body({"inputs": [zeros] * 9}), "application/json", 413, "limit is 8"),
+    ]
+
+
+def test_malformed_invocations_get_mlflows_error_shape_and_status(service, mlflow_server, files):
+    url, _ = service
+    for data, content_type, status, words in malformed_invocations(files):
+        got, answer = request(f"{url}/invocations", data, content_type)
+        assert (got, words in answer.get("message", "")) == (status, True), (words, answer)
+        assert answer["error_code"] in ("BAD_REQUEST", "INVALID_PARAMETER_VALUE",
+                                        "RESOURCE_LIMIT_EXCEEDED")
+        if status != 413:  # mlflow models serve has no image limit
+            assert request(f"{mlflow_server}/invocations", data, content_type)[0] == status, words
+    with urllib.request.urlopen(f"{url}/ping", timeout=10) as response:
+        assert response.status == 200
 
 
 def test_200_requests_from_16_concurrent_clients_all_succeed(service, files):
@@ -274,10 +428,10 @@ def test_a_few_hundred_malformed_bodies_never_get_a_5xx(service, files):
     url, _ = service
     deadline = time.monotonic() + 240
     for body, content_type in fuzz_bodies(files[0].read_bytes(), 300):
-        for path in ("/predict", "/explain"):
+        for path in ("/predict", "/explain", "/invocations"):
             status, answer = request(f"{url}{path}", body, content_type)
             assert 400 <= status < 500, (path, body[:80], status, answer)
-            assert "error" in answer, answer
+            assert ("message" if path == "/invocations" else "error") in answer, answer
         assert time.monotonic() < deadline, "the fuzz run is bounded in time"
     assert request(f"{url}/healthz")[0] == 200
     ok = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from collection_fixtures import write_cbis_arrays, write_cbis_folders, write_mias
 from conftest import runs_of, search_env, stop_serving, use_store
@@ -120,6 +121,7 @@ def test_pyfunc_and_rest_answers_agree_for_every_study(stores, collections):
             np.testing.assert_allclose(rest_probabilities(answer), probabilities_of(expected),
                                        atol=1e-5, err_msg=study)
             assert [p["label"] for p in answer["predictions"]] == expected["label"].tolist()
+            check_invocations(port, study, pixels)
             if study == "cbis_siamese_mass_vs_calc":  # a pair is explained side by side
                 one = json.dumps(request_body(files[:1])).encode()
                 explained = post(f"http://127.0.0.1:{port}/explain?method=gradcam", one)
@@ -127,6 +129,18 @@ def test_pyfunc_and_rest_answers_agree_for_every_study(stores, collections):
     finally:
         stop_serving()
         mp.undo()
+
+
+def check_invocations(port: int, study: str, pixels: np.ndarray) -> None:
+    """MLflow's scoring route answers the pyfunc's rows for what `mlflow models serve`
+    would hand it: the JSON array as parsed (integers as int64, read at the training depth)."""
+    sent = json.loads(json.dumps({"inputs": pixels.tolist()}))
+    expected = mlflow.pyfunc.load_model(f"models:/{study}/1").predict(np.asarray(sent["inputs"]))
+    answer = post(f"http://127.0.0.1:{port}/invocations", json.dumps(sent).encode())
+    got = pd.DataFrame(answer["predictions"])
+    assert list(got.columns) == list(expected.columns), study
+    np.testing.assert_allclose(got.to_numpy(float), expected.to_numpy(float), atol=1e-5,
+                               err_msg=study)
 
 
 def request_body(files: list) -> dict:
