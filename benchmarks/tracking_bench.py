@@ -85,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         data, port = folder / "team", free_port()
-        server = start(data, "127.0.0.1", port, auth=False)
+        server, _ = start(data, "127.0.0.1", port, auth=False)
         stores = {"SQLite file": f"sqlite:///{folder / 'mlflow.db'}",
                   "PostgreSQL + mlflow server (HTTP)": server}
         try:

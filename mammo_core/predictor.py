@@ -93,21 +93,25 @@ class EnsemblePredictor:
                 "experts": experts}
 
     def frame(self, out: dict[str, np.ndarray]) -> pd.DataFrame:
-        """Returns `predict`'s output as the pyfunc's table: probability, label, expert_k
-        (binary), or probability.<class>, label, expert_k.<class> (several classes)."""
-        if out["probability"].ndim == 1:
-            frame = pd.DataFrame({"probability": out["probability"], "label": out["label"]})
-            for k in range(out["experts"].shape[1]):
-                frame[f"expert_{k}"] = out["experts"][:, k]
-            return frame
-        names = self.class_names
-        frame = pd.DataFrame({f"probability.{n}": out["probability"][:, c]
-                              for c, n in enumerate(names)})
-        frame["label"] = out["label"]
-        for k in range(out["experts"].shape[1]):
-            for c, n in enumerate(names):
-                frame[f"expert_{k}.{n}"] = out["experts"][:, k, c]
-        return frame
+        """Returns `predict`'s output as the pyfunc's table (the columns of `columns`)."""
+        return pd.DataFrame(self.columns(out))
+
+    def columns(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Returns the pyfunc table's columns in order (`table_columns`)."""
+        return table_columns(out, self.class_names)
+
+
+def table_columns(out: dict[str, np.ndarray], class_names: list[str]) -> dict[str, np.ndarray]:
+    """Returns `predict`'s output as the pyfunc table's columns, in order: probability,
+    label, expert_k (binary), or probability.<class>, label, expert_k.<class>."""
+    experts = range(out["experts"].shape[1])
+    if out["probability"].ndim == 1:
+        return {"probability": out["probability"], "label": out["label"]} | {
+            f"expert_{k}": out["experts"][:, k] for k in experts}
+    return ({f"probability.{n}": out["probability"][:, c] for c, n in enumerate(class_names)}
+            | {"label": out["label"]}
+            | {f"expert_{k}.{n}": out["experts"][:, k, c]
+               for k in experts for c, n in enumerate(class_names)})
 
 
 def probabilities_of(frame: pd.DataFrame) -> np.ndarray:

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from mammo_core.explanations import explain, overlay_png
 from mammo_core.metrics import side_by_side
 from mammo_core.patches import PatchError, as_unit_patches
+from mammo_core.predictor import table_columns
 from mammo_core.training import limit_tensorflow_threads
 from serve.model import load_model
 from serve import scoring
@@ -164,9 +165,11 @@ class PatchScorer:
         return counts
 
     def status(self) -> dict:
-        """Returns the served name, version and the last reload error (for the server)."""
-        return {"name": self.model.info["name"], "version": self.model.info["version"],
-                "reload_error": self.reload_error}
+        """Returns the served name, version, its run and source, and the last reload error
+        (for the server's log)."""
+        return {key: self.model.info.get(key, "") for key in ("name", "version", "run_id",
+                                                              "source")} | {
+            "reload_error": self.reload_error}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02,
                  batch_size_fn=lambda batches: sum(len(b) for b in batches))
@@ -232,7 +235,8 @@ class PatchScorer:
             return scoring.refusal(err)
         finally:
             self.in_flight -= 1
-        return scoring.predictions_response(model.predictor.frame(out))
+        # the app's own code: a model registered earlier ships an older mammo_core
+        return scoring.predictions_response(table_columns(out, model.predictor.class_names))
 
     async def invocation_patches(self, request: Request, model) -> np.ndarray:
         """Returns an /invocations body's raw patches, read the way the pyfunc reads them."""

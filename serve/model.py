@@ -56,4 +56,5 @@ def card_facts(info: dict) -> dict:
         metrics = {k: v for k, v in client.get_run(register_run).data.metrics.items()
                    if k.startswith("holdout_")}
     return {"model_card": version.description, "metrics": metrics,
-            "search_run": version.tags.get("mammo.search_run", "")}
+            "search_run": version.tags.get("mammo.search_run", ""),
+            "run_id": version.run_id or "", "source": version.source or ""}

@@ -6,15 +6,14 @@
 
 Bodies are parsed by MLflow's own functions (`infer_and_parse_data`, the CSV and Parquet
 readers), so a request means here what it means to `mlflow models serve`; the parsed input
-then goes through the pyfunc's reading (`EnsemblePredictor.patches_of`) and the app's
-batched scoring, and the answer is MLflow's `{"predictions": [row, ...]}` (the pyfunc's
-table, one record per image). Errors take MLflow's shape `{"error_code", "message"}`.
+is then read as the pyfunc reads it (`mammo_core.inputs`) and scored by the app's batched
+method, and the answer is MLflow's `{"predictions": [row, ...]}` (the pyfunc's table, one
+record per image). Errors take MLflow's shape `{"error_code", "message"}`.
 """
 from __future__ import annotations
 
 import io
 import json
-from io import StringIO
 
 import numpy as np
 from mlflow.exceptions import MlflowException
@@ -29,6 +28,7 @@ from serve.settings import ServeSettings
 JSON, CSV, PARQUET = (scoring_server.CONTENT_TYPE_JSON, scoring_server.CONTENT_TYPE_CSV,
                       scoring_server.CONTENT_TYPE_PARQUET)
 FORMATS = sorted(scoring_server.SUPPORTED_FORMATS)
+TENSOR_KEYS = (scoring_server.INPUTS, scoring_server.INSTANCES)
 
 
 def error_response(status: int, message: str, code: str = "BAD_REQUEST") -> Response:
@@ -37,11 +37,13 @@ def error_response(status: int, message: str, code: str = "BAD_REQUEST") -> Resp
                     media_type="application/json")
 
 
-def predictions_response(frame) -> Response:
-    """Returns `{"predictions": [...]}` exactly as `mlflow models serve` writes a table."""
-    out = StringIO()
-    scoring_server.predictions_to_json(frame, out)
-    return Response(out.getvalue(), media_type="application/json")
+def predictions_response(columns: dict[str, np.ndarray]) -> Response:
+    """Returns `{"predictions": [{column: value}, ...]}`, what `mlflow models serve` writes
+    for the pyfunc's table (records), built without the table: 0.02 ms instead of 0.5 ms
+    a request on the event loop."""
+    names, values = list(columns), [columns[name].tolist() for name in columns]
+    rows = [dict(zip(names, row)) for row in zip(*values)]
+    return Response(json.dumps({"predictions": rows}), media_type="application/json")
 
 
 def model_input(body: bytes, content_type: str | None, settings: ServeSettings):
@@ -104,7 +106,14 @@ def parse_json(body: bytes):
     if unknown or len(set(data) & set(FORMATS)) != 1:
         raise BadRequest(400, f"expected a JSON object with exactly one of the keys {FORMATS} "
                               f"(and optionally \"params\"), got keys {sorted(data)}")
-    return scoring_server.infer_and_parse_data({k: v for k, v in data.items() if k != "params"})
+    key = next(k for k in FORMATS if k in data)
+    value = data[key]
+    if key in TENSOR_KEYS and isinstance(value, list) and not any(isinstance(v, dict)
+                                                                   for v in value):
+        # What MLflow makes of a list for a model without a schema (`convert_data_type`:
+        # np.array), without its deep copy of the body first: 0.5 ms a 60x60 patch.
+        return np.array(value)
+    return scoring_server.infer_and_parse_data({key: value})
 
 
 def patches(parsed, info: dict, decode: Decoder) -> np.ndarray:

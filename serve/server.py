@@ -271,6 +271,14 @@ def name_run(client: mlflow.MlflowClient, run_id: str, model_uri: str) -> None:
     client.set_tag(run_id, "mammo.kind", "serve")
 
 
+def loaded(model_uri: str) -> str:
+    """Returns what the replica loaded, for the log: the URI, the version it resolved to,
+    the version's run and source. An alias can move; `models:/name/N` pins one version."""
+    status = replica_status()
+    return (f"{model_uri} = version {status['version']} (run {status['run_id'] or '-'}, "
+            f"source {status['source'] or '-'})")
+
+
 def shutdown() -> None:
     """Stops Serve and Ray, releasing the port; a second signal meanwhile is ignored."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -304,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(start_serving(settings), flush=True)
                     stop_on_signals()  # again: connecting to Ray installs its own SIGTERM exit
                     deploy(settings)
-                    print(f"serving {settings.model_uri} on {address} (POST /predict, GET "
-                          f"/model, /healthz, /docs); Ctrl-C stops, kill -HUP reloads",
-                          flush=True)
+                    print(f"serving {loaded(settings.model_uri)} on {address} (POST /predict, "
+                          f"/invocations; GET /model, /healthz, /ping, /docs); Ctrl-C stops, "
+                          f"kill -HUP reloads", flush=True)
                     wait_for_stop(settings, reloads, parent)
                 finally:
                     shutdown()

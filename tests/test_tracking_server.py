@@ -3,8 +3,12 @@ proxied artifacts) on 127.0.0.1, used over HTTP by two users' pipelines at once,
 Serve app, surviving a restart, and receiving a SQLite store by `migrate`."""
 from __future__ import annotations
 
+import base64
+import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,10 +21,11 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def server(command: str, data: Path, port: int) -> subprocess.CompletedProcess:
+def server(command: str, data: Path, port: int, *extra: str) -> subprocess.CompletedProcess:
     """Runs `./dev.sh server <command>` for the server in `data` on `port`."""
-    return subprocess.run(["./dev.sh", "server", command, "--data", str(data), "--port", str(port)],
-                          cwd=ROOT, env=user_env(port), capture_output=True, text=True, timeout=300)
+    return subprocess.run(["./dev.sh", "server", command, "--data", str(data), "--port", str(port),
+                           *extra], cwd=ROOT, env=user_env(port), capture_output=True, text=True,
+                          timeout=300)
 
 
 def user_env(port: int, **extra: str) -> dict[str, str]:
@@ -165,5 +170,56 @@ def test_migrate_copies_a_sqlite_store_with_its_models_and_aliases(pipeline_stor
         loaded = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                                 text=True, timeout=300)
         assert loaded.returncode == 0 and loaded.stdout.strip().endswith("2"), loaded.stderr[-2000:]
+    finally:
+        server("stop", data, port)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.1", "::", "team-server.example"])
+def test_a_network_host_without_auth_is_refused_before_anything_starts(tmp_path, host):
+    refused = server("start", tmp_path / "team", free_port(), "--host", host)
+    assert refused.returncode == 2 and "add --auth" in refused.stderr, refused.stderr
+    assert not (tmp_path / "team").exists()
+
+
+def status_as(url: str, user: str | None = None, password: str = "") -> int:
+    """Returns the HTTP status of an experiments search, with basic credentials if given."""
+    request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1")
+    if user:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_auth_creates_a_random_admin_password_once_and_refuses_everyone_else(tmp_path):
+    data, port = tmp_path / "team", free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = server("start", data, port, "--auth")
+    try:
+        assert started.returncode == 0, (started.stdout + started.stderr)[-2000:]
+        secret = data / "auth" / "admin_password"
+        password = secret.read_text().strip()
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(password) >= 24
+        assert f"shown once): {password}" in started.stdout
+        assert status_as(url) == 401
+        assert status_as(url, "admin", "password1234") == 401  # MLflow's old default
+        assert status_as(url, "admin", password) == 200
+        # a client authenticates with MLflow's environment variables
+        env = user_env(port, MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password)
+        made = subprocess.run([sys.executable, "-c", "import mlflow; print(mlflow."
+                               "MlflowClient().create_experiment('authenticated'))"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert made.returncode == 0, made.stderr[-2000:]
+        anonymous = subprocess.run([sys.executable, "-c", "import mlflow; mlflow.MlflowClient()"
+                                    ".create_experiment('anonymous')"], env=user_env(port),
+                                   capture_output=True, text=True, timeout=120)
+        assert anonymous.returncode != 0 and "401" in anonymous.stderr[-3000:]
+        assert server("stop", data, port).returncode == 0
+        again = server("start", data, port, "--auth")  # the password is kept, not shown again
+        assert again.returncode == 0 and password not in again.stdout
+        assert status_as(url, "admin", password) == 200
     finally:
         server("stop", data, port)

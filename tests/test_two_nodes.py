@@ -72,8 +72,13 @@ class TwoHosts:
         address: the command a user runs on the head; returns once /health answers."""
         started = self.run(self.head, [sys.executable, "-m", "tune.tracking_server", "start",
                                        "--data", str(self.team), "--host", self.head_ip,
-                                       "--port", "5000"], env=self.env(), timeout=300)
+                                       "--port", "5000", "--auth"], env=self.env(), timeout=300)
         assert started.returncode == 0, (started.stdout + started.stderr)[-2000:]
+
+    def credentials(self) -> dict[str, str]:
+        """The environment of a client of the authenticated server (its generated admin)."""
+        password = (self.team / "auth" / "admin_password").read_text().strip()
+        return {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
 
     def stop_server(self) -> None:
         self.run(self.head, [sys.executable, "-m", "tune.tracking_server", "stop",
@@ -118,13 +123,15 @@ def test_quick_search_runs_trials_on_both_nodes_and_logs_to_the_server(tmp_path)
         search = hosts.run(hosts.head, [sys.executable, "-m", "tune.search", "--config", config],
                            env=hosts.env(RAY_ADDRESS=f"{hosts.head_ip}:6379",
                                          MLFLOW_TRACKING_URI=uri,
-                                         MAMMO_RAY_STORAGE=str(tmp_path / "ray_results")),
+                                         MAMMO_RAY_STORAGE=str(tmp_path / "ray_results"),
+                                         **hosts.credentials()),
                            timeout=900)
         assert search.returncode == 0, (search.stdout + search.stderr)[-3000:]
         assert f"joined cluster at {hosts.head_ip}:6379 (2 CPUs)" in search.stdout
 
         query = hosts.run(hosts.head, [sys.executable, "-c", QUERY],
-                          env=hosts.env(MLFLOW_TRACKING_URI=uri), timeout=120)
+                          env=hosts.env(MLFLOW_TRACKING_URI=uri, **hosts.credentials()),
+                          timeout=120)
         assert query.returncode == 0, query.stderr[-2000:]
         runs = json.loads(query.stdout.strip().splitlines()[-1])
         trials = [r for r in runs if r["kind"] == "trial"]

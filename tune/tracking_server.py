@@ -4,18 +4,25 @@
     ./dev.sh server stop                   # stop both; the data stay in .team/
     ./dev.sh server status
     ./dev.sh server migrate mlflow.db      # copy a SQLite store into the running server
-    ./dev.sh server start --host 0.0.0.0 --port 5000 --auth   # other hosts; MLflow basic auth
+    ./dev.sh server start --host 10.0.0.1 --port 5000 --auth  # other hosts: auth required
 
 PostgreSQL is the `pgserver` wheel (PostgreSQL 16 binaries from pip, so a fresh machine
 with only Python needs nothing else); its data directory is `.team/pgdata` and it listens
 on a Unix socket in that directory only, never on a TCP port. `mlflow server` is the one
 network endpoint: it writes runs to PostgreSQL and proxies artifacts into
 `.team/artifacts`, so clients on other hosts need no shared disk. Data survive restarts.
+
+A server reachable from other hosts runs MLflow's basic-auth app, or does not start: anyone
+who can register a version and move `@champion` chooses the code Serve runs. With `--auth`
+the first start creates a random admin password (`.team/auth/admin_password`, mode 0600,
+printed once); MLflow's default admin password is never used.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +33,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DATABASE = "mlflow"
+ADMIN = "admin"
 
 
 def backend_uri(pgdata: Path) -> str:
@@ -58,28 +66,71 @@ def health(url: str) -> bool:
         return False
 
 
-def start(data: Path, host: str, port: int, auth: bool) -> str:
+def loopback(host: str) -> bool:
+    """Returns whether `host` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it resolves to whatever the network says
+        return False
+
+
+def secret(path: Path) -> tuple[str, bool]:
+    """Returns (the secret stored in `path`, whether it was created now): a random one
+    written with mode 0600 the first time."""
+    if path.exists():
+        return path.read_text().strip(), False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(24)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(value + "\n")
+    return value, True
+
+
+def auth_environment(data: Path) -> tuple[dict[str, str], str | None]:
+    """Returns (the environment of MLflow's basic-auth app, the admin password if it was
+    created now, else None). Users and permissions live in `data`/auth/basic_auth.db."""
+    folder = data / "auth"
+    password, created = secret(folder / "admin_password")
+    flask_key, _ = secret(folder / "flask_secret_key")
+    config = folder / "basic_auth.ini"
+    config.write_text("[mlflow]\ndefault_permission = READ\n"
+                      f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+                      f"admin_username = {ADMIN}\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    config.chmod(0o600)
+    # the password goes to the server by environment, never into a file others may read
+    return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_key}, password if created else None
+
+
+def start(data: Path, host: str, port: int, auth: bool) -> tuple[str, str | None]:
     """Starts PostgreSQL and `mlflow server` (detached, pid in `data`/server.pid); returns
-    the server's URL once /health answers. Raises RuntimeError if it does not come up."""
+    (the server's URL once /health answers, the admin password if created by this start).
+    Raises RuntimeError if it does not come up."""
     url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     if server_pid(data) is not None and health(url):
-        return url
+        return url, None
     data.mkdir(parents=True, exist_ok=True)
     start_postgres(data / "pgdata")
+    env, password = auth_environment(data) if auth else ({}, None)
     command = [str(Path(sys.executable).parent / "mlflow"), "server",
                "--backend-store-uri", backend_uri(data / "pgdata"),
                "--artifacts-destination", str(data / "artifacts"),
                "--host", host, "--port", str(port)] + (["--app-name", "basic-auth"] if auth else [])
     with open(data / "server.log", "ab") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True, cwd=data)
+                                  start_new_session=True, cwd=data, env=os.environ | env)
     (data / "server.pid").write_text(str(server.pid))
     deadline = time.monotonic() + 180
     while not health(url):
         if server.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"mlflow server did not come up; see {data / 'server.log'}")
         time.sleep(1)
-    return url
+    return url, password
 
 
 def server_pid(data: Path) -> int | None:
@@ -118,13 +169,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 only on purpose")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--auth", action="store_true",
-                        help="MLflow's basic-auth app (users and permissions; see README)")
+                        help="MLflow's basic-auth app (users and permissions; docs/team.md); "
+                             "required for any --host other than loopback")
     args = parser.parse_args(argv)
     data, url = args.data.resolve(), f"http://127.0.0.1:{args.port}"
+    if args.command == "start" and not loopback(args.host) and not args.auth:
+        parser.error(f"--host {args.host} would let anyone on the network register models and "
+                     "move @champion, whose code Serve then runs: add --auth (MLflow's "
+                     "basic-auth app), or keep the default 127.0.0.1")
     if args.command == "start":
-        url = start(data, args.host, args.port, args.auth)
+        url, password = start(data, args.host, args.port, args.auth)
         print(f"tracking server on {url} (PostgreSQL in {data / 'pgdata'}, artifacts in "
               f"{data / 'artifacts'}); use it with: export MLFLOW_TRACKING_URI={url}")
+        if args.auth:
+            print(f"basic auth on: clients set MLFLOW_TRACKING_USERNAME and "
+                  f"MLFLOW_TRACKING_PASSWORD; the admin is {ADMIN!r}, password in "
+                  f"{data / 'auth' / 'admin_password'} (mode 0600)")
+        if password:
+            print(f"admin password (created now, shown once): {password}")
     elif args.command == "stop":
         stop(data)
         print(f"stopped the tracking server and PostgreSQL; data kept in {data}")
