@@ -4,9 +4,13 @@ Serve app, surviving a restart, and receiving a SQLite store by `migrate`."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -138,40 +142,85 @@ def test_the_data_survive_a_restart(team):
     assert before and after == before
 
 
-def test_migrate_copies_a_sqlite_store_with_its_models_and_aliases(pipeline_store, tmp_path):
+def migrate(store: Path, data: Path, port: int, **popen) -> subprocess.Popen:
+    return subprocess.Popen(["./dev.sh", "server", "migrate", str(store / "mlflow.db"), "--data",
+                             str(data), "--port", str(port)], cwd=ROOT, env=user_env(port),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **popen)
+
+
+def finished(process: subprocess.Popen, timeout: float = 600) -> str:
+    out, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, out[-3000:]
+    return out
+
+
+def copies_of(target: mlflow.MlflowClient) -> list:
+    return [r for r in target.search_runs([e.experiment_id for e in target.search_experiments()])
+            if "mammo.migrated_from" in r.data.tags]
+
+
+def interrupted_migration(store: Path, data: Path, port: int) -> None:
+    """Starts a migration and kills it (SIGKILL, no clean-up) once its first run is copied."""
+    target = client_of(f"http://127.0.0.1:{port}")
+    process = migrate(store, data, port)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and not copies_of(target) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, "the migration ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_migrate_resumes_runs_twice_and_the_migrated_champion_is_served(pipeline_store,
+                                                                        tmp_path):
     data, port = tmp_path / "team", free_port()
     assert server("start", data, port).returncode == 0
     try:
-        moved = subprocess.run(["./dev.sh", "server", "migrate", str(pipeline_store / "mlflow.db"),
-                                "--data", str(data), "--port", str(port)], cwd=ROOT,
-                               env=user_env(port), capture_output=True, text=True, timeout=600)
-        assert moved.returncode == 0, moved.stdout + moved.stderr
+        interrupted_migration(pipeline_store, data, port)
+        first = finished(migrate(pipeline_store, data, port))
+        again = finished(migrate(pipeline_store, data, port))
+        assert "migrated 0 runs and 0 model versions" in again, again
         source = client_of(f"sqlite:///{pipeline_store / 'mlflow.db'}")
         target = client_of(f"http://127.0.0.1:{port}")
         old = source.search_runs([e.experiment_id for e in source.search_experiments()])
-        new = target.search_runs([e.experiment_id for e in target.search_experiments()])
-        copies = [r for r in new if "mammo.migrated_from" in r.data.tags]
-        # a version whose run is not in the store gets a run of its own: not a copy
-        assert {r.info.run_name for r in new} - {r.info.run_name for r in copies} <= {
-            f"migrated-mammo-microcal-v{v.version}" for v in
-            source.search_model_versions("name = 'mammo-microcal'")}
-        assert sorted(r.info.run_name for r in copies) == sorted(r.info.run_name for r in old)
-        by_old = {r.data.tags["mammo.migrated_from"]: r for r in copies}
+        copies = copies_of(target)
+        assert sorted(r.data.tags["mammo.migrated_from"] for r in copies) == sorted(
+            r.info.run_id for r in old), first  # each run once, the interrupted one included
+        new_ids = {r.data.tags["mammo.migrated_from"]: r.info.run_id for r in copies}
         for run in old:
-            copy = by_old[run.info.run_id]
-            assert copy.data.params == run.data.params and copy.info.status == run.info.status
-            assert copy.data.metrics == run.data.metrics
+            copy = target.get_run(new_ids[run.info.run_id])
+            assert copy.info.status == run.info.status and copy.data.metrics == run.data.metrics
+            assert copy.data.params == {k: new_ids.get(v, v) for k, v in run.data.params.items()}
+            for key, value in run.data.tags.items():  # run ids point at the copies
+                if value in new_ids:
+                    assert copy.data.tags[key] == new_ids[value], key
+        versions = target.search_model_versions("name = 'mammo-microcal'")
+        assert len(versions) == len(source.search_model_versions("name = 'mammo-microcal'"))
         champion = target.get_model_version_by_alias("mammo-microcal", "champion")
         assert champion.description  # the model card travelled with the version
-        env = user_env(port)
-        probe = ("import mlflow, numpy as np; m = mlflow.pyfunc.load_model("
-                 "'models:/mammo-microcal@champion'); print(len(m.predict(np.zeros((2, 60, 60), "
-                 "np.uint8))))")
-        loaded = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                                text=True, timeout=300)
-        assert loaded.returncode == 0 and loaded.stdout.strip().endswith("2"), loaded.stderr[-2000:]
+        assert champion.tags["mammo.register_run"] in new_ids.values()
+        served(port, champion)
     finally:
         server("stop", data, port)
+
+
+def served(port: int, champion) -> None:
+    """Serves `@champion` from the server over HTTP and scores a patch with it."""
+    serve_port = free_port()
+    serving = subprocess.Popen([sys.executable, "-m", "serve.server", "--port", str(serve_port)],
+                               cwd=ROOT, env=user_env(port), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        model = wait_for_json(f"http://127.0.0.1:{serve_port}/model", serving)
+        assert model["version"] == str(champion.version) and model["metrics"], model
+        body = json.dumps({"inputs": [[[0.5] * 60] * 60]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{serve_port}/predict", body,
+                                         {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            assert len(json.loads(response.read())["predictions"]) == 1
+    finally:
+        interrupt_group(serving)
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "10.0.0.1", "::", "team-server.example"])
