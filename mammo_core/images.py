@@ -110,6 +110,16 @@ def decode_image(data: bytes, size: tuple[int, int], name: str, resize: bool = F
     return decode(data, name, size, resize=resize, **limits).pixels
 
 
+def header_pixels(data: bytes, formats: tuple[str, ...] = FORMATS) -> int:
+    """Returns how many pixels encoded image bytes declare in their header, without
+    decoding them; 0 for bytes that are not an image of `formats` (decoding says why)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=list(formats)) as img:
+            return img.width * img.height
+    except Exception:  # noqa: BLE001 — any failure: not an image, reported by `decode`
+        return 0
+
+
 def read(path: Path | str, size: tuple[int, int] | None, **options) -> DecodedImage:
     """Returns the decoded image file; raises ImageError naming it (also when unreadable)."""
     try:
@@ -186,7 +196,7 @@ def _check_header(img: Image.Image, name: str, size: tuple[int, int] | None, res
                          f"experiment expects {size[0]}x{size[1]}", wrong_size=True)
     if width * height > max_pixels:
         raise ImageError(f"image {name} is {height}x{width} = {width * height} pixels; at most "
-                         f"{max_pixels} are decoded", wrong_size=True)
+                         f"{max_pixels} are decoded per image", wrong_size=True)
 
 
 def _unit_pixels(img: Image.Image, name: str) -> DecodedImage:

@@ -15,6 +15,7 @@ import collections
 import hashlib
 import json
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import mlflow
 import numpy as np
@@ -117,7 +118,11 @@ class PatchScorer:
         self.model = None
         if self.settings.model_uri:  # `serve run` configs name it in args; bind_app in user_config
             self.model = load_model(self.settings.model_uri, self.settings.tracking_uri)
-        self.explaining = asyncio.Lock()
+        # Explanations run on a pool of their own, one at a time: SHAP can take seconds,
+        # and on asyncio's default pool (which parses and scores) it would starve scoring.
+        # The slot is the running future, held until the work really ends, 504 or not.
+        self.explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
+        self.explaining: Future | None = None
         self.batch_sizes = collections.Counter()
         self.in_flight = 0  # /predict requests between arrival and answer
 
@@ -249,7 +254,7 @@ class PatchScorer:
             parsed = scoring.model_input(body, request.headers.get("content-type"), settings)
             try:
                 return scoring.patches(parsed, model.info, decode)
-            except PatchError:
+            except (PatchError, BadRequest):
                 raise
             except Exception as err:  # noqa: BLE001 — any failure here is the body's fault
                 raise BadRequest(400, f"malformed input: {type(err).__name__}: {err}") from err
@@ -286,16 +291,19 @@ class PatchScorer:
                                  model.predictor.bit_depth)
         if len(raw) != 1:
             raise BadRequest(422, f"/explain takes exactly one image, got {len(raw)}")
-        if self.explaining.locked():
+        if self.explaining is not None and not self.explaining.done():
             return error(503, "an explanation is already running on this replica; retry later")
-        async with self.explaining:
-            try:
-                result = await asyncio.wait_for(asyncio.to_thread(
-                    explain, model.predictor, raw, method, expert), self.settings.explain_timeout_s)
-            except asyncio.TimeoutError:
-                return error(504, f"explanation took longer than {self.settings.explain_timeout_s} s")
-            except ValueError as err:  # no stored background, expert out of range
-                raise BadRequest(422, str(err)) from err
+        self.explaining = self.explainer.submit(explain, model.predictor, raw, method, expert)
+        try:
+            # shield: a timeout stops the wait, not the work, whose slot stays taken
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(
+                self.explaining)), self.settings.explain_timeout_s)
+        except asyncio.TimeoutError:
+            return error(504, f"explanation took longer than {self.settings.explain_timeout_s} s; "
+                              "it finishes in the background, and this replica takes no other "
+                              "explanation until then")
+        except ValueError as err:  # no stored background, expert out of range
+            raise BadRequest(422, str(err)) from err
         return explanation_body(result, raw, model, ensemble=expert is None)
 
     @api.get("/healthz")

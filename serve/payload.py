@@ -22,7 +22,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from mammo_core.errors import ImageError
-from mammo_core.images import decode_image, to_unit
+from mammo_core.images import decode_image, header_pixels, to_unit
 from serve.settings import ServeSettings
 
 JSON_KEYS = ("images", "inputs", "pairs")
@@ -39,10 +39,27 @@ class BadRequest(Exception):
         self.message = message
 
 
+class PixelBudget:
+    """The pixels one request's images may hold in all (`max_request_pixels`), taken from
+    each image's header before it is decoded."""
+
+    def __init__(self, settings: ServeSettings):
+        self.settings, self.total = settings, 0
+
+    def take(self, data: bytes, name: str) -> None:
+        """Counts the image's pixels; raises BadRequest (413) once the request is over."""
+        self.total += header_pixels(data, self.settings.image_formats)
+        if self.total > self.settings.max_request_pixels:
+            raise BadRequest(413, f"the request's images hold over {self.total} pixels by "
+                                  f"{name}; the limit is {self.settings.max_request_pixels} "
+                                  "pixels a request (max_request_pixels)")
+
+
 def check_size(n_bytes: int, settings: ServeSettings, so_far: bool = False) -> None:
     if n_bytes > settings.max_body_bytes:
         raise BadRequest(413, f"request body of {'over ' if so_far else ''}{n_bytes} bytes "
-                              f"exceeds the limit of {settings.max_body_bytes} bytes")
+                              f"exceeds the limit of {settings.max_body_bytes} bytes "
+                              "(max_body_bytes)")
 
 
 def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSettings,
@@ -69,22 +86,23 @@ def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSetting
     if not isinstance(items, list) or not items:
         raise BadRequest(400, f'"{key}" must be a non-empty list')
     check_count(len(items), settings)
+    budget = PixelBudget(settings)
     if key == "images":
-        return np.stack([decode_base64(item, i, size, settings, depth)
+        return np.stack([decode_base64(item, i, size, settings, depth, budget)
                          for i, item in enumerate(items)])
     if key == "pairs":
-        return np.stack([decode_pair(item, i, size, settings, depth)
+        return np.stack([decode_pair(item, i, size, settings, depth, budget)
                          for i, item in enumerate(items)])
     return inputs_as_units(numeric_array(items), data)
 
 
 def decode_pair(item, index: int, size: tuple[int, int], settings: ServeSettings,
-                depth: int | None) -> np.ndarray:
+                depth: int | None, budget: PixelBudget) -> np.ndarray:
     """Returns one [baseline, abnormal] pair of base64 images as a (2, rows, cols) array."""
     if not isinstance(item, list) or len(item) != 2:
         raise BadRequest(400, f"pairs[{index}] must be a list of two base64 images "
                               "[baseline, abnormal]")
-    return np.stack([decode_base64(image, f"{index}][{k}", size, settings, depth)
+    return np.stack([decode_base64(image, f"{index}][{k}", size, settings, depth, budget)
                      for k, image in enumerate(item)])
 
 
@@ -94,28 +112,30 @@ def patches_from_files(files: list[tuple[str, bytes]], size: tuple[int, int],
     if not files:
         raise BadRequest(400, "the multipart request holds no files")
     check_count(len(files), settings)
-    return np.stack([decode(data, name, size, settings, depth) for name, data in files])
+    budget = PixelBudget(settings)
+    return np.stack([decode(data, name, size, settings, depth, budget) for name, data in files])
 
 
 def check_count(n: int, settings: ServeSettings) -> None:
     if n > settings.max_images_per_request:
         raise BadRequest(413, f"{n} images in one request; the limit is "
-                              f"{settings.max_images_per_request}")
+                              f"{settings.max_images_per_request} (max_images_per_request)")
 
 
 def decode_base64(item, index: int, size: tuple[int, int], settings: ServeSettings,
-                  depth: int | None) -> np.ndarray:
+                  depth: int | None, budget: PixelBudget) -> np.ndarray:
     if not isinstance(item, str):
         raise BadRequest(400, f"images[{index}] must be a base64 string, got {type(item).__name__}")
     try:
         data = base64.b64decode(item, validate=True)
     except (binascii.Error, ValueError) as err:
         raise BadRequest(400, f"images[{index}] is not valid base64: {err}") from err
-    return decode(data, f"images[{index}]", size, settings, depth)
+    return decode(data, f"images[{index}]", size, settings, depth, budget)
 
 
 def decode(data: bytes, name: str, size: tuple[int, int], settings: ServeSettings,
-           depth: int | None) -> np.ndarray:
+           depth: int | None, budget: PixelBudget) -> np.ndarray:
+    budget.take(data, name)
     try:
         return decode_image(data, size, name, resize=settings.wrong_size == "resize",
                             formats=settings.image_formats,

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from mammo_core.images import decode_image
 from mammo_core.inputs import Decoder, raw_patches
-from serve.payload import BadRequest, check_count, guarded
+from serve.payload import BadRequest, PixelBudget, check_count, guarded
 from serve.settings import ServeSettings
 
 JSON, CSV, PARQUET = (scoring_server.CONTENT_TYPE_JSON, scoring_server.CONTENT_TYPE_CSV,
@@ -125,9 +125,13 @@ def patches(parsed, info: dict, decode: Decoder) -> np.ndarray:
 
 
 def decoder(settings: ServeSettings, size: tuple[int, int], depth: int) -> Decoder:
-    """Returns how the service reads image bytes in a table: the formats, pixel bound and
-    size rule of its settings, 16-bit containers at least at the training depth."""
+    """Returns how the service reads one request's image bytes in a table: the formats,
+    pixel bounds (per image and per request) and size rule of its settings, 16-bit
+    containers at least at the training depth."""
+    budget = PixelBudget(settings)
+
     def decode(data: bytes, name: str) -> np.ndarray:
+        budget.take(data, name)
         return decode_image(data, size, name, resize=settings.wrong_size == "resize",
                             formats=settings.image_formats,
                             max_pixels=settings.max_image_pixels, depth=depth)

@@ -37,6 +37,9 @@ class ServeSettings(BaseModel):
     image_formats: tuple[Literal["PNG", "PPM", "TIFF"], ...] = ("PNG", "PPM")
     # with wrong_size=resize: a header over this many pixels is refused before decoding
     max_image_pixels: int = Field(2048 * 2048, ge=1)
+    # all the images of one request together, counted from their headers before decoding
+    # (256 images of max_image_pixels would be over a billion pixels)
+    max_request_pixels: int = Field(2 ** 26, ge=1)
     # /explain: one explanation at a time per replica; past the deadline the client gets
     # 504 (the computation finishes in the background and is dropped).
     explain_timeout_s: float = Field(30.0, gt=0)

@@ -134,3 +134,23 @@ def test_malformed_pairs_are_named(pairs, message):
     with pytest.raises(BadRequest, match=message) as err:
         patches_from_json(body({"pairs": pairs}), SIZE, SETTINGS, 8)
     assert 400 <= err.value.status < 500
+
+
+def test_a_request_over_its_pixel_budget_is_refused_naming_the_limit():
+    """Each image is under `max_image_pixels`, together they are over `max_request_pixels`:
+    refused (413) from the headers, before the image that passes the budget is decoded."""
+    settings = ServeSettings(wrong_size="resize", max_image_pixels=200 * 200,
+                             max_request_pixels=3 * 150 * 150)
+    images = [b64(png(np.zeros((150, 150), np.uint8)))] * 4
+    assert patches_from_json(body({"images": images[:3]}), SIZE, settings, 8).shape == (3, 60, 60)
+    with pytest.raises(BadRequest) as refused:
+        patches_from_json(body({"images": images}), SIZE, settings, 8)
+    assert refused.value.status == 413 and "images[3]" in refused.value.message
+    assert "max_request_pixels" in refused.value.message
+    with pytest.raises(BadRequest) as one:
+        patches_from_json(body({"images": [b64(png(np.zeros((250, 250), np.uint8)))]}), SIZE,
+                          settings, 8)
+    assert one.value.status == 422 and "per image" in one.value.message
+    files = [(f"f{k}.png", png(np.zeros((150, 150), np.uint8))) for k in range(4)]
+    with pytest.raises(BadRequest, match="max_request_pixels"):
+        patches_from_files(files, SIZE, settings, 8)

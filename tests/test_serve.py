@@ -547,6 +547,26 @@ def test_explain_past_its_deadline_answers_504_and_the_service_stays_up(service,
     assert request(f"{url}/predict", body)[0] == 200
 
 
+def test_an_explanation_past_its_deadline_keeps_its_slot_while_scoring_goes_on(service, files):
+    """The SHAP work of a 504 goes on in the explanation pool: the replica takes no other
+    explanation until it ends (503), and scoring answers meanwhile."""
+    url, settings = service
+    body = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()
+    deploy(settings.model_copy(update={"explain_timeout_s": 0.001}), reload_token=4)
+    try:
+        assert request(f"{url}/explain?method=shap", body)[0] == 504
+        status, answer = request(f"{url}/explain?method=gradcam", body)
+        assert status == 503 and "already running" in answer["error"]
+        assert [request(f"{url}/predict", body)[0] for _ in range(10)] == [200] * 10
+        assert request(f"{url}/invocations", body.replace(b"images", b"inputs"))[0] == 200
+    finally:
+        deploy(settings)
+    deadline = time.monotonic() + 120
+    while request(f"{url}/explain?method=gradcam", body)[0] == 503:  # the slot comes back
+        assert time.monotonic() < deadline, "the explanation slot was never released"
+        time.sleep(0.5)
+
+
 def test_overload_is_answered_with_503_at_once_not_queued(service, files):
     url, settings = service
     deploy(settings.model_copy(update={"max_ongoing_requests": 1, "max_queued_requests": 1,
