@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import mlflow
 import ray
@@ -98,11 +98,30 @@ def start_serving(settings: ServeSettings) -> str:
         os.environ.update(direct_ingress_env(settings.port))
         # Serve starts its HTTP proxy all the same: on a free port, off the user's
         proxy_port = free_port(settings.host)
-    line = start_ray()
-    serve.start(http_options={"host": settings.host, "port": proxy_port})
+    with sheltered_from_group_stop():
+        line = start_ray()
+        serve.start(http_options={"host": settings.host, "port": proxy_port})
     how = ("direct ingress: the replica answers on the port itself" if ingress == "direct"
            else f"through Serve's HTTP proxy, {settings.num_replicas} replica(s)")
     return f"{line}; {how}"
+
+
+@contextmanager
+def sheltered_from_group_stop() -> Iterator[None]:
+    """Ray's processes started inside (its node, and through it Serve's controller, proxy
+    and replicas) block SIGTERM, as Ray already has them block SIGINT.
+
+    A service manager stops a unit with SIGTERM to every process of it at once. Ray's
+    processes would die with it, and the driver with them (exit 1 once its raylet is
+    gone), before this process could end its run and print its line (measured: the run
+    left RUNNING, nothing printed). Blocked there, the signal reaches this process alone,
+    which stops them in order; a signal that arrives meanwhile waits until the end.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 # Serve's direct-ingress server binds without SO_REUSEADDR, so after a server on the same
@@ -204,29 +223,39 @@ def wait_for_stop(settings: ServeSettings, reloads: list, parent: int | None) ->
 
 
 @contextmanager
-def project_run(settings: ServeSettings) -> Iterator[None]:
+def project_run(settings: ServeSettings) -> Iterator[Callable[[], None]]:
     """Under `mlflow run` (MLFLOW_RUN_ID set), keeps the project's run open while serving:
     named `serve-<model>-v<version>` first, FINISHED after an operator stop (FAILED if
-    serving failed). Standalone, a no-op."""
+    serving failed). Yields `operator_stop`, which ends the run FINISHED at once (call it
+    before a slow shutdown). Standalone, a no-op."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
-        yield
+        yield lambda: None
         return
     uri = settings.tracking_uri or tracking_uri(PROJECT_ROOT)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     name_run(client, run_id, settings.model_uri)
+    ended = []
+
+    def operator_stop() -> None:
+        if not ended:
+            client.set_terminated(run_id, "FINISHED")
+            if os.getppid() != 1:  # `mlflow run` still there (else it died with the group)
+                keep_finished_after(os.getppid(), run_id, uri)
+            ended.append(True)
+
     status = "FAILED"
     try:
-        yield
+        yield operator_stop
         status = "FINISHED"
     except OperatorStop:
-        status = "FINISHED"
-        keep_finished_after(os.getppid(), run_id, uri)
+        operator_stop()
         raise
     finally:
-        client.set_terminated(run_id, status)
+        if not ended:
+            client.set_terminated(run_id, status)
 
 
 # After Ctrl-C, `mlflow run` marks its run FAILED once this process has exited, whatever
@@ -307,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         address = f"http://{settings.host}:{settings.port}"
         try:
-            with project_run(settings):
+            with project_run(settings) as operator_stop:
                 try:
                     print(start_serving(settings), flush=True)
                     stop_on_signals()  # again: connecting to Ray installs its own SIGTERM exit
@@ -316,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"/invocations; GET /model, /healthz, /ping, /docs); Ctrl-C stops, "
                           f"kill -HUP reloads", flush=True)
                     wait_for_stop(settings, reloads, parent)
+                except OperatorStop:
+                    # the run ends first: a manager that kills what is left at the end of
+                    # its grace period must find it FINISHED, not RUNNING
+                    operator_stop()
+                    raise
                 finally:
                     shutdown()
         except OperatorStop as stop:
