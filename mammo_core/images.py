@@ -110,6 +110,16 @@ def decode_image(data: bytes, size: tuple[int, int], name: str, resize: bool = F
     return decode(data, name, size, resize=resize, **limits).pixels
 
 
+EXTENSION_FORMATS = {".png": "PNG", ".pgm": "PPM", ".ppm": "PPM", ".tif": "TIFF",
+                     ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def formats_of(extensions) -> tuple[str, ...]:
+    """Returns the Pillow formats of file extensions (".jpg" -> "JPEG"), in order."""
+    formats = [EXTENSION_FORMATS.get(e.lower()) for e in extensions]
+    return tuple(dict.fromkeys(f for f in formats if f))
+
+
 def header_pixels(data: bytes, formats: tuple[str, ...] = FORMATS) -> int:
     """Returns how many pixels encoded image bytes declare in their header, without
     decoding them; 0 for bytes that are not an image of `formats` (decoding says why)."""

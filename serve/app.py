@@ -37,9 +37,10 @@ from serve.payload import BadRequest, read_body, read_patches
 from serve.settings import ServeSettings
 
 logger = logging.getLogger("ray.serve")
-api = FastAPI(title="mammo-microcal scoring",
-              description="Scores 60x60 mammogram patches: normal tissue (0) or "
-                          "microcalcification cluster (1). Research only; not for diagnosis.")
+api = FastAPI(title="mammogram patch scoring",
+              description="Scores mammogram images with a registered ensemble of fold experts; "
+                          "GET /model names the study, its classes and image size. MLflow's "
+                          "scoring protocol on /invocations. Research only; not for diagnosis.")
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -82,9 +83,13 @@ def answers(out: dict, class_names: list[str]) -> list[dict]:
 
 def reading(settings: ServeSettings, model) -> ServeSettings:
     """Returns the settings to read a request with: a study that resamples its images
-    (e.g. whole MIAS mammograms) resizes uploaded files whatever `wrong_size` says."""
-    return settings.model_copy(update={"wrong_size": "resize"}) if model.info.get(
-        "resizes") else settings
+    (e.g. whole MIAS mammograms) resizes uploaded files whatever `wrong_size` says, and a
+    study trained on other files (e.g. JPEG) takes their format too."""
+    update = {"wrong_size": "resize"} if model.info.get("resizes") else {}
+    extra = [f for f in model.info.get("study_formats", []) if f not in settings.image_formats]
+    if extra:
+        update["image_formats"] = settings.image_formats + tuple(extra)
+    return settings.model_copy(update=update) if update else settings
 
 
 def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import mlflow
 
+from mammo_core.images import formats_of
 from mammo_core.predictor import EnsemblePredictor
 from mammo_core.tracking import registry_reference, tracking_uri
 from tune.project import PROJECT_ROOT
@@ -29,6 +30,8 @@ def load_model(model_uri: str, store: str = "") -> LoadedModel:
     info.update(card_facts(info), image_size=list(predictor.experiment.data.image_size),
                 # image files of another size are resampled when the study does so
                 resizes=predictor.experiment.data.resizes,
+                # the formats of the study's own files, accepted whatever the settings say
+                study_formats=list(formats_of(predictor.experiment.data.extensions)),
                 pairs=predictor.experiment.data.pairs,  # siamese: (baseline, abnormal) pairs
                 threshold=predictor.ensemble.threshold,
                 weights=[float(w) for w in predictor.ensemble.weights],

@@ -20,3 +20,11 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def port_listening(host: str, port: int) -> bool:
+    """Returns True if a server accepts connections on `port` (of `host`; loopback for
+    0.0.0.0), as opposed to a port held only by closed connections in TIME_WAIT."""
+    with socket.socket() as sock:
+        sock.settimeout(2)
+        return sock.connect_ex(("127.0.0.1" if host == "0.0.0.0" else host, port)) == 0

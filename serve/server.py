@@ -32,10 +32,11 @@ from mammo_core.config import ConfigError
 from mammo_core.tracking import raising_outside_store, registry_reference, tracking_uri
 from serve.app import bind_app
 from serve.model import load_model
-from serve.ports import free_port, port_bindable
+from serve.ports import free_port, port_bindable, port_listening
 from serve.settings import ServeSettings
 from tune.cluster import start_ray
-from tune.project import DEFAULT_CONFIG, PROJECT_ROOT, default_model_uri, load_config, run_entry
+from tune.project import (DEFAULT_CONFIG, PROJECT_ROOT, UsageError, default_model_uri, load_config,
+                          run_entry)
 
 APP_NAME = "mammo"
 SHUTDOWN_WAIT_S = 15  # Serve's graceful shutdown, at most
@@ -47,8 +48,11 @@ def parse_settings(argv: list[str] | None) -> ServeSettings:
                         help="experiment YAML; its registered model name makes the default URI")
     defaults = ServeSettings()
     for name, field in ServeSettings.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", default=getattr(defaults, name),
-                            type=type(getattr(defaults, name)), help=field.description)
+        default = getattr(defaults, name)
+        several = isinstance(default, tuple)  # e.g. --image-formats PNG PPM
+        parser.add_argument(f"--{name.replace('_', '-')}", default=default,
+                            type=str if several else type(default),
+                            nargs="+" if several else None, help=field.description)
     parser.set_defaults(model_uri="")
     args = vars(parser.parse_args(argv))
     try:
@@ -92,9 +96,11 @@ def start_serving(settings: ServeSettings) -> str:
     Ray runs and how requests reach the replicas."""
     new_local_node = not os.environ.get("RAY_ADDRESS") and not ray.is_initialized()
     ingress, proxy_port = ingress_of(settings, new_local_node), settings.port
-    if ingress == "direct" and not wait_until_bindable(settings.host, settings.port):
-        ingress = "proxy"
+    if port_listening(settings.host, settings.port):
+        raise UsageError(f"port {settings.port} is taken: a server answers on "
+                         f"{settings.host}:{settings.port}; stop it or choose another --port")
     if ingress == "direct":
+        wait_until_bindable(settings.host, settings.port)
         os.environ.update(direct_ingress_env(settings.port))
         # Serve starts its HTTP proxy all the same: on a free port, off the user's
         proxy_port = free_port(settings.host)
@@ -131,20 +137,20 @@ def sheltered_from_group_stop() -> Iterator[None]:
 PORT_WAIT_S = 75
 
 
-def wait_until_bindable(host: str, port: int) -> bool:
-    """Returns True once `port` can be bound the way direct ingress binds it (waiting out
-    TIME_WAIT, with one line), False if it still cannot after PORT_WAIT_S seconds."""
+def wait_until_bindable(host: str, port: int) -> None:
+    """Returns once `port` can be bound the way direct ingress binds it, waiting out
+    TIME_WAIT (with one line); raises UsageError if it still cannot after PORT_WAIT_S
+    seconds (Serve's proxy could not bind it either)."""
     deadline, said = time.monotonic() + PORT_WAIT_S, False
     while not port_bindable(host, port):
         if time.monotonic() > deadline:
-            print(f"port {port} is still taken: serving through Serve's HTTP proxy", flush=True)
-            return False
+            raise UsageError(f"port {port} is still held by closed connections after "
+                             f"{PORT_WAIT_S} s; choose another --port")
         if not said:
-            print(f"port {port} is held by closed connections (TIME_WAIT) or another "
-                  f"server; waiting up to {PORT_WAIT_S} s", flush=True)
+            print(f"port {port} is held by closed connections (TIME_WAIT); waiting up to "
+                  f"{PORT_WAIT_S} s", flush=True)
             said = True
         time.sleep(1)
-    return True
 
 
 def deploy(settings: ServeSettings, reload_token: int = 0) -> None:

@@ -22,8 +22,11 @@ import mlflow
 import pytest
 from conftest import free_port, search_env, wait_for_json
 
-from serve.server import ingress_of
+from mammo_core.images import formats_of
+from serve.app import reading
+from serve.server import ingress_of, parse_settings, start_serving
 from serve.settings import ServeSettings
+from tune.project import UsageError
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,3 +144,29 @@ def test_direct_ingress_only_for_one_replica_on_a_node_this_process_starts():
     assert ingress_of(ServeSettings(ingress="proxy"), new_local_node=True) == "proxy"
     with pytest.raises(ValueError, match="ingress"):
         ServeSettings(ingress="haproxy")
+
+
+def test_list_settings_take_several_words_on_the_command_line():
+    settings = parse_settings(["--image-formats", "PNG", "JPEG", "--max-request-pixels", "100"])
+    assert settings.image_formats == ("PNG", "JPEG") and settings.max_request_pixels == 100
+    with pytest.raises(SystemExit):
+        parse_settings(["--image-formats", "GIF"])
+
+
+def test_a_port_a_server_answers_on_is_a_clear_error_at_once():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        began = time.monotonic()
+        with pytest.raises(UsageError, match=f"port {port} is taken: a server answers"):
+            start_serving(ServeSettings(port=port))
+        assert time.monotonic() - began < 10
+
+
+def test_a_study_trained_on_jpeg_files_is_served_jpeg_uploads():
+    class Model:  # what serve.model.load_model reports for a study of JPEG folders
+        info = {"resizes": False, "study_formats": ["JPEG"]}
+    settings = reading(ServeSettings(), Model())
+    assert settings.image_formats == ("PNG", "PPM", "JPEG")
+    assert formats_of((".png", ".pgm", ".JPG", ".jpeg")) == ("PNG", "PPM", "JPEG")
