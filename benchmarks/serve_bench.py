@@ -15,6 +15,7 @@ the same host would.
 from __future__ import annotations
 
 import argparse
+import collections
 import http.client
 import json
 import os
@@ -116,9 +117,43 @@ def bench_ray_serve(args, ingress: str, bodies: dict[str, bytes],
                 reset=True).result()
         # The same path without the model: what HTTP alone costs here.
         floor = [load(args.port, "/healthz", None, c, args.seconds) for c in CONCURRENCY]
+        if ingress == "direct":
+            print(explain_under_load(args, settings, bodies["/predict"]), flush=True)
         return scoring, floor, many, histograms
     finally:
         shutdown()
+
+
+def explain_under_load(args, settings: ServeSettings, body: bytes) -> str:
+    """Returns a line: /predict's p99 at c=4, idle and while a client keeps sending Deep
+    SHAP explanations that time out (each 504 leaves its work running in the background)."""
+    deploy(settings.model_copy(update={"explain_timeout_s": 0.05}), reload_token=1)
+    load(args.port, "/predict", body, 4, 2)  # warm-up after the redeploy
+    idle = load(args.port, "/predict", body, 4, args.seconds)
+    stop, answers = threading.Event(), collections.Counter()
+
+    def explainer() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", args.port, timeout=120)
+        while not stop.is_set():
+            connection.request("POST", "/explain?method=shap", body,
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            answers[response.status] += 1
+            time.sleep(0.05)
+        connection.close()
+
+    thread = threading.Thread(target=explainer)
+    thread.start()
+    try:
+        busy = load(args.port, "/predict", body, 4, args.seconds)
+    finally:
+        stop.set()
+        thread.join()
+    return (f"/predict at c=4, idle: {idle['rps']:.0f} req/s, p99 {idle['p99']:.0f} ms; while "
+            f"SHAP explanations time out ({dict(answers)}): {busy['rps']:.0f} req/s, p99 "
+            f"{busy['p99']:.0f} ms ({busy['p99'] / idle['p99']:.2f}x idle), "
+            f"{busy['failed']} failed")
 
 
 def bench_mlflow_serve(args, uri: str, body: bytes, workers: int) -> list[dict]:
