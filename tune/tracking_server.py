@@ -34,6 +34,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 DATABASE = "mlflow"
 ADMIN = "admin"
+AUTH_CACHE_S = 30
 
 
 def backend_uri(pgdata: Path) -> str:
@@ -99,7 +100,11 @@ def auth_environment(data: Path) -> tuple[dict[str, str], str | None]:
     config.write_text("[mlflow]\ndefault_permission = READ\n"
                       f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
                       f"admin_username = {ADMIN}\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                      # MLflow hashes the password (PBKDF2) on every request otherwise:
+                      # measured 242 ms a logged metric; a changed or deleted credential
+                      # then stays valid up to this long on the server's other workers
+                      f"auth_cache_ttl_seconds = {AUTH_CACHE_S}\n")
     config.chmod(0o600)
     # the password goes to the server by environment, never into a file others may read
     return {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN,
