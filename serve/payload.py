@@ -62,17 +62,22 @@ def check_size(n_bytes: int, settings: ServeSettings, so_far: bool = False) -> N
                               "(max_body_bytes)")
 
 
+def json_body(body: bytes):
+    """Returns the parsed JSON body; raises BadRequest (400) saying why it is not JSON."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadRequest(400, f"body is not valid JSON: {err}") from err
+    except RecursionError as err:
+        raise BadRequest(400, "body is not valid JSON: nested too deeply") from err
+
+
 def patches_from_json(body: bytes, size: tuple[int, int], settings: ServeSettings,
                       depth: int | None) -> np.ndarray:
     """Returns the patches of a JSON body as [0, 1] intensities (images: each by its own
     depth, 16-bit ones at least by the model's `depth`; inputs: floats as sent, integers by
     the bit depth the body states)."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadRequest(400, f"body is not valid JSON: {err}") from err
-    except RecursionError as err:
-        raise BadRequest(400, "body is not valid JSON: nested too deeply") from err
+    data = json_body(body)
     if not isinstance(data, dict) or len(set(data) & set(JSON_KEYS)) != 1:
         raise BadRequest(400, 'expected a JSON object with one of the keys "images" (base64 '
                               'PNG/PGM strings), "inputs" (nested array N x rows x cols) or '

@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from mammo_core.images import decode_image
 from mammo_core.inputs import Decoder, raw_patches
-from serve.payload import BadRequest, PixelBudget, check_count, guarded
+from serve.payload import BadRequest, PixelBudget, check_count, guarded, json_body
 from serve.settings import ServeSettings
 
 JSON, CSV, PARQUET = (scoring_server.CONTENT_TYPE_JSON, scoring_server.CONTENT_TYPE_CSV,
@@ -93,12 +93,7 @@ def parse_parquet(body: bytes):
 def parse_json(body: bytes):
     """Returns a JSON body's input: exactly one of MLflow's format keys (`params` is taken
     and ignored, as MLflow does for a model without a params schema)."""
-    try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadRequest(400, f"body is not valid JSON: {err}") from err
-    except RecursionError as err:
-        raise BadRequest(400, "body is not valid JSON: nested too deeply") from err
+    data = json_body(body)
     if not isinstance(data, dict):
         raise BadRequest(400, f"expected a JSON object with exactly one of the keys {FORMATS}, "
                               f"got a {type(data).__name__}")
