@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mammo_core import metrics  # noqa: E402
 from mammo_core.config import RegistryConfig  # noqa: E402
 from mammo_core.ensemble import choose_threshold  # noqa: E402
-from mammo_core.families import build_model  # noqa: E402
+from mammo_core.families import build_model, recipe_for  # noqa: E402
 from mammo_core.folds import make_fold_plan  # noqa: E402
 from mammo_core.preprocessing import preprocess  # noqa: E402
 from mammo_core.shift import Shift, combined  # noqa: E402
@@ -88,7 +88,8 @@ def run_variant(experiment, raw: np.ndarray, labels: np.ndarray, plan, args) -> 
         model = build_model(experiment.hyperparameters, images.shape[1:], experiment.model,
                             seed=fold.index)
         fit(model, (images[fold.train], labels[fold.train]),
-            (images[fold.val], labels[fold.val]), training, stream=None)
+            (images[fold.val], labels[fold.val]), training,
+            recipe_for(experiment.hyperparameters, experiment.model, training), stream=None)
         threshold = choose_threshold(labels[fold.val], predict_proba(model, images[fold.val]),
                                      RegistryConfig(threshold="youden"))
         for name, shifted_images in shifted.items():

@@ -22,7 +22,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
 
 from mammo_core.balance import METHODS as BALANCE_METHODS
 from mammo_core.errors import ConfigError
-from mammo_core.registry import ENSEMBLE_METHODS, FAMILIES, LAYOUTS
+from mammo_core.recipe import MONITORS, OPTIMIZERS
+from mammo_core.registry import ENSEMBLE_METHODS, FAMILIES, LAYOUTS, PAIR_FAMILIES
 
 
 def _number(value: Any) -> Any:
@@ -225,6 +226,10 @@ class PreprocessingConfig(Section):
     # by the patch's own noise level, which a gain scales but tissue and class do not
     # move); none keeps the absolute contrast (docs/benchmarks.md)
     standardize: Literal["none", "before", "after", "robust", "noise"] = "none"
+    # fixed contrast enhancement, every image (train and inference): its deviation from
+    # its own mean times this factor, no clipping (tf.image.adjust_contrast; the CBIS
+    # report's 1.5 and 2); 1 leaves images as they are
+    contrast_factor: Annotated[Float, Field(gt=0, le=10)] = 1.0
 
 
 class AugmentationConfig(Section):
@@ -236,6 +241,9 @@ class AugmentationConfig(Section):
     # halving (a scanner's gain multiplies)
     contrast: Annotated[Float, Field(ge=0, le=10)] = 0.1
     contrast_scale: Literal["uniform", "log_uniform"] = "uniform"
+    # rotation by a random multiple of this many degrees (bilinear, corners filled with 0):
+    # the MIAS study's 2-degree steps; 0 switches it off
+    rotate_degrees: Annotated[Float, Field(ge=0, le=180)] = 0.0
 
     @model_validator(mode="after")
     def _positive_factors(self) -> AugmentationConfig:
@@ -250,21 +258,55 @@ class SiameseConfig(Section):
     """The siamese family: one shared encoder over a (baseline, abnormal) pair of patches."""
 
     trunk: Text = "hypermodel"  # the family whose network (without its output) encodes a patch
-    head_units: Count = 32  # dense layer over [abnormal - baseline, baseline, abnormal]
+    # how the two encodings meet: difference = [abnormal - baseline, baseline, abnormal],
+    # concat = [baseline, abnormal] (document 003)
+    merge: Literal["difference", "concat"] = "difference"
+    head_units: Count = 32  # the dense layer over the merged encodings
     dropout: Rate = 0.3
+    dropout_first: Bool = False  # dropout before the dense layer (003) instead of after
 
 
 class BackboneConfig(Section):
-    """The ImageNet families (vgg16, inception_v3): weights, where to cut, what to train."""
+    """The ImageNet families (vgg16, inception_v3): weights, where to cut, what to train.
 
-    # imagenet (Keras' download, cached in ~/.keras/models), a local weights file, or null
-    weights: Optional[Text] = None
-    # top = the whole convolutional base; top+k drops its last k blocks
+    The defaults are the CBIS report's set-up (document 003): ImageNet weights, frozen,
+    a learned 1x1 convolution from gray to RGB, Flatten -> Dense 512 -> output.
+    """
+
+    # imagenet (Keras' file in ~/.keras/models, downloaded if missing), a local weights
+    # file, or null (random initialisation: then train the backbone too)
+    weights: Optional[Text] = "imagenet"
+    # the report's cut levels: top = the whole convolutional base, top+k drops its last k
+    # blocks (vgg16: block5, block4, ...; inception_v3: mixed9-10, mixed8, mixed7, ...)
     cut: Annotated[Text, Field(pattern=r"^top(\+\d+)?$")] = "top"
     # backbone layers fine-tuned, counted down from the cut: null = all, 0 = frozen
-    trainable_layers: Optional[Annotated[Int, Field(ge=0)]] = None
-    head_units: Count = 64  # dense layer between the pooled features and the output
-    dropout: Rate = 0.3
+    trainable_layers: Optional[Annotated[Int, Field(ge=0)]] = 0
+    # gray -> RGB: conv1x1 (3 learned 1x1 filters, the report's choice) or replicate (the
+    # gray channel copied three times, as the papers it cites do)
+    adapter: Literal["conv1x1", "replicate"] = "conv1x1"
+    # how the head sees the feature map: flatten (the report) or avg (global average)
+    pooling: Literal["flatten", "avg"] = "flatten"
+    # dense layers between the features and the output: 512 (the report), [512, 256]
+    # (its InceptionV3 on benign vs malignant)
+    head_units: Union[Count, tuple[Count, ...]] = 512
+    dropout: Rate = 0.0  # after each dense layer of the head
+
+    @property
+    def head_layers(self) -> tuple[int, ...]:
+        """Returns the head's dense layer sizes."""
+        return (self.head_units,) if isinstance(self.head_units, int) else self.head_units
+
+
+class OptimizerConfig(Section):
+    """Overrides of the family's published optimizer (mammo_core/recipe.py); null keeps
+    the family's value. A searched `learning_rate` or `optimizer` overrides both."""
+
+    name: Optional[Literal[OPTIMIZERS]] = None
+    learning_rate: Optional[Annotated[Float, Field(gt=0, le=10)]] = None
+    # Keras 2's inverse-time decay: step size learning_rate / (1 + decay * iteration)
+    decay: Optional[Annotated[Float, Field(ge=0)]] = None
+    beta_2: Optional[Probability] = None  # adam
+    momentum: Optional[Rate] = None  # sgd
 
 
 class ModelConfig(Section):
@@ -276,6 +318,7 @@ class ModelConfig(Section):
     """
 
     family: Text = "hypermodel"
+    optimizer: OptimizerConfig = OptimizerConfig()
     backbone: BackboneConfig = BackboneConfig()
     siamese: SiameseConfig = SiameseConfig()
 
@@ -294,9 +337,9 @@ class ModelConfig(Section):
         if self.family not in FAMILIES:
             raise ValueError(f"'model.family' must be one of {list(FAMILIES)}, "
                              f"got {self.family!r}")
-        if self.siamese.trunk not in FAMILIES or self.siamese.trunk == "siamese":
+        if self.siamese.trunk not in FAMILIES or self.siamese.trunk in PAIR_FAMILIES:
             raise ValueError(f"'model.siamese.trunk' must be one of "
-                             f"{[f for f in FAMILIES if f != 'siamese']}, got "
+                             f"{[f for f in FAMILIES if f not in PAIR_FAMILIES]}, got "
                              f"{self.siamese.trunk!r}")
         return self
 
@@ -368,11 +411,16 @@ class SearchConfig(Section):
 
 
 class TrainingConfig(Section):
-    epochs: Count = 60
-    batch_size: Annotated[Int, Field(ge=1, le=65536)] = 32
-    early_stopping_patience: Count = 12
-    # selection on AUC (or loss), never accuracy (see docs)
-    monitor: Literal["val_auc", "val_loss"] = "val_auc"
+    """The training loop. epochs, batch_size and the early-stopping keys override the
+    family's published recipe (mammo_core/recipe.py); null keeps it."""
+
+    epochs: Optional[Count] = None  # a single fit (`train`); searches: search.max_epochs
+    batch_size: Optional[Annotated[Int, Field(ge=1, le=65536)]] = None
+    # false: no early stopping; null: the recipe's rule (with the two keys below if set)
+    early_stopping: Optional[Bool] = None
+    early_stopping_patience: Optional[Count] = None
+    # what early stopping watches: AUC (or loss), never accuracy (see docs)
+    monitor: Optional[Literal[MONITORS]] = None
     seed: Seed = 0
     threshold: Probability = 0.5
     # imbalanced classes, on the training part only (never validation or test):
@@ -416,8 +464,14 @@ class ExplanationsConfig(Section):
 
 
 REQUIRED_HYPERPARAMETERS = ("init", "rate", "depth", "learning_rate")
-# searched beside them: the family and the backbone's choices (override model.backbone)
-SEARCHABLE = (*REQUIRED_HYPERPARAMETERS, "family", "cut", "trainable_layers", "head_units")
+# what each searched family's builder reads from the hyperparameters (the others have
+# fixed published designs)
+FAMILY_HYPERPARAMETERS = {"hypermodel": REQUIRED_HYPERPARAMETERS,
+                          "microcal_hypermodel": ("init", "rate", "depth")}
+# searched beside them: the family, the recipe's optimizer and batch size, and the
+# backbone's choices (override model.optimizer, training and model.backbone)
+SEARCHABLE = (*REQUIRED_HYPERPARAMETERS, "family", "optimizer", "batch_size", "cut",
+              "trainable_layers", "head_units")
 
 
 class Document(Section):
@@ -464,18 +518,24 @@ class Experiment(Document):
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
         families = self.searched_families()
-        if self.data.pairs and families != {"siamese"}:
+        if self.data.pairs and not families <= set(PAIR_FAMILIES):
             raise ValueError("'data.pairs' feeds (baseline, abnormal) pairs: 'model.family' "
-                             "must be siamese (and only siamese searched)")
-        if "siamese" in families and not self.data.pairs:
+                             f"must be one of {list(PAIR_FAMILIES)} (and only those searched)")
+        if families & set(PAIR_FAMILIES) and not self.data.pairs:
             raise ValueError("the siamese family takes pairs: set 'data.pairs: true' "
                              "(cbis_npy layout)")
         if self.data.pairs and self.data.layout != "cbis_npy":
             raise ValueError("'data.pairs' needs the cbis_npy layout (baseline/abnormal pairs)")
         trunks = families | ({self.model.siamese.trunk} if "siamese" in families else set())
-        missing = [k for k in REQUIRED_HYPERPARAMETERS if k not in self.hyperparameters]
-        if missing and "hypermodel" in trunks:  # the other families have fixed designs
+        needed = {k for family in trunks for k in FAMILY_HYPERPARAMETERS.get(family, ())}
+        missing = [k for k in REQUIRED_HYPERPARAMETERS if k in needed
+                   and k not in self.hyperparameters]
+        if missing:  # the other families have fixed designs
             raise ValueError(f"'hyperparameters' is missing {missing}")
+        searched = self.search_space.get("optimizer")
+        if searched and (searched.type != "choice"
+                         or any(v not in OPTIMIZERS for v in searched.values)):
+            raise ValueError(f"'search_space.optimizer' must be a choice of {list(OPTIMIZERS)}")
         return self
 
     def searched_families(self) -> set[str]:

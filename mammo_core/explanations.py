@@ -32,7 +32,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mammo_core.config import PreprocessingConfig
-from mammo_core.families import BODY, ENCODER, FEATURES, PAIR_HEAD
+from mammo_core.families import BODY, ENCODER, FEATURES, MERGE, merge_pair
 from mammo_core.hypermodel import AUGMENTATION
 from mammo_core.patches import as_unit_patches
 from mammo_core.predictor import EnsemblePredictor
@@ -87,10 +87,12 @@ def pair_inference_model(model: keras.Model, tap: str | None = None) -> keras.Mo
     pair = keras.Input(model.input_shape[1:], name="pair")
     outs = [probe(pair[:, k]) for k in (0, 1)]
     baseline, abnormal = [out[1] if tap else out for out in outs]
-    x = model.get_layer(PAIR_HEAD[0])(
-        [model.get_layer("difference")([abnormal, baseline]), baseline, abnormal])
-    for name in (*PAIR_HEAD[1:], "probability"):
-        x = model.get_layer(name)(x)
+    names = [layer.name for layer in model.layers]
+    merge = "difference" if "difference" in names else "concat"
+    x = merge_pair(merge, baseline, abnormal, join=model.get_layer(MERGE),
+                   difference=model.get_layer("difference") if merge == "difference" else None)
+    for layer in model.layers[names.index(MERGE) + 1:]:  # the head, in the model's order
+        x = layer(x)
     return keras.Model(pair, [outs[0][0], outs[1][0], x] if tap else x,
                        name=f"{model.name}_inference")
 

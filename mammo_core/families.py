@@ -1,4 +1,5 @@
-"""Model families: each a pure function (hyperparameters, input shape, config) -> compiled model.
+"""Model families: each a pure function (hyperparameters, input shape, config) -> network,
+compiled by `build_model` with the family's training recipe (mammo_core/recipe.py).
 
 Every family keeps the contract the pipeline relies on, so any of them can be searched,
 compared, ensembled, registered, served and explained alike:
@@ -9,19 +10,26 @@ compared, ensembled, registered, served and explained alike:
 - the training-only augmentation stack first (named AUGMENTATION), then the network as
   one nested model named BODY, so explanations take the body as it is (shared weights).
 
+The published systems are built exactly as their documents (../shared/seeds/) print them;
+tests/test_families.py pins each weight count against the document's model summary.
+
 Families:
-  hypermodel          the searched CNN of mammo_core.hypermodel (init, rate, depth, ...)
-  microcal_cnn        the microcalcification study's fixed CNN: four conv blocks (BatchNorm,
-                      max pooling), dropout, dense head
-  mass_calc_m0 .. m5  the CBIS mass-vs-calcification study's six variants, each adding one
-                      thing to the previous (see MASS_CALC)
-  mias_cnn            the MIAS whole-mammogram CNN: 128x128 input only, RandomNormal(0, 0.02)
-  vgg16, inception_v3 keras.applications backbones behind a learned 1x1 conv (1 -> 3
-                      channels), upsized to the backbone's minimum, cut at `cut`, with
-                      `trainable_layers` fine-tuned and a dense head (model.backbone)
-  siamese             one shared encoder (any family above without its output layer,
-                      model.siamese.trunk) over a (baseline, abnormal) pair of patches,
-                      input (2, H, W, 1); merged as [abnormal - baseline, baseline, abnormal]
+  hypermodel          the project's searched CNN (mammo_core.hypermodel)
+  microcal_hypermodel document 000's searched CNN: three conv blocks, a 256/(i+1) head
+  microcal_cnn        document 001's CNN: conv 32-64-128-128, Dense 256 -> 128 (568,449)
+  mass_calc_m0 .. m5  document 002's six mass-vs-calcification variants (see MASS_CALC)
+  mias_cnn            document 004's MIAS CNN: 128x128 input only (117,505)
+  cbis_scratch        document 003's scratch CNN: conv 32-64-128-128 valid, Dense 512
+                      (3,452,545 at 150x150)
+  vgg16, inception_v3 document 003's transfer set-up: an ImageNet base behind a gray ->
+                      RGB adapter, cut at a named block, frozen or fine-tuned, Flatten ->
+                      Dense head (model.backbone)
+  siamese             the project's pair network: a shared encoder (any family above
+                      without its output, model.siamese.trunk), merged as
+                      [abnormal - baseline, baseline, abnormal] -> dense -> dropout
+  siamese_cbis        document 003's pair network: the cbis_scratch encoder (to its Dense
+                      512) shared by both patches, concatenated (1024) -> Dropout 0.4 ->
+                      Dense 512 (3,977,345)
 """
 from __future__ import annotations
 
@@ -32,15 +40,16 @@ from typing import Callable, Mapping
 import keras
 from keras import layers
 
-from mammo_core.config import AugmentationConfig, ModelConfig
+from mammo_core.config import AugmentationConfig, ModelConfig, SiameseConfig, TrainingConfig
 from mammo_core.hypermodel import AUGMENTATION, augmentation, compile_classifier, output_layer
+from mammo_core.recipe import Recipe, resolve
 from mammo_core.registry import FAMILIES
 
 BODY = "body"
-ENCODER = "encoder"  # the siamese family's shared trunk
-# the siamese head after the two encodings: merge, dense, dropout (then `probability`)
-PAIR_HEAD = ("merge", "pair_head", "pair_dropout")
+ENCODER = "encoder"  # the pair families' shared trunk
+MERGE = "merge"  # the pair families' join of the two encodings; the head follows it
 FEATURES = "features"  # the backbones' last feature map: what Grad-CAM looks at
+NO_AUGMENTATION = AugmentationConfig(flip=False, rotate90=False, contrast=0.0)
 
 
 def family_of(hp: Mapping, config: ModelConfig) -> str:
@@ -50,12 +59,27 @@ def family_of(hp: Mapping, config: ModelConfig) -> str:
 
 def build_model(hp: Mapping, input_shape: tuple[int, int, int], config: ModelConfig,
                 seed: int = 0, n_classes: int = 2) -> keras.Model:
-    """Returns the compiled classifier of the configuration's family, for `n_classes`.
+    """Returns the classifier of the configuration's family for `n_classes`, compiled with
+    the optimizer of its recipe (published, overridden by `config.optimizer` and `hp`).
 
     Raises ValueError for an unknown family or an input the family cannot take.
     """
     family = family_of(hp, config)
+    network = build_network(family, hp, input_shape, config, seed, n_classes)
+    optimizer = resolve(family, hp, config.optimizer).make_optimizer()
+    return compile_classifier(network, optimizer, n_classes)
+
+
+def build_network(family: str, hp: Mapping, input_shape: tuple, config: ModelConfig,
+                  seed: int = 0, n_classes: int = 2) -> keras.Model:
+    """Returns the family's network, uncompiled."""
     return FAMILIES.load(family)(hp, tuple(input_shape), config, seed, n_classes)
+
+
+def recipe_for(hp: Mapping, model: ModelConfig, training: TrainingConfig) -> Recipe:
+    """Returns the recipe a configuration trains with: its family's published one, with
+    the config's `model.optimizer` and `training` overrides, then the trial's `hp`."""
+    return resolve(family_of(hp, model), hp, model.optimizer, training)
 
 
 def family_of_model(model: keras.Model) -> str:
@@ -64,28 +88,64 @@ def family_of_model(model: keras.Model) -> str:
 
 
 def count_params(model: keras.Model) -> int:
-    """Returns the number of weights of the model, trainable or not."""
+    """Returns the number of weights of the model, trainable or not (Keras' "Total params")."""
     return int(sum(int(w.numpy().size) for w in model.weights))
+
+
+def count_frozen(model: keras.Model) -> int:
+    """Returns the number of weights training leaves alone (Keras' "Non-trainable params")."""
+    return int(sum(int(w.numpy().size) for w in model.non_trainable_weights))
 
 
 # --- the fixed published CNNs -----------------------------------------------------------
 
-def microcal_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
-                 n_classes: int = 2) -> keras.Model:
-    """The microcalcification study's CNN: 4 x (conv 3x3, BatchNorm, ReLU, max pool, dropout)
-    with 16, 32, 64, 128 filters, then Dense(128) and dropout; Adam."""
-    _need_min_side("microcal_cnn", input_shape, 16)
-    rate = float(hp.get("rate", 0.3))
+def microcal_hypermodel(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
+                        n_classes: int = 2) -> keras.Model:
+    """Document 000's hypermodel: three blocks of (conv 3x3 same, GlorotNormal, ReLU,
+    BatchNorm, max pool, dropout `rate`) with init, 2 init, 4 init filters; Flatten,
+    Dropout(rate + 0.1), `depth` Dense layers of 256 / (i + 1) units; Adam 1e-3 with
+    beta_2 0.9999 (its recipe). Its space: init 10/20/30, rate 0/0.05, depth 1/2/3.
+
+    The schema does not order ReLU and BatchNorm nor set BatchNorm's momentum: ReLU
+    first, and model.batchnorm_momentum (Keras' 0.99 leaves the moving statistics at
+    their start on ~16 steps an epoch, see ModelConfig).
+    """
+    _need_min_side("microcal_hypermodel", input_shape, 8)
+    init, depth, rate = int(hp["init"]), int(hp["depth"]), float(hp["rate"])
     inputs = keras.Input(input_shape)
     x = inputs
-    for index, filters in enumerate((16, 32, 64, 128)):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv_{index}")(x)
+    for index in range(3):
+        x = layers.Conv2D(init * 2 ** index, 3, padding="same", activation="relu",
+                          kernel_initializer=keras.initializers.GlorotNormal(seed=seed + index),
+                          name=f"conv_{index}")(x)
         x = layers.BatchNormalization(momentum=config.batchnorm_momentum)(x)
-        x = layers.MaxPooling2D()(layers.Activation("relu")(x))
-        x = layers.Dropout(rate)(x)
-    x = layers.Dropout(rate)(layers.Dense(128, activation="relu")(layers.Flatten()(x)))
-    return _assemble("microcal_cnn", inputs, x, config.augmentation, seed,
-                     keras.optimizers.Adam(float(hp.get("learning_rate", 1e-3))), n_classes)
+        x = layers.Dropout(rate)(layers.MaxPooling2D()(x))
+    x = layers.Dropout(min(rate + 0.1, 0.9))(layers.Flatten()(x))
+    for index in range(depth):
+        x = layers.Dense(256 // (index + 1), activation="relu", name=f"dense_{index}")(x)
+    return _assemble("microcal_hypermodel", inputs, x, config.augmentation, seed, n_classes)
+
+
+def microcal_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
+                 n_classes: int = 2) -> keras.Model:
+    """Document 001's CNN, as its summary prints it (568,449 weights at 60x60): conv 3x3
+    same with bias, 32-64-128-128 filters, a max pool after each; dropout after the 2nd
+    and 3rd pools and after Flatten; Dense 256 -> 128 -> output.
+
+    The summary gives neither activations nor dropout rates: ReLU and 0.25 (Keras'
+    examples); its recipe is Keras' Adam 1e-3.
+    """
+    _need_min_side("microcal_cnn", input_shape, 16)
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for index, filters in enumerate((32, 64, 128, 128)):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv_{index}")(x)
+        x = layers.MaxPooling2D()(x)
+        x = layers.Dropout(0.25)(x) if index in (1, 2) else x
+    x = layers.Dropout(0.25)(layers.Flatten()(x))
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dense(128, activation="relu")(x)
+    return _assemble("microcal_cnn", inputs, x, config.augmentation, seed, n_classes)
 
 
 @dataclass(frozen=True)
@@ -94,26 +154,27 @@ class MassCalcVariant:
     dense: int
     dropout: bool
     augment: bool
-    rmsprop: bool  # RMSprop lr 1e-3 with inverse-time decay 1e-6 (Keras 2's `decay`)
     l2: float
 
 
-# M0 baseline; M1 + dropout; M2 + augmentation; M3 + a 128-filter conv, Dense(48), RMSprop;
-# M4 + a 256-filter conv; M5 + L2 5e-5 on the conv kernels. The study's batch size 128 and
-# early stopping of M3+ are training settings: here `training.batch_size` and the search's
-# scheduler apply to every family alike.
+# Document 002 describes each model by what it adds to the previous one: M1 dropout, M2
+# augmentation, M3 a 128-filter conv and Dense(48) (with RMSprop, decay 1e-3, batch 128
+# and early stopping: its recipe), M4 a 256-filter conv, M5 L2 5e-5 on the conv kernels.
+# It never prints M0: a conv 32 -> conv 64 CNN (3x3 same, ReLU, max pool after each,
+# Dense 64), the smallest network M3's "added a 128-filter conv" fits; the dropout rates
+# (0.25 after each pool, 0.5 after the dense layer) are Keras' example values.
 MASS_CALC = (
-    MassCalcVariant((32, 64), 64, False, False, False, 0.0),
-    MassCalcVariant((32, 64), 64, True, False, False, 0.0),
-    MassCalcVariant((32, 64), 64, True, True, False, 0.0),
-    MassCalcVariant((32, 64, 128), 48, True, True, True, 0.0),
-    MassCalcVariant((32, 64, 128, 256), 48, True, True, True, 0.0),
-    MassCalcVariant((32, 64, 128, 256), 48, True, True, True, 5e-5),
+    MassCalcVariant((32, 64), 64, False, False, 0.0),
+    MassCalcVariant((32, 64), 64, True, False, 0.0),
+    MassCalcVariant((32, 64), 64, True, True, 0.0),
+    MassCalcVariant((32, 64, 128), 48, True, True, 0.0),
+    MassCalcVariant((32, 64, 128, 256), 48, True, True, 0.0),
+    MassCalcVariant((32, 64, 128, 256), 48, True, True, 5e-5),
 )
 
 
 def mass_calc(variant: int) -> Callable[..., keras.Model]:
-    """Returns the builder of the mass-vs-calcification study's model `variant` (0..5)."""
+    """Returns the builder of document 002's mass-vs-calcification model `variant` (0..5)."""
     spec = MASS_CALC[variant]
 
     def build(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
@@ -129,13 +190,8 @@ def mass_calc(variant: int) -> Callable[..., keras.Model]:
             x = layers.Dropout(0.25)(x) if spec.dropout else x
         x = layers.Dense(spec.dense, activation="relu")(layers.Flatten()(x))
         x = layers.Dropout(0.5)(x) if spec.dropout else x
-        rate = float(hp.get("learning_rate", 1e-3))
-        optimizer = (keras.optimizers.RMSprop(keras.optimizers.schedules.InverseTimeDecay(
-            rate, decay_steps=1, decay_rate=1e-6)) if spec.rmsprop
-            else keras.optimizers.Adam(rate))
-        stack = (config.augmentation if spec.augment
-                 else AugmentationConfig(flip=False, rotate90=False, contrast=0.0))
-        return _assemble(f"mass_calc_m{variant}", inputs, x, stack, seed, optimizer, n_classes)
+        stack = config.augmentation if spec.augment else NO_AUGMENTATION
+        return _assemble(f"mass_calc_m{variant}", inputs, x, stack, seed, n_classes)
     return build
 
 
@@ -144,8 +200,11 @@ MIAS_SIZE = (128, 128)
 
 def mias_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
              n_classes: int = 2) -> keras.Model:
-    """The MIAS whole-mammogram CNN: 128x128 only; conv 32/64/128 with max pooling,
-    Dense(128), dropout 0.5, every kernel drawn from RandomNormal(0, 0.02); Adam."""
+    """Document 004's MIAS CNN, line by line (117,505 weights): 128x128 input only; conv
+    32 -> conv 64 -> pool -> conv 64 -> pool (3x3 valid, ReLU) -> Dropout 0.25 -> Dense 64
+    on every pixel -> Dropout 0.25 -> Flatten -> output; every kernel but the output's
+    drawn from RandomNormal(0, 0.02). Recipe: Adam 1e-3, batch 128, early stopping on
+    validation loss (patience 3, best weights kept)."""
     if tuple(input_shape[:2]) != MIAS_SIZE:
         raise ValueError(f"mias_cnn takes {MIAS_SIZE[0]}x{MIAS_SIZE[1]} images (the MIAS "
                          f"study's input), got {input_shape[0]}x{input_shape[1]}: set "
@@ -153,15 +212,30 @@ def mias_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
     init = keras.initializers.RandomNormal(0.0, 0.02, seed=seed)
     inputs = keras.Input(input_shape)
     x = inputs
-    for index, filters in enumerate((32, 64, 128)):
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu",
-                          kernel_initializer=init, name=f"conv_{index}")(x)
+    for index, filters in enumerate((32, 64, 64)):
+        x = layers.Conv2D(filters, 3, activation="relu", kernel_initializer=init,
+                          name=f"conv_{index}")(x)
+        x = layers.MaxPooling2D()(x) if index else x
+    x = layers.Dropout(0.25)(x)
+    x = layers.Dropout(0.25)(layers.Dense(64, activation="relu", kernel_initializer=init)(x))
+    return _assemble("mias_cnn", inputs, layers.Flatten()(x), config.augmentation, seed,
+                     n_classes)
+
+
+def cbis_scratch(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
+                 n_classes: int = 2) -> keras.Model:
+    """Document 003's CNN from scratch (3,452,545 weights at 150x150): conv 3x3 valid
+    with ReLU, 32-64-128-128 filters, a max pool after each, Flatten, Dense 512 ->
+    output. Recipe: its SCRATCH_6, RMSprop 1e-3 for 35 epochs; augmentation (flip and
+    90-degree turns) is model.augmentation."""
+    _need_min_side("cbis_scratch", input_shape, 46)
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for index, filters in enumerate((32, 64, 128, 128)):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv_{index}")(x)
         x = layers.MaxPooling2D()(x)
-    x = layers.Dense(128, activation="relu", kernel_initializer=init)(layers.Flatten()(x))
-    x = layers.Dropout(0.5)(x)
-    return _assemble("mias_cnn", inputs, x, config.augmentation, seed,
-                     keras.optimizers.Adam(float(hp.get("learning_rate", 1e-3))), n_classes,
-                     output_init=init)
+    x = layers.Dense(512, activation="relu", name="dense_512")(layers.Flatten()(x))
+    return _assemble("cbis_scratch", inputs, x, config.augmentation, seed, n_classes)
 
 
 # --- ImageNet backbones -----------------------------------------------------------------
@@ -170,7 +244,9 @@ def mias_cnn(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
 class Backbone:
     application: Callable[..., keras.Model]
     min_side: int  # keras.applications refuses smaller inputs
-    cuts: tuple[str, ...]  # layer ending each block, last block first: top, top+1, ...
+    # the layer ending each cut level, the whole base first: top, top+1, ... as document
+    # 003 names them (each level removes one block of the Keras model)
+    cuts: tuple[str, ...]
     weights_file: str  # the no-top ImageNet file Keras downloads into ~/.keras/models
 
 
@@ -178,24 +254,27 @@ BACKBONES = {
     "vgg16": Backbone(keras.applications.VGG16, 32,
                       tuple(f"block{k}_pool" for k in range(5, 0, -1)),
                       "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    # Keras builds mixed9-10 and mixed5-6 in one loop each: one block each, so the
+    # report's "top+1" (3x3x1280 features, 10,674,848 base weights at 150x150) ends at
+    # mixed8 and its "top+2" at mixed7.
     "inception_v3": Backbone(keras.applications.InceptionV3, 75,
-                             tuple(f"mixed{k}" for k in range(10, -1, -1)),
+                             ("mixed10", "mixed8", "mixed7", "mixed6", "mixed4", "mixed3",
+                              "mixed2", "mixed1", "mixed0"),
                              "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 
 
 def backbone(family: str) -> Callable[..., keras.Model]:
-    """Returns the builder of an ImageNet backbone family."""
+    """Returns the builder of an ImageNet backbone family (document 003's transfer set-up)."""
     spec = BACKBONES[family]
 
     def build(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
               n_classes: int = 2) -> keras.Model:
         options = config.backbone
         cut = _cut_layer(family, str(hp.get("cut", options.cut)), spec.cuts)
-        trainable = hp.get("trainable_layers", options.trainable_layers)
         side = max(spec.min_side, *input_shape[:2])
         inputs = keras.Input(input_shape)
-        x = layers.Conv2D(3, 1, name="to_rgb")(inputs)  # learned 1 -> 3 channel map
+        x = _to_rgb(inputs, options.adapter)
         if tuple(input_shape[:2]) != (side, side):
             x = layers.Resizing(side, side, name="upsize")(x)
         trunk = spec.application(include_top=False, weights=None, input_tensor=x)
@@ -205,14 +284,24 @@ def backbone(family: str) -> Callable[..., keras.Model]:
         if options.weights:
             _load_backbone_weights(family, spec, options.weights, (side, side, 3), base)
         kept = base[:[layer.name for layer in base].index(cut) + 1]
-        _set_trainable(kept, trainable)
+        _set_trainable(kept, hp.get("trainable_layers", options.trainable_layers))
         x = layers.Identity(name=FEATURES)(trunk.get_layer(cut).output)
-        x = layers.GlobalAveragePooling2D()(x)
-        x = layers.Dense(int(hp.get("head_units", options.head_units)), activation="relu")(x)
-        x = layers.Dropout(options.dropout)(x)
-        return _assemble(family, inputs, x, config.augmentation, seed,
-                         keras.optimizers.Adam(float(hp.get("learning_rate", 1e-4))), n_classes)
+        x = (layers.Flatten() if options.pooling == "flatten"
+             else layers.GlobalAveragePooling2D())(x)
+        units = hp.get("head_units", options.head_units)
+        for width in ((units,) if isinstance(units, (int, float)) else units):
+            x = layers.Dense(int(width), activation="relu")(x)
+            x = layers.Dropout(options.dropout)(x) if options.dropout else x
+        return _assemble(family, inputs, x, config.augmentation, seed, n_classes)
     return build
+
+
+def _to_rgb(inputs, adapter: str):
+    """Returns the 3-channel input of a backbone: a learned 1x1 convolution (3 filters:
+    6 weights) or the gray channel replicated (no weights)."""
+    if adapter == "replicate":
+        return layers.Concatenate(name="to_rgb")([inputs, inputs, inputs])
+    return layers.Conv2D(3, 1, name="to_rgb")(inputs)
 
 
 def _cut_layer(family: str, cut: str, cuts: tuple[str, ...]) -> str:
@@ -237,9 +326,10 @@ def _load_backbone_weights(family: str, spec: Backbone, weights: str, shape: tup
     """Copies `weights` (imagenet or a weights file) into the backbone's layers, in order.
 
     The backbone is built once more on its own, as keras.applications ships it, loads the
-    weights there (Keras' own loader and checks), and hands them over layer by layer:
-    inside our model its layers sit behind the 1x1 conv, which the file does not know.
-    Raises ValueError with one line that says how to supply the file if it cannot be had.
+    weights there (Keras' own loader and checks; `imagenet` reads Keras' cache and
+    downloads the file only when it is not there), and hands them over layer by layer:
+    inside our model its layers sit behind the gray -> RGB adapter, which the file does
+    not know. Raises ValueError with one line that says how to supply the file.
     """
     source = weights if weights == "imagenet" else str(Path(weights).expanduser())
     try:
@@ -248,7 +338,8 @@ def _load_backbone_weights(family: str, spec: Backbone, weights: str, shape: tup
         raise ValueError(
             f"cannot load {family} weights '{weights}' ({type(err).__name__}: {err}). Offline? "
             f"Place {spec.weights_file} in ~/.keras/models/ (Keras' cache), or set "
-            f"model.backbone.weights to the path of a weights file") from err
+            f"model.backbone.weights to the path of a weights file (null: random weights)"
+        ) from err
     theirs = [layer for layer in reference.layers
               if not isinstance(layer, keras.layers.InputLayer)]
     if [len(layer.weights) for layer in theirs] != [len(layer.weights) for layer in base]:
@@ -257,29 +348,58 @@ def _load_backbone_weights(family: str, spec: Backbone, weights: str, shape: tup
         ours.set_weights(loaded.get_weights())
 
 
-# --- siamese ----------------------------------------------------------------------------
+# --- pairs of patches ---------------------------------------------------------------------
+
+# document 003's pair network: its scratch CNN as the encoder, the two encodings
+# concatenated, Dropout 0.4 before a Dense 512 head
+SIAMESE_CBIS = SiameseConfig(trunk="cbis_scratch", merge="concat", head_units=512,
+                             dropout=0.4, dropout_first=True)
+
 
 def siamese(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
             n_classes: int = 2) -> keras.Model:
-    """The siamese network: the trunk family's encoder, shared by the baseline and the
-    abnormal patch of a pair (input (2, H, W, 1)), the difference and both encodings
-    concatenated, a dense head; Adam. The trunk keeps its training-only augmentation."""
-    if len(input_shape) != 4 or input_shape[0] != 2:
-        raise ValueError(f"siamese takes pairs of patches shaped (2, H, W, 1), got "
-                         f"{input_shape}: set data.pairs")
-    options = config.siamese
-    single = build_model({**hp, "family": options.trunk}, input_shape[1:], config, seed,
+    """The project's pair network (model.siamese): the trunk family's encoder, shared by
+    the baseline and the abnormal patch of a pair (input (2, H, W, 1)), the encodings
+    merged, a dense head. The trunk keeps its training-only augmentation."""
+    return _pair_network("siamese", config.siamese, hp, input_shape, config, seed, n_classes)
+
+
+def siamese_cbis(hp: Mapping, input_shape: tuple, config: ModelConfig, seed: int,
+                 n_classes: int = 2) -> keras.Model:
+    """Document 003's Siamese network (3,977,345 weights at 150x150): the cbis_scratch
+    network up to its Dense 512 encodes both patches (one shared encoder, 3,452,032),
+    concatenated (1024) -> Dropout 0.4 -> Dense 512 -> output. Its best run (SIAMESE_5)
+    augmented by rotation only: model.augmentation."""
+    return _pair_network("siamese_cbis", SIAMESE_CBIS, hp, input_shape, config, seed,
                          n_classes)
+
+
+def _pair_network(name: str, options: SiameseConfig, hp: Mapping, input_shape: tuple,
+                  config: ModelConfig, seed: int, n_classes: int) -> keras.Model:
+    if len(input_shape) != 4 or input_shape[0] != 2:
+        raise ValueError(f"{name} takes pairs of patches shaped (2, H, W, 1), got "
+                         f"{input_shape}: set data.pairs")
+    single = build_network(options.trunk, {**hp, "family": options.trunk}, input_shape[1:],
+                           config, seed, n_classes)
     encoder = trunk_of(single)
     pair = keras.Input(input_shape, name="pair")
     baseline, abnormal = encoder(pair[:, 0]), encoder(pair[:, 1])
-    x = layers.Concatenate(name=PAIR_HEAD[0])(
-        [layers.Subtract(name="difference")([abnormal, baseline]), baseline, abnormal])
-    x = layers.Dense(options.head_units, activation="relu", name=PAIR_HEAD[1])(x)
-    x = layers.Dropout(options.dropout, name=PAIR_HEAD[2])(x)
-    model = keras.Model(pair, output_layer(n_classes)(x), name="siamese")
-    return compile_classifier(model, keras.optimizers.Adam(float(hp.get("learning_rate", 1e-3))),
-                              n_classes)
+    x = merge_pair(options.merge, baseline, abnormal)
+    dense = layers.Dense(options.head_units, activation="relu", name="pair_head")
+    dropout = layers.Dropout(options.dropout, name="pair_dropout")
+    x = dense(dropout(x)) if options.dropout_first else dropout(dense(x))
+    return keras.Model(pair, output_layer(n_classes)(x), name=name)
+
+
+def merge_pair(merge: str, baseline, abnormal, difference: layers.Layer | None = None,
+               join: layers.Layer | None = None):
+    """Returns the two encodings merged: concat [baseline, abnormal] or difference
+    [abnormal - baseline, baseline, abnormal] (the layers given are reused, else made)."""
+    join = join or layers.Concatenate(name=MERGE)
+    if merge == "concat":
+        return join([baseline, abnormal])
+    difference = difference or layers.Subtract(name="difference")
+    return join([difference([abnormal, baseline]), baseline, abnormal])
 
 
 def trunk_of(model: keras.Model) -> keras.Model:
@@ -298,13 +418,11 @@ def trunk_of(model: keras.Model) -> keras.Model:
 # --- shared pieces ----------------------------------------------------------------------
 
 def _assemble(family: str, inputs, features, stack: AugmentationConfig, seed: int,
-              optimizer: keras.optimizers.Optimizer, n_classes: int = 2,
-              output_init="glorot_uniform") -> keras.Model:
-    """Returns input -> augmentation -> body (network + output layer), compiled."""
-    body = keras.Model(inputs, output_layer(n_classes, output_init)(features), name=BODY)
+              n_classes: int = 2) -> keras.Model:
+    """Returns input -> augmentation -> body (network + output layer), uncompiled."""
+    body = keras.Model(inputs, output_layer(n_classes)(features), name=BODY)
     model_input = keras.Input(inputs.shape[1:], name="patch")
-    model = keras.Model(model_input, body(augmentation(stack, seed)(model_input)), name=family)
-    return compile_classifier(model, optimizer, n_classes)
+    return keras.Model(model_input, body(augmentation(stack, seed)(model_input)), name=family)
 
 
 def _need_min_side(family: str, input_shape: tuple, side: int) -> None:

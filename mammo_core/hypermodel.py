@@ -5,7 +5,8 @@ Searched hyperparameters (see `search_space` in the experiment YAML):
   rate          dropout rate after every block and dense layer
   depth         number of dense layers in the head
   learning_rate Adam step size
-Fixed architecture choices come from `ModelConfig`.
+Fixed architecture choices come from `ModelConfig`. The training-only augmentation
+layers every family shares live here too.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import keras
 from keras import layers, ops
 
 from mammo_core.config import AugmentationConfig, ModelConfig
+from mammo_core.recipe import resolve
 
 AUGMENTATION = "augmentation"  # the training-only stack; explanations remove it
 
@@ -79,6 +81,38 @@ class RandomContrastAroundMean(layers.Layer):
                 "scale": self.scale}
 
 
+@keras.saving.register_keras_serializable(package="mammo")
+class RandomRotationSteps(layers.Layer):
+    """Rotates each image about its centre by a random multiple of `step` degrees (0,
+    step, 2 step, ... below 360), bilinear, corners filled with 0, in training only: the
+    MIAS study's 180 copies of every image at 2-degree steps, drawn instead of stored."""
+
+    def __init__(self, step: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.step, self.seed = float(step), seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.step <= 0:
+            return inputs
+        n, height, width = ops.shape(inputs)[0], ops.shape(inputs)[1], ops.shape(inputs)[2]
+        turns = keras.random.randint((n,), 0, max(int(round(360 / self.step)), 1),
+                                     seed=self.seed_generator)
+        angle = ops.cast(turns, "float32") * (self.step * math.pi / 180)
+        cos, sin = ops.cos(angle), ops.sin(angle)
+        cx = (ops.cast(width, "float32") - 1) / 2
+        cy = (ops.cast(height, "float32") - 1) / 2
+        # output pixel (x, y) reads input (a0 x + a1 y + a2, b0 x + b1 y + b2)
+        zero = ops.zeros_like(cos)
+        transform = ops.stack([cos, -sin, cx - cos * cx + sin * cy,
+                               sin, cos, cy - sin * cx - cos * cy, zero, zero], axis=1)
+        return ops.image.affine_transform(inputs, ops.cast(transform, inputs.dtype),
+                                          interpolation="bilinear", fill_mode="constant")
+
+    def get_config(self):
+        return {**super().get_config(), "step": self.step, "seed": self.seed}
+
+
 def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
     """Returns the training-only augmentation stack (identity at inference)."""
     stack = []
@@ -86,6 +120,8 @@ def augmentation(config: AugmentationConfig, seed: int) -> keras.Sequential:
         stack.append(layers.RandomFlip("horizontal_and_vertical", seed=seed))
     if config.rotate90:
         stack.append(RandomRot90(seed=seed + 1))
+    if config.rotate_degrees > 0:
+        stack.append(RandomRotationSteps(config.rotate_degrees, seed=seed + 3))
     if config.contrast > 0:
         stack.append(RandomContrastAroundMean(config.contrast, seed=seed + 2,
                                               scale=config.contrast_scale))
@@ -119,8 +155,17 @@ def compile_classifier(model: keras.Model, optimizer, n_classes: int) -> keras.M
 
 def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],
                 config: ModelConfig, seed: int = 0, n_classes: int = 2) -> keras.Model:
-    """Returns a compiled classifier for the hyperparameters `hp` (see compile_classifier
-    for its output and metrics)."""
+    """Returns the compiled classifier for the hyperparameters `hp` (see compile_classifier
+    for its output and metrics), trained with the project's recipe (Adam, `learning_rate`)."""
+    network = build_network(hp, input_shape, config, seed, n_classes)
+    optimizer = resolve("hypermodel", hp, config.optimizer).make_optimizer()
+    return compile_classifier(network, optimizer, n_classes)
+
+
+def build_network(hp: Mapping[str, float], input_shape: tuple[int, int, int],
+                  config: ModelConfig, seed: int = 0, n_classes: int = 2) -> keras.Model:
+    """Returns the hypermodel's network for `hp` (uncompiled): augmentation, `conv_blocks`
+    conv blocks of init * 2^k filters, the pooled head of `depth` halving dense layers."""
     if config.augmentation.rotate90 and input_shape[0] != input_shape[1]:
         raise ValueError(f"rotate90 augmentation needs square images, got {input_shape[:2]}")
     init, depth, rate = int(hp["init"]), int(hp["depth"]), float(hp["rate"])
@@ -133,8 +178,7 @@ def build_model(hp: Mapping[str, float], input_shape: tuple[int, int, int],
         x = layers.Dense(max(config.dense_units // 2 ** index, 1), activation="relu",
                          name=f"dense_{index}")(x)
         x = layers.Dropout(rate)(x)
-    model = keras.Model(inputs, output_layer(n_classes)(x), name="mammo_cnn")
-    return compile_classifier(model, keras.optimizers.Adam(float(hp["learning_rate"])), n_classes)
+    return keras.Model(inputs, output_layer(n_classes)(x), name="mammo_cnn")
 
 
 def _conv_block(x, filters: int, config: ModelConfig, rate: float, index: int):

@@ -57,7 +57,8 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     """Returns model-ready float32 images shaped (N, H, W, 1), or (N, 2, H, W, 1) for
     pairs of patches (N, 2, H, W), each patch preprocessed on its own.
 
-    Steps, each switched in the config: scale to [0, 1], CLAHE, per-patch standardisation
+    Steps, each switched in the config: scale to [0, 1], fixed contrast enhancement
+    (`contrast_factor`), CLAHE, per-patch standardisation
     (`before`, `robust`, `noise`), wavelet filter, per-patch standardisation (`after`).
     CLAHE comes first because it expects intensities, not the signed wavelet output.
     """
@@ -69,6 +70,8 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     if images.ndim != 3:
         raise ValueError(f"expected images shaped (N, H, W) or (N, H, W, 1), got {images.shape}")
     out = as_unit(np.asarray(images))
+    if config.contrast_factor != 1:
+        out = adjust_contrast(out, config.contrast_factor)
     if config.clahe.enabled:
         out = clahe(out, config.clahe)
     if config.standardize == "before":
@@ -82,6 +85,14 @@ def preprocess(images: np.ndarray, config: PreprocessingConfig) -> np.ndarray:
     if config.standardize == "after":
         out = standardize(out)
     return out[..., np.newaxis]
+
+
+def adjust_contrast(images: np.ndarray, factor: float) -> np.ndarray:
+    """Returns each image's deviation from its own mean times `factor`, plus that mean,
+    unclipped: what tf.image.adjust_contrast does to one channel (document 003's fixed
+    contrast enhancement by 1.5 or 2)."""
+    mean = images.mean(axis=(-2, -1), keepdims=True)
+    return ((images - mean) * factor + mean).astype(np.float32)
 
 
 def standardize(images: np.ndarray, robust: bool = False) -> np.ndarray:

@@ -48,16 +48,22 @@ LAYOUTS = Registry("data layout", {
     "mias": "mammo_core.readers.mias:load_mias",
 })
 
-# model.family: builder(hp, input_shape, ModelConfig, seed, n_classes) -> keras.Model
+# model.family: builder(hp, input_shape, ModelConfig, seed, n_classes) -> an uncompiled
+# keras.Model (mammo_core/families.build_model compiles it with the family's recipe)
 FAMILIES = Registry("model family", {
-    "hypermodel": "mammo_core.hypermodel:build_model",
+    "hypermodel": "mammo_core.hypermodel:build_network",
+    "microcal_hypermodel": "mammo_core.families:microcal_hypermodel",
     "microcal_cnn": "mammo_core.families:microcal_cnn",
     **{f"mass_calc_m{k}": f"mammo_core.families:mass_calc_m{k}" for k in range(6)},
     "mias_cnn": "mammo_core.families:mias_cnn",
+    "cbis_scratch": "mammo_core.families:cbis_scratch",
     "vgg16": "mammo_core.families:vgg16",
     "inception_v3": "mammo_core.families:inception_v3",
     "siamese": "mammo_core.families:siamese",
+    "siamese_cbis": "mammo_core.families:siamese_cbis",
 })
+# the families that take (baseline, abnormal) pairs of patches (data.pairs)
+PAIR_FAMILIES = ("siamese", "siamese_cbis")
 
 # registry.method: how the fold experts' probabilities are combined (mammo_core/ensemble.py)
 ENSEMBLE_METHODS = ("average", "learned", "best_single")

@@ -1,4 +1,5 @@
-"""Fitting one model: seeding, early stopping on validation AUC, a compact status line."""
+"""Fitting one model: seeding, the family's recipe (batch size, epochs, early stopping), a
+compact status line."""
 from __future__ import annotations
 
 import sys
@@ -11,6 +12,7 @@ import numpy as np
 from mammo_core.balance import balanced
 from mammo_core.config import TrainingConfig
 from mammo_core.metrics import auc
+from mammo_core.recipe import Recipe
 
 
 def limit_tensorflow_threads(threads: int = 1) -> None:
@@ -34,26 +36,24 @@ def set_seed(seed: int) -> None:
 
 
 def fit(model: keras.Model, train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray], config: TrainingConfig,
+        val: tuple[np.ndarray, np.ndarray], config: TrainingConfig, recipe: Recipe,
         callbacks: Sequence[keras.callbacks.Callback] = (),
         stream: TextIO | None = sys.stdout) -> keras.callbacks.History:
-    """Trains `model` and returns its History; the model keeps its best-epoch weights.
+    """Trains `model` as `recipe` says and returns its History.
 
-    The training part (only) is balanced as `config.class_balance` says. Selection is on
-    `config.monitor` (validation AUC by default): early stopping after
-    `early_stopping_patience` epochs without improvement, best weights restored.
+    The training part (only) is balanced as `config.class_balance` says. `recipe.epochs`
+    epochs of `recipe.batch_size` images, stopped by the recipe's early-stopping rule (its
+    monitor, patience, and whether the best epoch's weights are restored).
     Prints one status line per epoch with an ETA (nothing when `stream` is None).
     """
-    stopper = keras.callbacks.EarlyStopping(
-        monitor=config.monitor, mode="min" if "loss" in config.monitor else "max",
-        patience=config.early_stopping_patience, restore_best_weights=True)
-    status = [EpochStatus(config.epochs, stream)] if stream else []
+    status = [EpochStatus(recipe.epochs, stream)] if stream else []
     x, y, class_weight = balanced(*train, config.class_balance, config.seed)
     n_classes = int(model.outputs[0].shape[-1])
     n_classes = 2 if n_classes == 1 else n_classes
-    return model.fit(x, y, class_weight=class_weight, validation_data=val, epochs=config.epochs,
-                     batch_size=config.batch_size, verbose=0,
-                     callbacks=[*macro_auc(n_classes, *val), stopper, *status, *callbacks])
+    return model.fit(x, y, class_weight=class_weight, validation_data=val, epochs=recipe.epochs,
+                     batch_size=recipe.batch_size, verbose=0,
+                     callbacks=[*macro_auc(n_classes, *val), *recipe.early_stopping_callbacks(),
+                                *status, *callbacks])
 
 
 def predict_proba(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

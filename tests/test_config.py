@@ -119,7 +119,7 @@ def test_every_study_config_loads_and_names_its_model_after_the_task(name):
 def test_pairs_and_the_siamese_family_go_together():
     raw = base()
     raw["data"] |= {"layout": "cbis_npy", "label_map": {1: 0, 3: 1}, "pairs": True}
-    with pytest.raises(ConfigError, match="'model.family' must be siamese"):
+    with pytest.raises(ConfigError, match="'model.family' must be one of \\['siamese', 'siamese_cbis'\\]"):
         experiment_from_dict(raw)
     raw["model"]["family"] = "siamese"
     raw["model"]["siamese"] = {"trunk": "siamese"}

@@ -5,7 +5,8 @@ import pytest
 
 from mammo_core.config import ModelConfig, TrainingConfig
 from mammo_core.hypermodel import build_model
-from mammo_core.training import fit, predict_proba, set_seed
+from mammo_core.recipe import resolve
+from mammo_core.training import fit as fit_recipe, predict_proba, set_seed
 
 HP = {"init": 4, "rate": 0.0, "depth": 1, "learning_rate": 0.01}
 
@@ -16,6 +17,12 @@ def toy_data(seed=0, n=64):
     y = np.arange(n) % 2
     x[y == 1, 8, 8, 0] = 1.0  # a learnable bright spot
     return x, y
+
+
+def fit(model, train, val, config, **kwargs):
+    """Fits with the hypermodel's recipe as `config` overrides it."""
+    return fit_recipe(model, train, val, config, resolve("hypermodel", HP, training=config),
+                      **kwargs)
 
 
 def small_model(seed=0):

@@ -16,7 +16,7 @@ from mammo_core import metrics
 from mammo_core.config import Experiment
 from mammo_core.dataset import Dataset
 from mammo_core.folds import Fold
-from mammo_core.families import build_model, count_params, family_of
+from mammo_core.families import build_model, count_params, family_of, recipe_for
 from mammo_core.tracking import log_figure, log_keras_model, tracked_run
 from tune.evaluation import evaluate_on_test
 from tune.project import log_data_parts
@@ -78,7 +78,10 @@ def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold:
         mlflow.set_tag("mammo.best_trial_run", best_run)
         mlflow.log_params({f"best.{k}": v for k, v in best.config.items()}
                           | {"family": family_of(best.config, experiment.model),
-                             "expert_params": count_params(model)})
+                             "expert_params": count_params(model)}
+                          | recipe_for(best.config, experiment.model,
+                                       experiment.training).params())
+        mlflow.log_metric("expert_weights", count_params(model))
         mlflow.log_dict(dict(best.config), CONFIG_ARTIFACT)
         log_best_curves(best)
         scores, probabilities = evaluate_on_test(model, experiment, dataset, images, parts)

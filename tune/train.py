@@ -19,7 +19,7 @@ import pandas as pd
 from mammo_core import metrics, splits
 from mammo_core.config import Experiment
 from mammo_core.dataset import Dataset
-from mammo_core.families import build_model
+from mammo_core.families import build_model, count_params, recipe_for
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import (EpochLogger, log_experiment_config, log_figure,
                                  log_keras_model, log_yaml, tracked_run, use_tracking_store)
@@ -69,8 +69,11 @@ def train_and_evaluate(experiment: Experiment, dataset: Dataset) -> dict[str, fl
     set_seed(experiment.training.seed)
     model = build_model(experiment.hyperparameters, images.shape[1:], experiment.model,
                         seed=experiment.training.seed, n_classes=experiment.data.n_classes)
+    recipe = recipe_for(experiment.hyperparameters, experiment.model, experiment.training)
+    mlflow.log_params(recipe.params())
+    mlflow.log_metric("model_weights", count_params(model))
     history = fit(model, (x["train"], y["train"]), (x["val"], y["val"]),
-                  experiment.training, callbacks=[EpochLogger()])
+                  experiment.training, recipe, callbacks=[EpochLogger()])
     mlflow.log_metric("epochs_trained", len(history.history["loss"]))
     log_figure(metrics.learning_curves_figure(history.history), "figures/learning_curves.png")
     val = metrics.scores(y["val"], predict_proba(model, x["val"]), experiment.training.threshold)

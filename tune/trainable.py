@@ -16,7 +16,7 @@ from ray import tune
 
 from mammo_core.balance import balanced
 from mammo_core.config import Experiment
-from mammo_core.families import build_model, count_params
+from mammo_core.families import build_model, count_params, recipe_for
 from mammo_core.training import limit_tensorflow_threads, macro_auc, set_seed
 
 WEIGHTS = "model.weights.h5"
@@ -30,6 +30,8 @@ def train_trial(config: dict, data: dict[str, np.ndarray], experiment: Experimen
     balanced as `training.class_balance` says. A checkpoint (best-epoch weights) is
     reported whenever validation AUC improves; a restored trial continues from its best
     checkpoint. Every report also carries where the trial's time went (`PHASES`).
+    The family's recipe gives the batch size and the early-stopping rule; the epochs are
+    the search's budget (`search.max_epochs`), which ASHA may cut short.
     """
     entered = time.time()
     keras.backend.clear_session()  # a reused worker keeps no state of its previous trial
@@ -40,6 +42,7 @@ def train_trial(config: dict, data: dict[str, np.ndarray], experiment: Experimen
     model = build_model(config, data["x_train"].shape[1:], experiment.model,
                         seed=int(config["seed"]), n_classes=n_classes)
     build_seconds = time.monotonic() - built
+    recipe = recipe_for(config, experiment.model, experiment.training)
     initial_epoch, best = restore(model)
     x, y, class_weight = balanced(data["x_train"], data["y_train"],
                                   experiment.training.class_balance, int(config["seed"]))
@@ -48,9 +51,10 @@ def train_trial(config: dict, data: dict[str, np.ndarray], experiment: Experimen
     model.fit(x, y, class_weight=class_weight,
               validation_data=(data["x_val"], data["y_val"]),
               initial_epoch=initial_epoch, epochs=experiment.search.max_epochs,
-              batch_size=experiment.training.batch_size, verbose=0,
+              batch_size=recipe.batch_size, verbose=0,
               callbacks=[*macro_auc(n_classes, data["x_val"], data["y_val"]),
-                         ReportToTune(best, count_params(model), start)])
+                         ReportToTune(best, count_params(model), start),
+                         *recipe.early_stopping_callbacks()])
 
 
 def restore(model: keras.Model) -> tuple[int, float]:
