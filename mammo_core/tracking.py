@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from mammo_core.config import Experiment, flat_params, plain
+from mammo_core.recipe import resolve
 
 DB_NAME = "mlflow.db"
 
@@ -120,11 +121,16 @@ def tracked_run(experiment_name: str, run_name: str, tags: Mapping[str, str] | N
 
 
 def log_experiment_config(experiment: Experiment, source: str | Path) -> None:
-    """Logs the resolved config as dotted params and as `config/experiment.yaml`.
+    """Logs the resolved config as dotted params and as `config/experiment.yaml`, and
+    the training recipe its family resolves to (`recipe.*`: the published one with the
+    config's overrides; a search's folds log their best trial's).
 
     Also tags the run with the config file path and its fingerprint.
     """
     mlflow.log_params(flat_params(experiment))
+    if isinstance(experiment, Experiment):
+        mlflow.log_params(resolve(experiment.model.family, experiment.hyperparameters,
+                                  experiment.model.optimizer, experiment.training).params())
     mlflow.log_dict(experiment.to_dict(), "config/experiment.yaml")
     mlflow.set_tags({"mammo.config_file": str(source),
                      "mammo.config_hash": experiment.fingerprint()})

@@ -220,8 +220,9 @@ def test_deep_shap_adds_up_for_a_family_model(family, shape):
 
 def test_family_is_a_checked_config_key_and_search_dimension():
     quick = load_experiment("experiments/families_quick.yaml")
-    assert quick.search_space["family"].values == ("hypermodel", "microcal_cnn",
-                                                   "mass_calc_m5", "vgg16")
+    assert quick.search_space["family"].values == (
+        "hypermodel", "microcal_hypermodel", "microcal_cnn", "cbis_scratch", "mass_calc_m5",
+        "vgg16")
     raw = quick.to_dict()
     for change, message in (
             ({"model": {**raw["model"], "family": "resnet"}}, "'model.family' must be one of"),

@@ -84,3 +84,32 @@ def test_other_input_sizes_and_poolings():
         assert model.output_shape == (None, 1)
     with pytest.raises(ValueError, match="square"):
         build_model(EXPERIMENT.hyperparameters, (60, 40, 1), ModelConfig())
+
+
+def test_rotation_by_steps_turns_by_multiples_of_the_step_in_training_only():
+    from mammo_core.hypermodel import RandomRotationSteps
+
+    x = np.zeros((64, 9, 9, 1), np.float32)
+    x[:, 1, 4, 0] = 1.0  # a dot above the centre
+    quarter = RandomRotationSteps(90.0, seed=0)
+    np.testing.assert_array_equal(quarter(x, training=False), x)
+    turned = np.asarray(quarter(x, training=True))
+    spots = {tuple(np.argwhere(image[..., 0] > 0.5)[0]) for image in turned}
+    assert spots == {(1, 4), (4, 7), (7, 4), (4, 1)}  # exactly the four right angles
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(np.random.default_rng(0).random((21, 21)), 2)
+    smooth = np.repeat(smooth[None, :, :, None], 16, axis=0).astype(np.float32)
+    fine = np.asarray(RandomRotationSteps(2.0, seed=1)(smooth, training=True))[..., 0]
+    rows, cols = np.indices((21, 21))
+    inside = (rows - 10) ** 2 + (cols - 10) ** 2 < 8 ** 2  # away from the filled corners
+    references = np.stack([ndimage.rotate(smooth[0, ..., 0], 2 * k, reshape=False, order=1)
+                           for k in range(180)])
+    matched = [np.abs(references[:, inside] - image[inside]).max(axis=1) for image in fine]
+    assert max(m.min() for m in matched) < 1e-4  # each image: one multiple of 2 degrees
+    assert len({int(m.argmin()) for m in matched}) > 8  # and many of them
+    config = ModelConfig(augmentation=ModelConfig().augmentation.replace(rotate_degrees=2.0))
+    model = build_model({"init": 4, "rate": 0.0, "depth": 1, "learning_rate": 1e-3},
+                        (16, 16, 1), config)
+    assert any(isinstance(layer, RandomRotationSteps)
+               for layer in model.get_layer("augmentation").layers)

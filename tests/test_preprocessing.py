@@ -131,3 +131,17 @@ def test_flat_and_saturated_patches_end_in_spread_units_like_the_others(mode):
     assert np.all(out[2] == 0) and flat == 0  # a constant patch has nothing to scale
     assert saturated > 1.5  # in units of its own spread, not left at raw intensities
     assert 0.02 < saturated / tissue < 50
+
+
+def test_fixed_contrast_enhancement_is_tf_adjust_contrast_on_every_image():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 65536, (3, 20, 20)).astype(np.uint16)
+    plain = preprocess(raw, PreprocessingConfig(wavelet=WaveletConfig(enabled=False)))
+    enhanced = preprocess(raw, PreprocessingConfig(wavelet=WaveletConfig(enabled=False),
+                                                   contrast_factor=2.0))
+    expected = tf.image.adjust_contrast(tf.constant(plain), 2.0).numpy()
+    np.testing.assert_allclose(enhanced, expected, atol=1e-5)
+    assert enhanced.max() > 1.0  # unclipped, as adjust_contrast
+    np.testing.assert_allclose(enhanced.mean(axis=(1, 2)), plain.mean(axis=(1, 2)), atol=1e-5)

@@ -70,7 +70,6 @@ def train_and_evaluate(experiment: Experiment, dataset: Dataset) -> dict[str, fl
     model = build_model(experiment.hyperparameters, images.shape[1:], experiment.model,
                         seed=experiment.training.seed, n_classes=experiment.data.n_classes)
     recipe = recipe_for(experiment.hyperparameters, experiment.model, experiment.training)
-    mlflow.log_params(recipe.params())
     mlflow.log_metric("model_weights", count_params(model))
     history = fit(model, (x["train"], y["train"]), (x["val"], y["val"]),
                   experiment.training, recipe, callbacks=[EpochLogger()])
