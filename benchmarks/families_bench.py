@@ -2,15 +2,17 @@
 same training budget, next to the brightness baselines measured on the same test parts.
 
     python benchmarks/families_bench.py [--epochs 20] [--patience 6]
-        [--families hypermodel microcal_cnn mass_calc_m5 vgg16] [--vgg-cut top]
+        [--families hypermodel microcal_hypermodel microcal_cnn mass_calc_m5 vgg16]
+        [--vgg-cut top]
 
-Each family is trained once per outer fold at a fixed configuration (the hypermodel at
-the config's `hyperparameters` point, the others at their published design, with their
-own dropout and learning rate: Adam 1e-3, vgg16 1e-4) on the fold's
-train part, with early stopping on the inner validation AUC (best weights kept), then
-scored once on the fold's test part. No family is searched here, so the hypermodel row is
-its fixed point, not the searched result (see search_bench.py for that). vgg16 starts from
-random weights: no ImageNet file can be downloaded on these machines.
+Each family is trained once per outer fold at a fixed configuration (the hypermodel and
+document 000's hypermodel at the config's `hyperparameters` point, the others at their
+published design) with its published recipe's optimizer, learning rate and batch size
+(mammo_core/recipe.py), on the fold's train part, under one budget for all: at most
+--epochs epochs, early stopping on the inner validation AUC after --patience epochs (best
+weights kept); then scored once on the fold's test part. No family is searched here, so
+the hypermodel rows are fixed points, not searched results (see search_bench.py). vgg16
+starts from random weights, all trained: no ImageNet file can be downloaded here.
 
 Prints a markdown table for docs/benchmarks.md and writes benchmarks/results/families.json.
 """
@@ -28,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mammo_core import metrics  # noqa: E402
 from mammo_core.config import BackboneConfig  # noqa: E402
-from mammo_core.families import build_model, count_params  # noqa: E402
+from mammo_core.families import build_model, count_params, recipe_for  # noqa: E402
 from mammo_core.folds import make_fold_plan  # noqa: E402
 from mammo_core.preprocessing import preprocess  # noqa: E402
 from mammo_core.training import fit, limit_tensorflow_threads, predict_proba, set_seed  # noqa: E402
@@ -36,7 +38,9 @@ from tune.evaluation import baseline_aucs  # noqa: E402
 from tune.project import load_config, load_data  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_FAMILIES = ("hypermodel", "microcal_cnn", "mass_calc_m5", "vgg16")
+DEFAULT_FAMILIES = ("hypermodel", "microcal_hypermodel", "microcal_cnn", "mass_calc_m5",
+                    "vgg16")
+SEARCHED = ("hypermodel", "microcal_hypermodel")  # trained at the config's fixed point
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -53,18 +57,23 @@ class EpochTimer(keras.callbacks.Callback):
 def run_family(family: str, experiment, images, labels, plan, args) -> dict:
     """Returns per-fold test AUCs, wall seconds, weights and median seconds per epoch."""
     model_config = experiment.model.replace(family=family, backbone=BackboneConfig(
-        cut=args.vgg_cut, trainable_layers=None))
-    training = experiment.training.replace(epochs=args.epochs,
-                                           early_stopping_patience=args.patience)
+        weights=None, cut=args.vgg_cut, trainable_layers=None, pooling="avg", head_units=64))
+    # one budget for every family; the optimizer and batch size stay each family's own
+    training = experiment.training.replace(epochs=args.epochs, batch_size=None,
+                                           early_stopping_patience=args.patience,
+                                           monitor="val_auc")
     # the published designs keep their own dropout and learning rate
-    hyperparameters = experiment.hyperparameters if family == "hypermodel" else {}
+    hyperparameters = ({k: v for k, v in experiment.hyperparameters.items()
+                        if family == "hypermodel" or k != "learning_rate"}
+                       if family in SEARCHED else {})
+    recipe = recipe_for(hyperparameters, model_config, training)
     aucs, epoch_times, epochs, started = [], [], [], time.monotonic()
     for fold in plan.folds:
         set_seed(fold.index)
         model = build_model(hyperparameters, images.shape[1:], model_config, seed=fold.index)
         timer = EpochTimer()
         history = fit(model, (images[fold.train], labels[fold.train]),
-                      (images[fold.val], labels[fold.val]), training, callbacks=[timer],
+                      (images[fold.val], labels[fold.val]), training, recipe, callbacks=[timer],
                       stream=None)
         aucs.append(metrics.binary_metrics(labels[fold.test],
                                            predict_proba(model, images[fold.test]))["auc"])
@@ -74,6 +83,7 @@ def run_family(family: str, experiment, images, labels, plan, args) -> dict:
               f"after {epochs[-1]} epochs ({time.monotonic() - started:.0f} s so far)",
               flush=True)
     return {"auc": aucs, "seconds": time.monotonic() - started, "params": count_params(model),
+            "recipe": f"{recipe.optimizer} {recipe.learning_rate:g}, batch {recipe.batch_size}",
             "seconds_per_epoch": float(np.median(epoch_times)), "epochs": epochs}
 
 
@@ -106,18 +116,19 @@ def main() -> None:
 
 
 def print_table(results: dict, args) -> None:
-    print("\n| model | CV test AUC (5 folds, grouped by case) | per fold | weights | "
+    print("\n| model | CV test AUC (5 folds, grouped by case) | per fold | weights | recipe | "
           "s / epoch | epochs run | wall |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, row in sorted(results.items(), key=lambda item: -np.mean(item[1]["auc"])):
         auc = np.asarray(row["auc"])
-        extra = (f"{row['params']:,} | {row['seconds_per_epoch']:.2f} | "
+        extra = (f"{row['params']:,} | {row['recipe']} | {row['seconds_per_epoch']:.2f} | "
                  f"{'/'.join(map(str, row['epochs']))} | {row['seconds'] / 60:.1f} min"
-                 if "params" in row else "— | — | — | —")
+                 if "params" in row else "— | — | — | — | —")
         print(f"| {name} | {auc.mean():.3f} ± {auc.std(ddof=1):.3f} | "
               f"{' '.join(f'{a:.3f}' for a in auc)} | {extra} |")
     print(f"\nbudget: at most {args.epochs} epochs, early stopping patience {args.patience} on "
-          f"inner validation AUC; vgg16 cut {args.vgg_cut}, random init")
+          f"inner validation AUC; vgg16 cut {args.vgg_cut}, random init, all trained, "
+          "pooled head of 64")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from mammo_core.config import Experiment
+from mammo_core.recipe import resolve
 
 INTENDED_USE = ("Research only; not for diagnosis. Scores {rows}x{cols} mammogram images "
                 "of the `{task}` task as {classes}, to compare models and study errors. It "
@@ -77,6 +78,9 @@ def _training_section(facts: CardFacts) -> list[str]:
              f"- {e.cross_validation.n_folds} fold experts, each the best of a Ray Tune search "
              f"({e.search.searcher}, {e.search.trials_per_fold} trials per fold, up to "
              f"{e.search.max_epochs} epochs, ASHA on validation AUC)",
+             (f"- families searched: {', '.join(e.search_space['family'].values)}"
+              if "family" in e.search_space else
+              f"- family `{e.model.family}`, recipe: {_recipe_text(e)}"),
              f"- ensemble `{facts.method}`, weights fitted on the hold-out: {weights}"
              + (f" ({facts.method_reason})" if facts.method_reason else "")]
     if facts.calibration and facts.calibration != {"slope": 1.0, "intercept": 0.0}:
@@ -93,6 +97,17 @@ def _training_section(facts: CardFacts) -> list[str]:
         lines.append(f"- **recalibrated for site `{facts.site}`**: calibration and threshold "
                      "refitted on that site's labelled sample; the experts are unchanged")
     return lines
+
+
+def _recipe_text(e) -> str:
+    """Returns the training recipe the config's family resolves to, in words."""
+    recipe = resolve(e.model.family, e.hyperparameters, e.model.optimizer, e.training)
+    stop = recipe.early_stopping
+    return (f"{recipe.optimizer} {recipe.learning_rate:g}"
+            + (f", decay {recipe.decay:g}" if recipe.decay else "")
+            + f", batch {recipe.batch_size}, "
+            + (f"early stopping on {stop.monitor} (patience {stop.patience})" if stop
+               else "no early stopping"))
 
 
 def _metrics_section(facts: CardFacts) -> list[str]:

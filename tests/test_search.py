@@ -215,3 +215,19 @@ def kill_one_trial_worker(marker: bytes) -> int | None:
             os.kill(int(entry), signal.SIGKILL)
             return int(entry)
     return None
+
+
+def test_a_fold_interrupted_before_tune_saved_its_searcher_is_started_again(tmp_path):
+    """Tune pickles the Tuner when a fold starts and the searcher's state only with its
+    first checkpoint: resuming in between restored a searcher without its space (Optuna
+    then failed on its first suggestion). Such a fold is not restorable; a saved one is."""
+    from tune.fold import restorable
+
+    fold = tmp_path / "fold0"
+    fold.mkdir()
+    assert not restorable(fold, searched=True)  # nothing saved at all
+    (fold / "tuner.pkl").write_bytes(b"")
+    assert not restorable(fold, searched=True)  # the Tuner, not yet the searcher
+    assert restorable(fold, searched=False)  # a fixed config has no searcher to lose
+    (fold / "searcher-state-2026-12-03_16-00-00.pkl").write_bytes(b"")
+    assert restorable(fold, searched=True)

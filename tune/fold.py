@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import warnings
 from dataclasses import dataclass
@@ -119,10 +120,14 @@ def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data, experiment=experiment), {"cpu": 1})
     path = storage / f"fold{fold_index}"
-    if resume and tune.Tuner.can_restore(str(path)):
+    if resume and restorable(path, searched=not fixed):
         print(f"fold {fold_index + 1}: restoring unfinished trials from {path}")
         tuner = tune.Tuner.restore(str(path), trainable, resume_errored=True)
     else:
+        if resume and path.exists():
+            print(f"fold {fold_index + 1}: interrupted before its search saved any state: "
+                  "starting it again")
+            shutil.rmtree(path)
         tuner = make_tuner(experiment, fold_index, trainable, storage, callbacks, fixed)
     ctrl_c = signal.getsignal(signal.SIGINT)
     try:
@@ -131,6 +136,19 @@ def fit_fold(experiment: Experiment, fold_index: int, data: dict, storage: Path,
         # Tune leaves its graceful-stop handler installed, tied to this finished fit: a
         # Ctrl-C after it (evaluating the expert) would be swallowed.
         signal.signal(signal.SIGINT, ctrl_c)
+
+
+def restorable(path: Path, searched: bool) -> bool:
+    """Returns whether the fold's Tune experiment at `path` can be continued.
+
+    Tune pickles the Tuner when the fold starts but saves the searcher's state only with
+    its first experiment checkpoint: a fold interrupted in between restores a searcher
+    without its space, and OptunaSearch then fails on its first suggestion. Such a fold
+    has nothing worth keeping and is started again instead.
+    """
+    if not tune.Tuner.can_restore(str(path)):
+        return False
+    return not searched or any(path.glob("searcher-state-*.pkl"))
 
 
 def make_tuner(experiment: Experiment, fold_index: int, trainable, storage: Path,
