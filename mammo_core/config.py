@@ -375,6 +375,17 @@ class SplitConfig(Section):
     test_fraction: SplitFraction = 0.2
     val_fraction: SplitFraction = 0.2  # of the part that remains after the test part
     seed: Seed = 0
+    # grouped: outer test folds drawn by `group_by` (the project's honest default);
+    # published: the collection's own test partition is every expert's test set, the
+    # hold-out and validation parts come from its training partition (mammo_core/folds.py)
+    protocol: Literal["grouped", "published"] = "grouped"
+    # published: the partitions that form the test side (null: every partition whose name
+    # holds "test", e.g. microcal's Test, CBIS' mass_test / calc_test, the NumPy test files)
+    test_partitions: Optional[tuple[Name, ...]] = None
+    # published, for a collection stored without partitions (the shared microcal folders):
+    # an image-level random test split of this fraction, stratified by label, as the
+    # publications drew theirs (document 001: 161 of 797 images)
+    published_test_fraction: Optional[Probability] = None
 
 
 class CrossValidationConfig(Section):

@@ -1,8 +1,16 @@
 """The fold plan every search, baseline and registry step reads.
 
-First a grouped, stratified ensemble hold-out (no expert ever trains on it), then
-`n_folds` outer folds over the remaining images with StratifiedGroupKFold, and inside
-each fold's development part an inner grouped validation part for model selection.
+Two protocols (`split.protocol`):
+
+- grouped (the default): first a grouped, stratified ensemble hold-out (no expert ever
+  trains on it), then `n_folds` outer folds over the remaining images with
+  StratifiedGroupKFold, and inside each fold's development part an inner grouped
+  validation part for model selection.
+- published: the collection's own test partition is every expert's test set, as the
+  publications scored; the hold-out comes from the training partition, and each expert
+  validates on one of `n_folds` grouped parts of the rest (5 folds: the 20 % the
+  documents held out). Cases or pixels the published partition shares between its two
+  sides are kept, and counted (`published_leaks`).
 """
 from __future__ import annotations
 
@@ -10,7 +18,7 @@ import json
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from mammo_core.config import CrossValidationConfig, SplitConfig
 from mammo_core.dataset import Dataset
@@ -37,6 +45,7 @@ class FoldPlan:
     group_by: str
     seed: int
     data_fingerprint: str
+    protocol: str = "grouped"
 
     def same_parts(self, other: FoldPlan) -> bool:
         """Whether both plans put every image in the same part of the same fold."""
@@ -48,7 +57,7 @@ class FoldPlan:
     def to_json(self, paths: tuple[str, ...]) -> str:
         """Returns the plan as JSON, with file names so it can be audited by hand."""
         return json.dumps({
-            "group_by": self.group_by, "seed": self.seed,
+            "protocol": self.protocol, "group_by": self.group_by, "seed": self.seed,
             "data_fingerprint": self.data_fingerprint,
             "files": [p.rsplit("/", 1)[-1] for p in paths],
             "groups": self.groups.tolist(), "holdout": self.holdout.tolist(),
@@ -65,7 +74,8 @@ class FoldPlan:
         folds = tuple(Fold(f["index"], np.array(f["train"]), np.array(f["val"]),
                            np.array(f["test"])) for f in raw["folds"])
         return cls(np.array(raw["holdout"]), folds, np.array(raw["groups"]),
-                   raw["group_by"], raw["seed"], raw["data_fingerprint"])
+                   raw["group_by"], raw["seed"], raw["data_fingerprint"],
+                   raw.get("protocol", "grouped"))
 
 
 def check_plan(plan: FoldPlan, labels: np.ndarray, cross_fit_folds: int, seed: int) -> None:
@@ -103,8 +113,11 @@ def make_fold_plan(dataset: Dataset, split: SplitConfig,
     """Returns the seeded, reproducible fold plan for `dataset`.
 
     No group (case or ROI, joined with pixel duplicates) is ever on two sides of any
-    boundary: hold-out vs folds, test vs development, train vs val.
+    boundary: hold-out vs folds, test vs development, train vs val; under the published
+    protocol, except the one the publication drew (see `published_plan`).
     """
+    if split.protocol == "published":
+        return published_plan(dataset, split, cv)
     groups = leakage_groups(dataset, split.group_by)
     rest, holdout = holdout_split(dataset.labels, groups, cv.holdout_fraction, split.seed)
     outer = StratifiedGroupKFold(n_splits=cv.n_folds, shuffle=True, random_state=split.seed)
@@ -119,3 +132,70 @@ def make_fold_plan(dataset: Dataset, split: SplitConfig,
         folds.append(fold)
     return FoldPlan(holdout, tuple(folds), groups, split.group_by, split.seed,
                     dataset.fingerprint())
+
+
+def published_plan(dataset: Dataset, split: SplitConfig, cv: CrossValidationConfig) -> FoldPlan:
+    """Returns the published protocol's plan: the test side (`published_test_side`) is
+    every fold's test part; the training side gives the grouped hold-out, then `n_folds`
+    grouped parts, each fold validating on one and training on the others."""
+    groups = leakage_groups(dataset, split.group_by)
+    test = np.flatnonzero(published_test_side(dataset, split))
+    training = np.setdiff1d(np.arange(len(dataset.labels)), test)
+    kept, held = holdout_split(dataset.labels[training], groups[training],
+                               cv.holdout_fraction, split.seed)
+    rest, holdout = training[kept], training[held]
+    parts = StratifiedGroupKFold(n_splits=cv.n_folds, shuffle=True, random_state=split.seed)
+    folds = []
+    for k, (train, val) in enumerate(parts.split(rest, dataset.labels[rest], groups[rest])):
+        fold = Fold(k, rest[train], rest[val], test)
+        assert_disjoint({"holdout": holdout, "train": fold.train, "val": fold.val}, groups)
+        folds.append(fold)
+    return FoldPlan(holdout, tuple(folds), groups, split.group_by, split.seed,
+                    dataset.fingerprint(), "published")
+
+
+def published_test_side(dataset: Dataset, split: SplitConfig) -> np.ndarray:
+    """Returns a mask of the images on the published test side: the partitions named in
+    `split.test_partitions` (null: those whose name holds "test"), or, for a collection
+    stored without partitions, an image-level random split of `published_test_fraction`
+    stratified by label. Raises DataError naming the partitions found otherwise."""
+    partitions = dataset.partitions.astype(str)
+    if split.test_partitions is None:
+        mask = np.char.find(np.char.lower(partitions), "test") >= 0
+    else:
+        mask = np.isin(partitions, split.test_partitions)
+    if mask.any() and not mask.all():
+        return mask
+    if split.published_test_fraction is not None and len(set(partitions.tolist())) == 1:
+        _, test = train_test_split(np.arange(len(partitions)),
+                                   test_size=split.published_test_fraction,
+                                   random_state=split.seed, stratify=dataset.labels)
+        return np.isin(np.arange(len(partitions)), test)
+    found = sorted(set(partitions.tolist()))
+    raise DataError(
+        f"split.protocol 'published' needs a test partition beside a training one; this "
+        f"collection has the partitions {found}"
+        + (f", none of them named {list(split.test_partitions)}" if split.test_partitions
+           else "") + ": name the test side in split.test_partitions, or, for a collection "
+        "stored without partitions, set split.published_test_fraction")
+
+
+def published_leaks(dataset: Dataset, plan: FoldPlan) -> dict[str, int]:
+    """Returns how many test images of a published plan share something with its
+    training side (folds and hold-out): a case, an ROI, or their exact pixels. Zero
+    under the grouped protocol by construction."""
+    test = plan.folds[0].test
+    training = np.setdiff1d(np.arange(len(dataset.labels)), test)
+    keys = {"case": dataset.cases, "roi": dataset.rois, "pixels": dataset.duplicate_groups}
+    return {f"published_test_images_sharing_{name}": int(np.isin(values[test],
+                                                                   values[training]).sum())
+            for name, values in keys.items()} | {"published_test_images": len(test)}
+
+
+def leak_line(leaks: dict[str, int]) -> str:
+    """Returns the one line a run prints about a published partition's leak."""
+    return (f"published protocol: {leaks['published_test_images']} test images; "
+            f"{leaks['published_test_images_sharing_case']} share a case with the training "
+            f"side, {leaks['published_test_images_sharing_roi']} an ROI, "
+            f"{leaks['published_test_images_sharing_pixels']} are pixel-identical to a "
+            "training image (figures under this protocol include that leak)")

@@ -67,7 +67,13 @@ def _data_section(facts: CardFacts) -> list[str]:
             f"layout), fingerprint `{facts.data_fingerprint}`: {counts}",
             f"- fold plan grouped by `{split.group_by}` (duplicates always joined), seed "
             f"{split.seed}; ensemble hold-out: {facts.holdout_images} images in "
-            f"{facts.holdout_groups} groups, seen by no expert"]
+            f"{facts.holdout_groups} groups, seen by no expert",
+            f"- protocol `{split.protocol}`: " + (
+                "every expert scored on the collection's own test partition, hold-out and "
+                "validation drawn from its training partition; the run's "
+                "`published_test_images_sharing_*` metrics count the cases, ROIs and pixels "
+                "the two sides share" if split.protocol == "published" else
+                "outer test folds grouped like every other part")]
 
 
 def _training_section(facts: CardFacts) -> list[str]:

@@ -126,3 +126,37 @@ def write_mias(root: Path, women: int = 12, seed: int = 0) -> Path:
         lines.append(" ".join(fields) + " ")
     (root / "Info.txt").write_bytes("\r\n".join(lines).encode())
     return root
+
+
+def write_microcal_partitions(root: Path, cases: int = 24, shared_cases: int = 3,
+                              copies: int = 2, seed: int = 0) -> tuple[Path, dict[str, int]]:
+    """Writes the microcal tarball's layout, `{Train,Test}/{0,1}/<case>u1_1_1_1.pgm_<k>.png`
+    (8-bit, 60x60, two crops per case), with a known overlap between the partitions: the
+    last quarter of the cases are Test; `shared_cases` cases before them have one crop on
+    each side; `copies` Test images are pixel-identical to a Train image stored under
+    another case (as in the real data). Returns (root, the Test side's expected leak
+    counts: images sharing a case, an ROI, their pixels)."""
+    rng = np.random.default_rng(seed)
+    first_test = cases - cases // 4
+    shared = range(first_test - shared_cases, first_test)
+    train: list[tuple[int, np.ndarray]] = []
+    leaks = {"case": 0, "roi": 0, "pixels": 0}
+    for case in range(cases):
+        label = case % 2
+        for crop in (1, 2):
+            on_test = case >= first_test or (case in shared and crop == 2)
+            pixels = np.clip(rng.normal(90, 12, (60, 60)), 0, 255).astype(np.uint8)
+            if label:
+                pixels[28:31, 28:31] = 240
+            if case >= first_test and crop == 1 and leaks["pixels"] < copies:
+                pixels = [p for lab, p in train if lab == label][leaks["pixels"]].copy()
+                leaks["pixels"] += 1
+            if case in shared and on_test:
+                leaks["case"] += 1
+                leaks["roi"] += 1
+            if not on_test:
+                train.append((label, pixels))
+            folder = root / ("Test" if on_test else "Train") / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / f"{1000 + case:04d}u1_1_1_1.pgm_{crop}.png")
+    return root, leaks

@@ -87,3 +87,84 @@ def test_a_plan_with_a_one_class_part_is_refused_before_training():
                                         r"lower 'cross_validation.n_folds' or "
                                         r"'registry.cross_fit_folds'"):
         check_plan(plan, labels, cross_fit_folds=5, seed=0)
+
+
+def published(**changes) -> SplitConfig:
+    return SplitConfig(protocol="published", **changes)
+
+
+@pytest.fixture(scope="module")
+def partitioned(tmp_path_factory):
+    from collection_fixtures import write_microcal_partitions
+
+    root, leaks = write_microcal_partitions(tmp_path_factory.mktemp("microcal") / "tarball")
+    return load_dataset(root, DataConfig()), leaks
+
+
+def test_the_published_partition_is_every_experts_test_set_and_nothing_trains_on_it(
+        partitioned):
+    from mammo_core.folds import published_leaks
+    from mammo_core.splits import leakage_groups
+
+    dataset, _ = partitioned
+    plan = make_fold_plan(dataset, published(), CrossValidationConfig(n_folds=3))
+    test = np.flatnonzero(dataset.partitions == "Test")
+    assert plan.protocol == "published" and len(plan.folds) == 3
+    groups = leakage_groups(dataset, "case")
+    for fold in plan.folds:
+        np.testing.assert_array_equal(fold.test, test)
+        for part in (fold.train, fold.val, plan.holdout):
+            assert not set(part.tolist()) & set(test.tolist())  # untouched by training
+            assert set(dataset.partitions[part]) == {"Train"}
+        assert not set(groups[fold.train]) & set(groups[fold.val])  # still grouped inside
+        assert not set(groups[plan.holdout]) & set(groups[fold.train])
+    vals = np.concatenate([f.val for f in plan.folds])  # k folds: each image validates once
+    assert sorted(np.concatenate([vals, plan.holdout]).tolist()) == sorted(
+        np.flatnonzero(dataset.partitions == "Train").tolist())
+    assert FoldPlan.from_json(plan.to_json(dataset.paths), dataset).protocol == "published"
+    grouped = make_fold_plan(dataset, SplitConfig(), CrossValidationConfig(n_folds=3))
+    shared = {k: v for k, v in published_leaks(dataset, grouped).items() if "sharing" in k}
+    assert set(shared.values()) == {0}  # the grouped protocol shares nothing by construction
+
+
+def test_the_leak_of_the_published_partition_is_counted(partitioned):
+    from mammo_core.folds import leak_line, published_leaks
+
+    dataset, expected = partitioned
+    plan = make_fold_plan(dataset, published(), CrossValidationConfig(n_folds=3))
+    leaks = published_leaks(dataset, plan)
+    assert leaks == {"published_test_images_sharing_case": expected["case"],
+                     "published_test_images_sharing_roi": expected["roi"],
+                     "published_test_images_sharing_pixels": expected["pixels"],
+                     "published_test_images": int((dataset.partitions == "Test").sum())}
+    assert expected["case"] == 3 and expected["pixels"] == 2  # the fixture's known overlap
+    assert leak_line(leaks).startswith(f"published protocol: {leaks['published_test_images']} "
+                                       f"test images; 3 share a case")
+
+
+def test_a_collection_without_partitions_needs_a_published_fraction(dataset):
+    from mammo_core.errors import DataError
+
+    with pytest.raises(DataError, match=r"needs a test partition.*partitions \[.*\].*"
+                                        r"published_test_fraction"):
+        make_fold_plan(dataset, published(), CrossValidationConfig())
+    plan = make_fold_plan(dataset, published(published_test_fraction=0.2),
+                          CrossValidationConfig())
+    test = plan.folds[0].test
+    assert len(test) == int(np.ceil(0.2 * 797)) and all(np.array_equal(f.test, test) for f in plan.folds)
+    assert abs(dataset.labels[test].mean() - dataset.labels.mean()) < 0.01  # stratified
+    again = make_fold_plan(dataset, published(published_test_fraction=0.2),
+                           CrossValidationConfig())
+    assert again.same_parts(plan)  # seeded
+
+
+def test_named_test_partitions_pick_the_test_side(partitioned):
+    from mammo_core.errors import DataError
+
+    dataset, _ = partitioned
+    plan = make_fold_plan(dataset, published(test_partitions=("Train",)),
+                          CrossValidationConfig(n_folds=2))
+    assert set(dataset.partitions[plan.folds[0].test]) == {"Train"}  # the user's choice
+    with pytest.raises(DataError, match="none of them named \\['Validation'\\]"):
+        make_fold_plan(dataset, published(test_partitions=("Validation",)),
+                       CrossValidationConfig())

@@ -231,3 +231,26 @@ def test_a_fold_interrupted_before_tune_saved_its_searcher_is_started_again(tmp_
     assert restorable(fold, searched=False)  # a fixed config has no searcher to lose
     (fold / "searcher-state-2026-12-03_16-00-00.pkl").write_bytes(b"")
     assert restorable(fold, searched=True)
+
+
+def test_a_search_under_the_published_protocol_says_so_and_counts_the_leak(tmp_path):
+    """The smoke search with split.protocol published on the shared microcal folders (no
+    partition shipped: the image-level 20 % the publications drew): every fold is scored
+    on that one test side, and the run says which protocol and how much it leaks."""
+    config = config_variant(SMOKE, tmp_path / "published.yaml",
+                            split={"protocol": "published", "published_test_fraction": 0.2})
+    out = finish(subprocess.Popen([sys.executable, "-m", "tune.search", "--config", config],
+                                  cwd=ROOT, env=search_env(tmp_path), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True))
+    (line,) = [x for x in out.splitlines() if x.startswith("published protocol:")]
+    runs = runs_of(tmp_path)
+    (search,) = [r for r in runs if r.data.tags.get("mammo.kind") == "search"]
+    folds = [r for r in runs if r.data.tags.get("mammo.kind") == "fold"]
+    leaks = {k: v for k, v in search.data.metrics.items() if k.startswith("published_test")}
+    assert leaks["published_test_images"] == 160
+    # image-level crops of overlapping ROIs: most test images share their ROI with training
+    assert leaks["published_test_images_sharing_roi"] > 80
+    assert f"{leaks['published_test_images_sharing_roi']:.0f} an ROI" in line
+    assert search.data.params["split.protocol"] == "published"
+    assert "Protocol `published`" in search.data.tags["mlflow.note.content"]
+    assert {f.data.params["fold.test_images"] for f in folds} == {"160"}

@@ -27,7 +27,7 @@ from mammo_core.exploration import plan_parts
 from mammo_core.dataset import Dataset
 from mammo_core.families import family_of
 from mammo_core.errors import DataError
-from mammo_core.folds import FoldPlan, check_plan, make_fold_plan
+from mammo_core.folds import FoldPlan, check_plan, leak_line, make_fold_plan, published_leaks
 from mammo_core.preprocessing import preprocess
 from mammo_core.tracking import log_experiment_config, log_figure, tracked_run, use_tracking_store
 from tune.cluster import start_ray
@@ -119,6 +119,10 @@ def search(experiment: Experiment, config_path: Path, dataset: Dataset, summary:
         mlflow.log_text(plan.to_json(dataset.paths), PLAN_ARTIFACT)
         mlflow.log_params({"fold_plan.holdout_images": len(plan.holdout),
                            "mode": "reuse" if fixed else "search"})
+        if plan.protocol == "published":
+            leaks = published_leaks(dataset, plan)
+            mlflow.log_metrics(leaks)
+            print(leak_line(leaks))
     images = preprocess(dataset.images, experiment.preprocessing)
     if not resumed:
         log_exploration(dataset, images, plan_parts(plan), experiment.data.class_names)
@@ -164,7 +168,8 @@ def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[Fold
     log_figure(metrics.confusion_grid_figure(matrices, names), "figures/cv_confusion.png")
     mlflow.log_dict({o.fold: o.best_config for o in outcomes}, CONFIGS_ARTIFACT)
     mlflow.set_tags({f"mammo.best_trial.fold{o.fold}": o.best_trial_run for o in outcomes})
-    mlflow.set_tag("mlflow.note.content", search_description(outcomes, aggregate, seconds))
+    mlflow.set_tag("mlflow.note.content", search_description(outcomes, aggregate, seconds,
+                                                             experiment.split.protocol))
     max_pixel = aggregate.get("baseline_max_pixel_test_auc_mean")
     return (f"CV test AUC {aggregate['test_auc_mean']:.3f} ± {aggregate['test_auc_std']:.3f} "
             f"(logistic regression {aggregate['baseline_logreg_test_auc_mean']:.3f}"
@@ -172,10 +177,21 @@ def log_cv_summary(experiment: Experiment, dataset: Dataset, outcomes: list[Fold
             + "); per fold " + ", ".join(f"{o.scores['test_auc']:.3f}" for o in outcomes))
 
 
+PROTOCOL_TEXT = {
+    "grouped": "Protocol `grouped`: each fold's test part is its own grouped share of the "
+               "data, seen by no other fold's training.",
+    "published": "Protocol `published`: every fold's expert is scored on the collection's "
+                 "own test partition, as its publication scored (metrics "
+                 "`published_test_images_sharing_*` count what that partition shares with "
+                 "the training side).",
+}
+
+
 def search_description(outcomes: list[FoldOutcome], aggregate: dict[str, float],
-                       seconds: float) -> str:
-    """Returns the search run's description (Markdown, shown in the MLflow UI): test AUC
-    per outer fold next to the baselines, the best configs, where the figures are."""
+                       seconds: float, protocol: str = "grouped") -> str:
+    """Returns the search run's description (Markdown, shown in the MLflow UI): the
+    protocol, test AUC per outer fold next to the baselines, the best configs, where the
+    figures are."""
     columns = [(name, key) for name, key in SCORE_COLUMNS if key in outcomes[0].scores]
     lines = ["| outer fold | " + " | ".join(name for name, _ in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
@@ -185,9 +201,10 @@ def search_description(outcomes: list[FoldOutcome], aggregate: dict[str, float],
         f"**{aggregate[key + '_mean']:.3f} ± {aggregate[key + '_std']:.3f}**"
         for _, key in columns) + " |")
     configs = [f"- fold {o.fold}: {config_text(o.best_config)}" for o in outcomes]
+    scored = (PROTOCOL_TEXT[protocol] + " ") if protocol in PROTOCOL_TEXT else ""
     return ("**Cross-validated search**: test AUC of each outer fold's expert (chosen on "
             f"its inner validation part) and of two baselines on the same images; "
-            f"{seconds / 60:.1f} min.\n\n" + "\n".join(lines)
+            f"{seconds / 60:.1f} min. {scored}\n\n" + "\n".join(lines)
             + "\n\n**Best configs**\n\n" + "\n".join(configs)
             + "\n\n**Figures** (Artifacts): `figures/cv_roc.png`, `figures/cv_confusion.png`, "
               f"`{TTQ_FIGURE}` (best validation AUC so far against wall time), "
