@@ -55,7 +55,8 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def run_family(family: str, experiment, images, labels, plan, args) -> dict:
-    """Returns per-fold test AUCs, wall seconds, weights and median seconds per epoch."""
+    """Returns per-fold test AUCs and accuracies (threshold 0.5), wall seconds, weights,
+    the recipe and median seconds per epoch."""
     model_config = experiment.model.replace(family=family, backbone=BackboneConfig(
         weights=None, cut=args.vgg_cut, trainable_layers=None, pooling="avg", head_units=64))
     # one budget for every family; the optimizer and batch size stay each family's own
@@ -67,7 +68,7 @@ def run_family(family: str, experiment, images, labels, plan, args) -> dict:
                         if family == "hypermodel" or k != "learning_rate"}
                        if family in SEARCHED else {})
     recipe = recipe_for(hyperparameters, model_config, training)
-    aucs, epoch_times, epochs, started = [], [], [], time.monotonic()
+    aucs, accuracies, epoch_times, epochs, started = [], [], [], [], time.monotonic()
     for fold in plan.folds:
         set_seed(fold.index)
         model = build_model(hyperparameters, images.shape[1:], model_config, seed=fold.index)
@@ -75,14 +76,16 @@ def run_family(family: str, experiment, images, labels, plan, args) -> dict:
         history = fit(model, (images[fold.train], labels[fold.train]),
                       (images[fold.val], labels[fold.val]), training, recipe, callbacks=[timer],
                       stream=None)
-        aucs.append(metrics.binary_metrics(labels[fold.test],
-                                           predict_proba(model, images[fold.test]))["auc"])
+        scores = metrics.binary_metrics(labels[fold.test], predict_proba(model, images[fold.test]))
+        aucs.append(scores["auc"])
+        accuracies.append(scores["accuracy"])
         epoch_times += timer.times[1:]  # the first epoch traces the graph
         epochs.append(len(history.history["loss"]))
         print(f"  {family} fold {fold.index + 1}/{len(plan.folds)}: test AUC {aucs[-1]:.3f} "
               f"after {epochs[-1]} epochs ({time.monotonic() - started:.0f} s so far)",
               flush=True)
-    return {"auc": aucs, "seconds": time.monotonic() - started, "params": count_params(model),
+    return {"auc": aucs, "accuracy": accuracies, "seconds": time.monotonic() - started,
+            "params": count_params(model),
             "recipe": f"{recipe.optimizer} {recipe.learning_rate:g}, batch {recipe.batch_size}",
             "seconds_per_epoch": float(np.median(epoch_times)), "epochs": epochs}
 

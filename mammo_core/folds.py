@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -158,15 +159,22 @@ def published_test_side(dataset: Dataset, split: SplitConfig) -> np.ndarray:
     """Returns a mask of the images on the published test side: the partitions named in
     `split.test_partitions` (null: those whose name holds "test"), or, for a collection
     stored without partitions, an image-level random split of `published_test_fraction`
-    stratified by label. Raises DataError naming the partitions found otherwise."""
+    stratified by label. Raises DataError naming the partitions found otherwise.
+
+    A partition is what the reader recorded (microcal's Train/Test, the NumPy release's
+    file prefix); where it recorded one for all, each image's folder (CBIS' class folders
+    mass_train, mass_test, ... hold partition and class in one name).
+    """
     partitions = dataset.partitions.astype(str)
+    if len(set(partitions.tolist())) == 1:
+        partitions = np.array([Path(path).parent.name for path in dataset.paths])
     if split.test_partitions is None:
         mask = np.char.find(np.char.lower(partitions), "test") >= 0
     else:
         mask = np.isin(partitions, split.test_partitions)
     if mask.any() and not mask.all():
         return mask
-    if split.published_test_fraction is not None and len(set(partitions.tolist())) == 1:
+    if split.published_test_fraction is not None and not mask.any():
         _, test = train_test_split(np.arange(len(partitions)),
                                    test_size=split.published_test_fraction,
                                    random_state=split.seed, stratify=dataset.labels)

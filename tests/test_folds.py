@@ -168,3 +168,17 @@ def test_named_test_partitions_pick_the_test_side(partitioned):
     with pytest.raises(DataError, match="none of them named \\['Validation'\\]"):
         make_fold_plan(dataset, published(test_partitions=("Validation",)),
                        CrossValidationConfig())
+
+
+def test_cbis_class_folders_give_their_test_folders_as_the_published_test_side(tmp_path):
+    from collection_fixtures import write_cbis_folders
+
+    from mammo_core.config import load_experiment
+
+    data = load_experiment("experiments/cbis_folders_mass_vs_calc_quick.yaml").data
+    dataset = load_dataset(write_cbis_folders(tmp_path / "cbis"), data)
+    plan = make_fold_plan(dataset, published(group_by="none"), CrossValidationConfig(n_folds=2))
+    folders = np.array([p.split("/")[-2] for p in dataset.paths])
+    assert set(folders[plan.folds[0].test]) == {"mass_test", "calc_test"}
+    assert set(folders[np.concatenate([plan.holdout, plan.folds[0].train,
+                                       plan.folds[0].val])]) == {"mass_train", "calc_train"}
