@@ -105,7 +105,7 @@ def test_each_transfer_experiment_of_the_report_builds_its_printed_model(config,
                                                                           frozen):
     from mammo_core.families import count_frozen, count_params
 
-    experiment = load_experiment(f"experiments/{config}.yaml")
+    experiment = load_experiment(f"experiments/published/{config}.yaml")
     assert experiment.model.backbone.weights == "imagenet"
     offline = experiment.model.replace(backbone=experiment.model.backbone.replace(weights=None))
     model = build_model(experiment.hyperparameters, (*experiment.data.image_size, 1), offline)

@@ -19,7 +19,8 @@ from mammo_core.families import build_model, count_frozen, count_params
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-STUDY = "cbis_inception_benign_vs_malignant"
+STUDY = "cbis_inception_benign_vs_malignant"  # experiments/published/<STUDY>_quick.yaml
+REGISTERED = f"published-{STUDY}"
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,8 @@ def weights_file(tmp_path_factory) -> Path:
 def store(tmp_path_factory, weights_file) -> Path:
     folder = tmp_path_factory.mktemp("transfer")
     data = write_cbis_arrays(folder / "cbis_npy")
-    quick = load_experiment(f"experiments/{STUDY}_quick.yaml")
-    config = config_variant(f"experiments/{STUDY}_quick.yaml", folder / "offline.yaml",
+    quick = load_experiment(f"experiments/published/{STUDY}_quick.yaml")
+    config = config_variant(f"experiments/published/{STUDY}_quick.yaml", folder / "offline.yaml",
                             model={"backbone": {**quick.model.backbone.model_dump(),
                                                 "weights": str(weights_file),
                                                 "trainable_layers": 0, "cut": "top+1"}})
@@ -51,7 +52,8 @@ def store(tmp_path_factory, weights_file) -> Path:
                             cwd=ROOT, env=search_env(folder), capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert f"{STUDY} v1 @champion" in result.stdout
+    assert f"{REGISTERED} v1 @champion" in result.stdout
+    assert "published protocol: 8 test images" in result.stdout  # the fixture's test files
     return folder
 
 
@@ -65,7 +67,9 @@ def test_the_runs_record_the_reports_recipe_and_the_experts_weight_counts(store,
     (search,) = of_kind(store, "search")
     assert search.data.params["preprocessing.contrast_factor"] == "1.5"
     assert search.data.params["model.backbone.adapter"] == "conv1x1"
-    experiment = load_experiment(f"experiments/{STUDY}.yaml")
+    assert search.data.params["split.protocol"] == "published"
+    assert {f.data.params["fold.test_images"] for f in folds} == {"8"}  # the test partition
+    experiment = load_experiment(f"experiments/published/{STUDY}.yaml")
     offline = experiment.model.backbone.replace(weights=str(weights_file), cut="top+1")
     expected = build_model({}, (48, 48, 1), experiment.model.replace(backbone=offline))
     for fold in folds:
@@ -88,8 +92,8 @@ def test_the_frozen_base_keeps_the_files_weights_and_the_model_predicts(store):
     assert len(convs) > 50 and not any(layer.trainable for layer in convs)
     for layer in (convs[0], convs[-1]):  # trained, yet each kernel is still the file's
         np.testing.assert_array_equal(layer.get_weights()[0], np.float32(0.001))
-    version = client.get_model_version_by_alias(STUDY, "champion")
-    model = mlflow.pyfunc.load_model(f"models:/{STUDY}/{version.version}")
+    version = client.get_model_version_by_alias(REGISTERED, "champion")
+    model = mlflow.pyfunc.load_model(f"models:/{REGISTERED}/{version.version}")
     patches = np.random.default_rng(0).integers(0, 65535, (3, 48, 48)).astype(np.uint16)
     out = model.predict(patches)
     assert len(out) == 3 and out["probability"].between(0, 1).all()
