@@ -80,10 +80,15 @@ def _training_section(facts: CardFacts) -> list[str]:
     e = facts.experiment
     weights = ", ".join(f"fold {k}: {w:.3f}" for k, w in enumerate(facts.weights))
     rule = e.registry.threshold
+    searches = facts.search_run.split(",")
     lines = ["## Training",
              f"- {e.cross_validation.n_folds} fold experts, each the best of a Ray Tune search "
              f"({e.search.searcher}, {e.search.trials_per_fold} trials per fold, up to "
-             f"{e.search.max_epochs} epochs, ASHA on validation AUC)",
+             f"{e.search.max_epochs} epochs, ASHA on validation AUC)" if len(searches) == 1 else
+             f"- {len(facts.weights)} experts: the {e.cross_validation.n_folds} fold experts of "
+             f"each of {len(searches)} searches on one fold plan ("
+             + ", ".join(f"`{run}`" for run in searches) + "; families per expert: the "
+             "register run's `expert.<k>.family` params)",
              (f"- families searched: {', '.join(e.search_space['family'].values)}"
               if "family" in e.search_space else
               f"- family `{e.model.family}`, recipe: {_recipe_text(e)}"),

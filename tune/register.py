@@ -2,12 +2,17 @@
 
     python -m tune.register --config experiments/microcal_quick.yaml
     python -m tune.register --search-run <parent run id>
+    python -m tune.register --search-run <search A>,<search B>   # across architectures
 
 Reads the search's config, fold plan and experts; scores the experts on the ensemble
 hold-out (images none of them trained on); compares plain average, learned weights and
 best single expert with cross-fitted estimates; registers the learned ensemble under the
 config's model name with a model card; moves the champion alias only if the new version
 is at least as good as the champion on the same hold-out.
+
+Several finished searches of the same data, preprocessing and fold plan (different model
+families, say: the CBIS report averaged a scratch CNN, a VGG16 and an InceptionV3) give
+one ensemble of all their fold experts, weighted, calibrated and gated the same way.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from mammo_core.calibration import bootstrap_interval
 from mammo_core import metrics
 from mammo_core.config import Experiment, experiment_from_dict
 from mammo_core.dataset import Dataset
+from mammo_core.errors import DataError
 from mammo_core.explanations import shap_backgrounds
 from mammo_core.families import family_of_model
 from mammo_core.folds import FoldPlan
@@ -61,7 +67,9 @@ class Registration:
 def main(argv: list[str] | None = None) -> int:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--search-run", default="",
-                        help="search parent run id (default: the latest finished search)")
+                        help="search parent run id, or several separated by commas for one "
+                             "ensemble of all their experts (default: the latest finished "
+                             "search)")
     args = parser.parse_args(argv)
 
     def body() -> None:
@@ -80,16 +88,21 @@ def summary_line(r: Registration) -> str:
 
 def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
                     run_id: str | None = None, parent_run_id: str | None = None) -> Registration:
-    """Registers the ensemble of `search_run` (default: latest finished search); returns it.
+    """Registers the ensemble of `search_run` (default: latest finished search), or of
+    several searches (ids separated by commas: all their experts); returns it.
 
-    The experts' preprocessing and data settings come from the search's own logged config;
+    The experts' preprocessing and data settings come from the searches' own logged
+    config (the first search's; the others must agree, see `combined_searches`);
     `experiment` contributes the registry and tracking settings.
+    Raises UsageError naming the searches whose data or fold plans differ.
     """
-    search_run = search_run or latest_search(experiment.tracking.experiment_name)
-    trained = search_config(search_run).replace(registry=experiment.registry,
-                                                tracking=experiment.tracking)
+    runs = [r.strip() for r in search_run.split(",") if r.strip()] \
+        or [latest_search(experiment.tracking.experiment_name)]
+    search_run = ",".join(runs)
+    trained = combined_config(runs).replace(registry=experiment.registry,
+                                            tracking=experiment.tracking)
     dataset, summary = load_data(trained, data_dir)
-    plan = load_fold_plan(search_run, dataset)
+    plan = combined_plan(runs, dataset)
     with tracked_run(experiment.tracking.experiment_name, f"register-{trained.name}",
                      tags={"mammo.entry_point": "register", "mammo.kind": "register",
                            "mammo.search_run": search_run},
@@ -99,18 +112,23 @@ def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
                            .registered_model_name} | {f"registry.{k}": v for k, v in
                                                       experiment.registry.model_dump().items()})
         log_data_parts(dataset, {"holdout": plan.holdout})
-        version, alias, reason, auc = build_and_register(trained, dataset, summary, plan, search_run)
+        version, alias, reason, auc = build_and_register(trained, dataset, summary, plan, runs)
     return Registration(run.info.run_id, experiment.tracking.registered_model_name,
                         version, alias, reason, auc)
 
 
 def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, plan: FoldPlan,
-                       search_run: str) -> tuple[str, str, str, float]:
-    """Fits, logs, registers and gates the ensemble; returns (version, alias, reason, AUC)."""
-    experts = load_experts(search_run, experiment.cross_validation.n_folds)
-    mlflow.log_params({f"expert.{i}.family": family_of_model(e) for i, e in enumerate(experts)})
+                       runs: list[str]) -> tuple[str, str, str, float]:
+    """Fits, logs, registers and gates the ensemble of the searches' experts (`runs`, in
+    order, each's fold experts in fold order); returns (version, alias, reason, AUC)."""
+    n_folds = experiment.cross_validation.n_folds
+    experts = [expert for run in runs for expert in load_experts(run, n_folds)]
+    mlflow.log_params({f"expert.{i}.family": family_of_model(e) for i, e in enumerate(experts)}
+                      | ({f"expert.{i}.search_run": runs[i // n_folds]
+                          for i in range(len(experts))} if len(runs) > 1 else {}))
+    search_run = ",".join(runs)
     k, explain = len(experts), experiment.explanations
-    backgrounds = shap_backgrounds(dataset.images, [f.train for f in plan.folds],
+    backgrounds = shap_backgrounds(dataset.images, [f.train for f in plan.folds] * len(runs),
                                    experiment.preprocessing, explain.background_size, explain.seed)
     predictor = EnsemblePredictor(experts, ens.Ensemble(np.full(k, 1 / k), 0.5), experiment,
                                   dataset.bit_depth, backgrounds)
@@ -130,7 +148,7 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     facts = CardFacts(name, version, experiment, dataset.fingerprint(),
                       {c: n["images"] for c, n in summary.items() if c != "all"}, len(raw),
                       len(np.unique(groups)), search_run, git_commit(),
-                      search_metrics(search_run), comparison,
+                      search_metrics(runs[0]), comparison,
                       tuple(float(w) for w in predictor.ensemble.weights),
                       predictor.ensemble.threshold, dataset.bit_depth, method, why, interval,
                       predictor.ensemble.calibration.to_dict())
@@ -335,6 +353,45 @@ def search_config(search_run: str) -> Experiment:
         raise UsageError(f"run {search_run} is not a finished search (kind "
                          f"{run.data.tags.get('mammo.kind')}, status {run.info.status})")
     return experiment_from_dict(yaml.safe_load(download_text(search_run, "config/experiment.yaml")))
+
+
+# what searches must share to pool their experts: the same images, read and preprocessed
+# the same way, split by the same fold plan (the hold-out the weights are fitted on)
+SHARED_SECTIONS = ("data", "preprocessing", "split", "cross_validation")
+
+
+def combined_config(runs: list[str]) -> Experiment:
+    """Returns the first search's config, after checking that every other search of
+    `runs` has the same SHARED_SECTIONS; raises UsageError naming the two searches and
+    the keys that differ."""
+    configs = [search_config(run) for run in runs]
+    first = configs[0].to_dict()
+    for run, config in zip(runs[1:], configs[1:]):
+        other = config.to_dict()
+        differ = [f"{section}.{key}" for section in SHARED_SECTIONS
+                  for key in sorted(set(first[section]) | set(other[section]))
+                  if first[section].get(key) != other[section].get(key)]
+        if differ:
+            raise UsageError(f"search {run} cannot join search {runs[0]} in one ensemble: "
+                             f"their {', '.join(differ)} differ (an ensemble needs the same "
+                             "data, preprocessing and fold plan)")
+    return configs[0]
+
+
+def combined_plan(runs: list[str], dataset: Dataset) -> FoldPlan:
+    """Returns the fold plan the searches share; raises UsageError naming a search whose
+    logged plan was made for other data or puts an image in another part."""
+    plans = []
+    for run in runs:
+        try:
+            plans.append(load_fold_plan(run, dataset))
+        except DataError as err:
+            raise UsageError(f"search {run}: {err}") from err
+    for run, plan in zip(runs[1:], plans[1:]):
+        if not plan.same_parts(plans[0]):
+            raise UsageError(f"search {run} cannot join search {runs[0]} in one ensemble: "
+                             "their fold plans put images in different parts")
+    return plans[0]
 
 
 def load_experts(search_run: str, n_folds: int) -> list:
