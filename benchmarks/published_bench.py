@@ -61,7 +61,7 @@ QUOTED = [
      "AUC 0.65", "same", "published/cbis_scratch_benign_vs_malignant"),
     ("003", "VGG16, mass vs calcification (VGG16_V5)", "accuracy 0.83, AUC 0.82", "same",
      "published/cbis_vgg16_mass_vs_calc"),
-    ("003", "InceptionV3, mass vs calcification (INCEPTION_3)", "accuracy 0.86, AUC 0.87",
+    ("003", "InceptionV3, mass vs calcification (INCEPTION_5)", "accuracy 0.86, AUC 0.87",
      "same", "published/cbis_inception_mass_vs_calc"),
     ("003", "VGG16, benign vs malignant (BEST VGG)", "accuracy 0.648, F2 0.68, AUC 0.67",
      "same", "published/cbis_vgg16_benign_vs_malignant"),
@@ -90,7 +90,8 @@ def measure(document: str, protocol: str, args) -> dict:
     print(f"{document} {family}, {protocol} protocol: {len(plan.folds)} folds", flush=True)
     result = run_family(family, experiment, images, dataset.labels, plan, args)
     result["leaks"] = published_leaks(dataset, plan)
-    print(f"{protocol} protocol, " + leak_line(result["leaks"]).split(": ", 1)[1], flush=True)
+    print(f"{protocol} protocol, " + leak_line(result["leaks"]).split(": ", 1)[1].split(" (")[0],
+          flush=True)
     return result
 
 
