@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional, Union
@@ -344,19 +345,23 @@ class ModelConfig(Section):
         return self
 
 
-class ParamSpace(Section):
-    """One searched hyperparameter: a finite `choice` or a continuous range."""
+FINITE = ("choice", "grid")  # search dimensions given by their values
 
-    type: Literal["choice", "uniform", "loguniform"]
+
+class ParamSpace(Section):
+    """One searched hyperparameter: a finite `choice` (sampled), a `grid` (every value
+    tried, in equal shares of the trials; random searcher only) or a continuous range."""
+
+    type: Literal["choice", "grid", "uniform", "loguniform"]
     values: Optional[tuple[Scalar, ...]] = None
     low: Optional[Float] = None
     high: Optional[Float] = None
 
     @model_validator(mode="after")
     def _shape(self) -> ParamSpace:
-        if self.type == "choice":
+        if self.type in FINITE:
             if not self.values:
-                raise ValueError("a choice needs at least one value in 'values'")
+                raise ValueError(f"a {self.type} needs at least one value in 'values'")
         elif self.low is None or self.high is None or not self.low < self.high:
             raise ValueError(f"needs low < high for a {self.type} range")
         elif self.type == "loguniform" and self.low <= 0:
@@ -365,7 +370,7 @@ class ParamSpace(Section):
 
     def corners(self) -> tuple[float, ...]:
         """Returns the extreme values of this dimension (used to smoke-test the space)."""
-        if self.type == "choice":
+        if self.type in FINITE:
             return (min(self.values), max(self.values))
         return (self.low, self.high)
 
@@ -521,7 +526,7 @@ class Experiment(Document):
                 raise ValueError(f"unknown hyperparameter 'search_space.{name}' "
                                  f"(searchable: {', '.join(SEARCHABLE)})")
             unknown = [v for v in (dimension.values or ()) if v not in FAMILIES]
-            if name == "family" and (dimension.type != "choice" or unknown):
+            if name == "family" and (dimension.type not in FINITE or unknown):
                 raise ValueError(f"'search_space.family' must be a choice of "
                                  f"{list(FAMILIES)}, got {unknown or dimension.type}")
         return space
@@ -544,10 +549,26 @@ class Experiment(Document):
         if missing:  # the other families have fixed designs
             raise ValueError(f"'hyperparameters' is missing {missing}")
         searched = self.search_space.get("optimizer")
-        if searched and (searched.type != "choice"
+        if searched and (searched.type not in FINITE
                          or any(v not in OPTIMIZERS for v in searched.values)):
             raise ValueError(f"'search_space.optimizer' must be a choice of {list(OPTIMIZERS)}")
         return self
+
+    @model_validator(mode="after")
+    def _grid_fits_the_budget(self) -> Experiment:
+        size = self.grid_size()
+        if size > 1 and self.search.searcher != "random":
+            raise ValueError("a 'grid' search dimension needs 'search.searcher: random' (Optuna "
+                             "and HyperOpt sample their own points)")
+        if self.search.trials_per_fold % size:
+            raise ValueError(f"'search.trials_per_fold' ({self.search.trials_per_fold}) must be "
+                             f"a multiple of the grid's {size} points, so each is tried "
+                             "equally often")
+        return self
+
+    def grid_size(self) -> int:
+        """Returns how many points the `grid` dimensions span together (1: none)."""
+        return math.prod(len(d.values) for d in self.search_space.values() if d.type == "grid")
 
     def searched_families(self) -> set[str]:
         """Returns the families the search may build (the searched choice, else the model's)."""

@@ -46,7 +46,12 @@ def test_every_trial_fold_and_register_run_names_its_family(store):
     trials, folds = of_kind(store, "trial"), of_kind(store, "fold")
     assert len(folds) == 2 and all(r.info.status == "FINISHED" for r in trials + folds)
     assert {r.data.params["family"] for r in trials} <= set(FAMILIES)
-    assert len({r.data.params["family"] for r in trials}) >= 2
+    grid = ("hypermodel", "microcal_hypermodel", "microcal_cnn", "cbis_scratch", "mass_calc_m5",
+            "vgg16")  # the config's grid: each family trained in each fold
+    for fold in folds:
+        tried = [t.data.params["family"] for t in trials
+                 if t.data.tags["mlflow.parentRunId"] == fold.info.run_id]
+        assert sorted(tried) == sorted(grid)
     assert all(r.data.metrics["n_weights"] > 0 and "epoch_seconds" in r.data.metrics
                for r in trials)
     for fold in folds:

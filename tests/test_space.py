@@ -30,7 +30,7 @@ def test_fixed_configs_replace_the_space():
 def test_unsearched_hyperparameters_keep_their_fixed_value_and_the_family_is_named():
     families = load_experiment(ROOT / "experiments" / "families_quick.yaml")
     space = param_space(families)
-    assert isinstance(space["family"], Categorical) and len(space["family"].categories) == 4
+    assert space["family"] == {"grid_search": list(families.search_space["family"].values)}
     assert {k: space[k] for k in ("init", "rate", "depth")} == {"init": 8, "rate": 0.05,
                                                                 "depth": 1}
     assert isinstance(space["learning_rate"], Float)
@@ -59,3 +59,17 @@ def test_asha_uses_the_configured_budget():
     # the first rung, where ASHA may first stop a trial, is the grace period
     assert min(scheduler._brackets[0]._rungs)[0] == EXPERIMENT.search.grace_period
     assert scheduler._metric == "val_auc" and scheduler._mode == "max"
+
+
+def test_a_grid_dimension_tries_every_value_equally_often_with_the_random_searcher():
+    from mammo_core.config import ConfigError, experiment_from_dict
+
+    raw = load_experiment(ROOT / "experiments" / "families_quick.yaml").to_dict()
+    assert experiment_from_dict(raw).grid_size() == 6
+    for change, message in (({"trials_per_fold": 4}, "multiple of the grid's 6 points"),
+                            ({"searcher": "optuna"}, "needs 'search.searcher: random'")):
+        with pytest.raises(ConfigError, match=message):
+            experiment_from_dict({**raw, "search": {**raw["search"], **change}})
+    choice = {**raw, "search_space": {**raw["search_space"], "family": {
+        "type": "choice", "values": raw["search_space"]["family"]["values"]}}}
+    assert isinstance(param_space(experiment_from_dict(choice))["family"], Categorical)

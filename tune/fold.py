@@ -160,7 +160,8 @@ def make_tuner(experiment: Experiment, fold_index: int, trainable, storage: Path
         tune_config=tune.TuneConfig(
             search_alg=make_searcher(experiment, fold_index) if not fixed else None,
             scheduler=make_scheduler(experiment),
-            num_samples=1 if fixed else search.trials_per_fold,
+            # a grid multiplies Tune's samples by its size: trials_per_fold in all
+            num_samples=1 if fixed else search.trials_per_fold // experiment.grid_size(),
             max_concurrent_trials=search.max_concurrent_trials,
             reuse_actors=search.reuse_actors),
         run_config=tune.RunConfig(

@@ -55,6 +55,8 @@ def make_scheduler(experiment: Experiment) -> ASHAScheduler:
 def _domain(spec: ParamSpace):
     if spec.type == "choice":
         return tune.choice(list(spec.values))
+    if spec.type == "grid":  # every value, in each of num_samples repeats (tune/fold.py)
+        return tune.grid_search(list(spec.values))
     if spec.type == "loguniform":
         return tune.loguniform(spec.low, spec.high)
     return tune.uniform(spec.low, spec.high)
