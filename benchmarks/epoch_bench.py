@@ -24,6 +24,7 @@ limit_tensorflow_threads(1)  # before any op runs: a trial's single core
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from mammo_core.families import recipe_for  # noqa: E402
 from mammo_core.hypermodel import build_model  # noqa: E402
 from mammo_core.preprocessing import preprocess  # noqa: E402
 from tune.project import load_config, load_data  # noqa: E402
@@ -45,6 +46,8 @@ def seconds_per_epoch(experiment, x, y, options: dict, epochs: int) -> float:
     n_train, n_val = int(0.6 * len(x)), int(0.2 * len(x))
     set_seed(0)
     model = build_model(experiment.hyperparameters, x.shape[1:], experiment.model)
+    batch_size = recipe_for(experiment.hyperparameters, experiment.model,
+                            experiment.training).batch_size
     if options:
         model.compile(optimizer=model.optimizer, loss=model.loss,
                       metrics=[keras.metrics.AUC(name="auc"),
@@ -52,7 +55,7 @@ def seconds_per_epoch(experiment, x, y, options: dict, epochs: int) -> float:
     timer = EpochTimer()
     model.fit(x[:n_train], y[:n_train], validation_data=(x[n_train:n_train + n_val],
                                                          y[n_train:n_train + n_val]),
-              epochs=epochs + 1, batch_size=experiment.training.batch_size, verbose=0,
+              epochs=epochs + 1, batch_size=batch_size, verbose=0,
               callbacks=[timer])
     return statistics.median(timer.times[1:])
 

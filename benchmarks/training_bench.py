@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mammo_core.families import recipe_for  # noqa: E402
 from mammo_core.hypermodel import build_model  # noqa: E402
 from mammo_core.preprocessing import preprocess  # noqa: E402
 from mammo_core.training import set_seed  # noqa: E402
@@ -38,8 +39,10 @@ def measure(config_path: str, epochs: int) -> tuple[str, int, float, float]:
     x = preprocess(dataset.images, experiment.preprocessing)
     set_seed(0)
     model = build_model(experiment.hyperparameters, x.shape[1:], experiment.model)
+    batch_size = recipe_for(experiment.hyperparameters, experiment.model,
+                            experiment.training).batch_size
     timer = EpochTimer()
-    model.fit(x, dataset.labels, epochs=epochs + 1, batch_size=experiment.training.batch_size,
+    model.fit(x, dataset.labels, epochs=epochs + 1, batch_size=batch_size,
               verbose=0, callbacks=[timer])
     train_rate = len(x) / statistics.median(timer.times[1:])
     model.predict(x[:256], verbose=0)
