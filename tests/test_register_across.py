@@ -58,17 +58,18 @@ def store(pipeline_store, tmp_path_factory) -> Path:
 
 def test_the_ensemble_holds_every_expert_of_both_searches(store):
     first, second = searches(store)[-2:]
-    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    (register,) = [r for r in client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        "tags.`mammo.kind` = 'register'", order_by=["attributes.start_time DESC"],
-        max_results=1)]
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)  # not what an earlier test set
+    pooled = f"{first.info.run_id},{second.info.run_id}"
+    (register,) = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                     f"tags.`mammo.search_run` = '{pooled}'")
     families = [register.data.params[f"expert.{k}.family"] for k in range(4)]
     assert families == ["hypermodel", "hypermodel", "microcal_cnn", "microcal_cnn"]
     assert [register.data.params[f"expert.{k}.search_run"] for k in range(4)] == [
         first.info.run_id] * 2 + [second.info.run_id] * 2
     version = max(client.search_model_versions(f"name='{NAME}'"), key=lambda v: int(v.version))
-    assert version.tags["mammo.search_run"] == f"{first.info.run_id},{second.info.run_id}"
+    assert version.tags["mammo.search_run"] == pooled
+    assert version.tags["mammo.register_run"] == register.info.run_id
     assert "4 experts: the 2 fold experts of each of 2 searches" in version.description
 
 
@@ -102,8 +103,8 @@ def fake_search(store: Path, config: dict, plan_of: str, change_plan: bool = Fal
     """Logs a FINISHED search run holding `config` and the fold plan of search `plan_of`
     (one hold-out image moved into fold 0's training part with `change_plan`): what a
     search of another config or fold plan leaves in the store."""
-    client = mlflow.MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+    monkeypatch = pytest.MonkeyPatch()
+    client = use_store(store, monkeypatch)
     plan = json.loads(download_text(plan_of, PLAN_ARTIFACT))
     if change_plan:
         plan["folds"][0]["train"].append(plan["holdout"].pop())
@@ -111,6 +112,7 @@ def fake_search(store: Path, config: dict, plan_of: str, change_plan: bool = Fal
     with mlflow.start_run(experiment_id=experiment, tags={"mammo.kind": "search"}) as run:
         mlflow.log_dict(config, "config/experiment.yaml")
         mlflow.log_text(json.dumps(plan), PLAN_ARTIFACT)
+    monkeypatch.undo()
     return run.info.run_id
 
 

@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 from collection_fixtures import write_cbis_arrays
-from conftest import config_variant, runs_of, search_env
+from conftest import config_variant, runs_of, search_env, use_store
 
 from mammo_core.config import load_experiment
 from mammo_core.families import build_model, count_frozen, count_params
@@ -80,11 +80,8 @@ def test_the_runs_record_the_reports_recipe_and_the_experts_weight_counts(store,
     assert count_frozen(expected) > count_params(expected) / 2  # most of it is the frozen base
 
 
-def test_the_frozen_base_keeps_the_files_weights_and_the_model_predicts(store):
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = mlflow.MlflowClient(uri, registry_uri=uri)
+def test_the_frozen_base_keeps_the_files_weights_and_the_model_predicts(store, monkeypatch):
+    client = use_store(store, monkeypatch)
     (fold,) = [r for r in of_kind(store, "fold") if r.data.tags["mammo.fold"] == "0"]
     expert = mlflow.keras.load_model(f"runs:/{fold.info.run_id}/expert")
     convs = [layer for layer in expert.get_layer("body").layers
