@@ -77,12 +77,13 @@ def run_fold(experiment: Experiment, dataset: Dataset, images: np.ndarray, fold:
         best_run = find_trial_run(mlflow.MlflowClient(), run.info.experiment_id,
                                   run.info.run_id, best.metrics["trial_id"]) or ""
         mlflow.set_tag("mammo.best_trial_run", best_run)
+        weights = count_params(model)
         mlflow.log_params({f"best.{k}": v for k, v in best.config.items()}
                           | {"family": family_of(best.config, experiment.model),
-                             "expert_params": count_params(model)}
+                             "expert_params": weights}
                           | recipe_for(best.config, experiment.model,
                                        experiment.training).params())
-        mlflow.log_metric("expert_weights", count_params(model))
+        mlflow.log_metric("expert_weights", weights)
         mlflow.log_dict(dict(best.config), CONFIG_ARTIFACT)
         log_best_curves(best)
         scores, probabilities = evaluate_on_test(model, experiment, dataset, images, parts)

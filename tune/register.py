@@ -92,7 +92,7 @@ def register_search(experiment: Experiment, search_run: str, data_dir: str = "",
     several searches (ids separated by commas: all their experts); returns it.
 
     The experts' preprocessing and data settings come from the searches' own logged
-    config (the first search's; the others must agree, see `combined_searches`);
+    config (the first search's; the others must agree, see `combined_config`);
     `experiment` contributes the registry and tracking settings.
     Raises UsageError naming the searches whose data or fold plans differ.
     """
