@@ -85,7 +85,9 @@ class DataConfig(Section):
 
     layout: a name of mammo_core/registry.py LAYOUTS: `folders` (class folders, e.g.
     microcal's {Train,Test}/{0,1} or CBIS' {mass,calc}_{train,test}), `cbis_npy` (CBIS-DDSM
-    baseline/abnormal pairs in .npy arrays) or `mias` (mini-MIAS .pgm files with Info.txt).
+    baseline/abnormal pairs in .npy arrays), `cbis_dicom` (CBIS-DDSM as the archive
+    distributes it: DICOM files plus the case-description CSVs) or `mias` (mini-MIAS .pgm
+    files with Info.txt).
     """
 
     root: Optional[Text] = None  # None: MAMMO_DATA_DIR, then the default locations
@@ -95,8 +97,10 @@ class DataConfig(Section):
     image_size: tuple[Count, Count] = (60, 60)
     # images of another size are resampled to image_size (bilinear) instead of refused
     resize: Bool = False
-    # cbis_npy / mias: source label -> task label ("0".."4" for CBIS; NORM, CALC, CIRC,
-    # SPIC, MISC, ARCH, ASYM for MIAS); images of labels not listed are left out
+    # cbis_npy / cbis_dicom / mias: source label -> task label ("0".."4" for CBIS NumPy;
+    # abnormality types mass, calcification or pathologies BENIGN, BENIGN_WITHOUT_CALLBACK,
+    # MALIGNANT for CBIS DICOM; NORM, CALC, CIRC, SPIC, MISC, ARCH, ASYM for MIAS); images
+    # of labels not listed are left out
     label_map: Optional[dict[Text, Int]] = None
     # cbis_npy: partition -> [images.npy, labels.npy]; null: every *_images.npy with the
     # *_labels.npy of the same prefix
@@ -105,6 +109,20 @@ class DataConfig(Section):
     # centre, and from normal tissue of normal images)
     mias_task: Literal["whole", "roi"] = "whole"
     mias_info_file: Name = "Info.txt"
+    # cbis_dicom: crop (the archive's cropped lesions), roi (patches cut from the full
+    # mammogram around each ROI mask, with roi_margin context) or whole (mammograms
+    # downscaled to image_size right after decoding)
+    cbis_task: Literal["crop", "roi", "whole"] = "crop"
+    # cbis_dicom roi: context added on each side of the mask's box, as a share of its side
+    roi_margin: Annotated[Float, Field(ge=0, le=5)] = 0.25
+    # cbis_dicom: the case-description CSVs; null: every *case_description*.csv under root
+    case_descriptions: Optional[tuple[Text, ...]] = None
+    # cbis_dicom: a CSV row without its files, or a file no row names, is reported; the run
+    # goes on only when this is true (the rows left out are counted in the summary)
+    allow_missing: Bool = False
+    # DICOM: apply the rescale slope/intercept and the VOI LUT or window when a file has
+    # them (false: the stored values, scaled by BitsStored)
+    dicom_voi: Bool = False
     # cbis_npy: one input per patient, the (baseline, abnormal) pair of patches, labelled
     # by the abnormal patch's task label (the siamese family takes pairs)
     pairs: Bool = False
@@ -113,7 +131,7 @@ class DataConfig(Section):
     # class-folder name -> integer label; the folder names are also the class names
     classes: dict[Text, Int] = {"0": 0, "1": 1}
     class_names: dict[Int, Text] = {0: "normal", 1: "microcalcification"}
-    extensions: tuple[Text, ...] = (".png", ".pgm")  # folders layout
+    extensions: tuple[Text, ...] = (".png", ".pgm", ".dcm")  # folders layout
     # Regex matched at the start of each file name; named groups `case` and `roi`.
     # None gives every image its own case and ROI.
     filename_pattern: Optional[Text] = r"(?P<roi>(?P<case>\d{4})[^.]*)\.pgm_\d+"
@@ -149,9 +167,9 @@ class DataConfig(Section):
     def _labels(self) -> DataConfig:
         key = "label_map" if self.layout != "folders" else "classes"
         labels = self.label_map if self.layout != "folders" else self.classes
-        if labels is None and self.layout == "cbis_npy":
-            raise ValueError("'data.label_map' is required for the cbis_npy layout "
-                             "(source labels 0..4 -> task labels)")
+        if labels is None and self.layout in ("cbis_npy", "cbis_dicom"):
+            raise ValueError(f"'data.label_map' is required for the {self.layout} layout "
+                             "(source labels -> task labels)")
         if labels is None:
             return self
         values = sorted(set(labels.values()))
@@ -167,6 +185,9 @@ class DataConfig(Section):
         if unknown:
             raise ValueError(f"'data.{key}' names {unknown}, not a {self.layout} source label "
                              f"(known: {', '.join(known)}): a typo would drop a class")
+        check = getattr(LAYOUTS.module(self.layout), "check_label_map", None)
+        if check is not None:
+            check(labels)  # the reader's own rule (e.g. one vocabulary per map)
         return self
 
     @property
@@ -183,8 +204,10 @@ class DataConfig(Section):
     @property
     def resizes(self) -> bool:
         """Whether image files of another size are resampled to `image_size` (by the
-        loader, `predict`, `explain` and Serve); whole MIAS mammograms always are."""
-        return self.resize or (self.layout == "mias" and self.mias_task == "whole")
+        loader, `predict`, `explain` and Serve); whole MIAS mammograms and every CBIS
+        DICOM image (crops of every size, full fields) always are."""
+        return (self.resize or (self.layout == "mias" and self.mias_task == "whole")
+                or self.layout == "cbis_dicom")
 
 
 class WaveletConfig(Section):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -20,6 +21,9 @@ class Dataset:
     bit_depths: (N,) the bits per pixel each file was stored with (8 or 16).
     cases, rois: grouping keys parsed from the file names.
     duplicate_groups: equal ids for images with identical pixels (and shape).
+    notes: what the reader wants logged beside the fingerprint (e.g. DICOM pixel spacing).
+    overview: a full image and its ROI mask at display size, (2, H, W), when the
+    collection has them (CBIS DICOM), for the data figures.
     """
 
     images: np.ndarray
@@ -31,6 +35,8 @@ class Dataset:
     duplicate_groups: np.ndarray
     partitions: np.ndarray
     root: str
+    notes: Mapping[str, str] = field(default_factory=dict)
+    overview: np.ndarray | None = None
 
     @property
     def bit_depth(self) -> int:
@@ -59,12 +65,14 @@ class Dataset:
 
 def assemble(images: np.ndarray, bit_depths: np.ndarray, labels: np.ndarray,
              paths: tuple[str, ...], cases: np.ndarray, rois: np.ndarray,
-             partitions: np.ndarray, root: Path) -> Dataset:
+             partitions: np.ndarray, root: Path, notes: Mapping[str, str] | None = None,
+             overview: np.ndarray | None = None) -> Dataset:
     """Returns the Dataset of these rows, with duplicate groups computed from the pixels."""
     return Dataset(images=images.astype(np.float32), bit_depths=bit_depths.astype(np.int64),
                    labels=labels.astype(np.int64), paths=tuple(paths), cases=cases, rois=rois,
                    duplicate_groups=duplicate_groups(quantize(images, int(bit_depths.max()))),
-                   partitions=partitions, root=str(root))
+                   partitions=partitions, root=str(root), notes=dict(notes or {}),
+                   overview=overview)
 
 
 def duplicate_groups(images: np.ndarray) -> np.ndarray:

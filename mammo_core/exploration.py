@@ -91,3 +91,30 @@ def fold_counts_figure(rows: list[dict], class_names: Mapping[int, str]) -> Figu
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def overview_figure(overview: np.ndarray, images: np.ndarray, labels: np.ndarray,
+                    class_names: Mapping[int, str], per_class: int = 4, seed: int = 0) -> Figure:
+    """Returns a full mammogram with its ROI outlined (`overview`: image and mask, (2, H,
+    W)) beside `per_class` of the study's images per class, one row per class."""
+    classes = sorted(set(labels.tolist()))
+    rng = np.random.default_rng(seed)
+    fig = plt.figure(figsize=(3.2 + 1.6 * per_class, max(4.0, 1.7 * len(classes))))
+    grid = fig.add_gridspec(len(classes), per_class + 2)
+    full = fig.add_subplot(grid[:, :2])
+    full.imshow(overview[0], cmap="gray", vmin=0, vmax=1)
+    full.contour(overview[1], levels=[0.5], colors="red", linewidths=1)
+    full.set(xticks=[], yticks=[], title="full mammogram, ROI outlined")
+    for row, label in enumerate(classes):
+        members = np.flatnonzero(labels == label)
+        picked = rng.choice(members, size=min(per_class, len(members)), replace=False)
+        for col in range(per_class):
+            ax = fig.add_subplot(grid[row, col + 2])
+            ax.set(xticks=[], yticks=[])
+            if col < len(picked):
+                ax.imshow(side_by_side(images[picked[col]]), cmap="gray", vmin=0, vmax=1)
+            if col == 0:
+                ax.set_ylabel(f"{class_names.get(label, label)}\n(n={len(members)})", fontsize=8)
+    fig.suptitle("The study's images per class", fontsize=10)
+    fig.tight_layout()
+    return fig

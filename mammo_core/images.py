@@ -18,11 +18,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mammo_core import dicom
 from mammo_core.errors import ImageError
 
-# Pillow format names. PPM is Pillow's reader for PGM; TIFF is how some archives store
-# 16-bit; JPEG is how the CBIS-DDSM mass/calcification folders are often shared.
-FORMATS = ("PNG", "PPM", "TIFF", "JPEG")
+# Pillow format names, and DICOM (read by mammo_core.dicom). PPM is Pillow's reader for
+# PGM; TIFF is how some archives store 16-bit; JPEG is how the CBIS-DDSM mass/calcification
+# folders are often shared; DICOM is how the archives distribute them.
+FORMATS = ("PNG", "PPM", "TIFF", "JPEG", "DICOM")
 # Decoding is refused above this many pixels (a full-field mammogram has ~30 M); it keeps
 # a forged header from allocating gigabytes. Callers that know a smaller bound pass it.
 MAX_PIXELS = 50_000_000
@@ -80,14 +82,28 @@ def decode(data: bytes, name: str, size: tuple[int, int] | None, *, resize: bool
     wrong (checked before decoding) or over `max_pixels`, truncated or corrupt bytes, or an
     image that is not 8- or 16-bit grayscale. `wrong_size` is set on the size errors.
     """
+    if dicom.is_dicom(data):
+        image = _decode_dicom(data, name, size, resize, formats, max_pixels)
+    else:
+        image = _decode_pillow(data, name, size, resize, formats, max_pixels)
+    if depth is not None and image.container_depth == 16 and depth > image.bit_depth:
+        image = at_depth(image, depth)
+    if size is not None and image.pixels.shape != tuple(size):
+        image = DecodedImage(resample(image.pixels, size), image.bit_depth, image.container_depth)
+    return image
+
+
+def _decode_pillow(data: bytes, name: str, size: tuple[int, int] | None, resize: bool,
+                   formats: tuple[str, ...], max_pixels: int) -> DecodedImage:
+    pillow = tuple(f for f in formats if f != "DICOM")
     try:
         with warnings.catch_warnings():
             # our own pixel bound below is tighter than Pillow's warning threshold
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=list(formats)) as img:
-                _check_header(img, name, size, resize, max_pixels)
+            with Image.open(io.BytesIO(data), formats=list(pillow)) as img:
+                _check_header(img.height, img.width, name, size, resize, max_pixels)
                 img.load()  # decodes now, so truncated files fail here
-                image = _unit_pixels(img, name)
+                return _unit_pixels(img, name)
     except ImageError:
         raise
     except Image.UnidentifiedImageError as err:
@@ -97,11 +113,18 @@ def decode(data: bytes, name: str, size: tuple[int, int] | None, *, resize: bool
                          wrong_size=True) from err
     except Exception as err:  # noqa: BLE001 — any decoder failure on untrusted bytes
         raise ImageError(f"cannot read image {name}: {type(err).__name__}: {err}") from err
-    if depth is not None and image.container_depth == 16 and depth > image.bit_depth:
-        image = at_depth(image, depth)
-    if size is not None and image.pixels.shape != tuple(size):
-        image = DecodedImage(resample(image.pixels, size), image.bit_depth, image.container_depth)
-    return image
+
+
+def _decode_dicom(data: bytes, name: str, size: tuple[int, int] | None, resize: bool,
+                  formats: tuple[str, ...], max_pixels: int) -> DecodedImage:
+    """Returns a DICOM file's pixels; the size is checked on its header first."""
+    if "DICOM" not in formats:
+        raise ImageError(f"cannot read image {name}: a DICOM file, expected {_names(formats)}")
+    header = dicom.read_header(data, name)
+    _check_header(header.rows, header.columns, name, size, resize, max_pixels)
+    pixels, bits, _ = dicom.decode_dicom(data, name, max_pixels=max_pixels,
+                                         downscale_to=tuple(size) if size else None)
+    return DecodedImage(pixels, bits, 16 if bits > 8 else 8)
 
 
 def decode_image(data: bytes, size: tuple[int, int], name: str, resize: bool = False,
@@ -111,7 +134,7 @@ def decode_image(data: bytes, size: tuple[int, int], name: str, resize: bool = F
 
 
 EXTENSION_FORMATS = {".png": "PNG", ".pgm": "PPM", ".ppm": "PPM", ".tif": "TIFF",
-                     ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+                     ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG", ".dcm": "DICOM"}
 
 
 def formats_of(extensions) -> tuple[str, ...]:
@@ -123,6 +146,8 @@ def formats_of(extensions) -> tuple[str, ...]:
 def header_pixels(data: bytes, formats: tuple[str, ...] = FORMATS) -> int:
     """Returns how many pixels encoded image bytes declare in their header, without
     decoding them; 0 for bytes that are not an image of `formats` (decoding says why)."""
+    if dicom.is_dicom(data):
+        return dicom.header_pixels(data) if "DICOM" in formats else 0
     try:
         with Image.open(io.BytesIO(data), formats=list(formats)) as img:
             return img.width * img.height
@@ -196,9 +221,8 @@ def quantize(units: np.ndarray, bit_depth: int) -> np.ndarray:
     return np.rint(units * np.float32(full_scale(bit_depth))).astype(dtype)
 
 
-def _check_header(img: Image.Image, name: str, size: tuple[int, int] | None, resize: bool,
-                  max_pixels: int) -> None:
-    width, height = img.size
+def _check_header(height: int, width: int, name: str, size: tuple[int, int] | None,
+                  resize: bool, max_pixels: int) -> None:
     if size is not None and (height, width) == tuple(size):
         return
     if size is not None and not resize:
@@ -250,4 +274,6 @@ def resample(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _names(formats: tuple[str, ...]) -> str:
     """Returns the formats as people call them: "PNG, PGM or TIFF"."""
     names = ["PGM" if f == "PPM" else f for f in formats]
+    if not names:
+        return "supported"
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]

@@ -45,6 +45,7 @@ class Registry:
 LAYOUTS = Registry("data layout", {
     "folders": "mammo_core.readers.folders:load_class_folders",
     "cbis_npy": "mammo_core.readers.cbis_npy:load_cbis_arrays",
+    "cbis_dicom": "mammo_core.readers.cbis_dicom:load_cbis_dicom",
     "mias": "mammo_core.readers.mias:load_mias",
 })
 

@@ -1,7 +1,8 @@
 """Turning HTTP request bodies into patch arrays, or into a 4xx error that says why.
 
-Three shapes are accepted: JSON `{"images": [base64 PNG/PGM, ...]}`, MLflow-style JSON
-`{"inputs": nested array (N, rows, cols)}`, and multipart uploads of image files; a model
+Four shapes are accepted: JSON `{"images": [base64 PNG/PGM/DICOM, ...]}`, MLflow-style JSON
+`{"inputs": nested array (N, rows, cols)}`, multipart uploads of image files, and one
+DICOM file as the body (`Content-Type: application/dicom`); a model
 of pairs (siamese) takes `{"pairs": [[baseline base64, abnormal base64], ...]}` or inputs
 shaped (N, 2, rows, cols).
 Everything comes back as [0, 1] intensities: images each scaled by its own bit depth (a
@@ -198,7 +199,12 @@ async def read_patches(request: Request, settings: ServeSettings, size: list[int
     """
     body = await read_body(request, settings)
     size = tuple(size)
-    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/dicom"):
+        return await asyncio.to_thread(guarded, patches_from_files, [("application/dicom body",
+                                                                       body)], size, settings,
+                                       depth)
+    if content_type.startswith("multipart/form-data"):
         files = await form_files(request, body, settings)
         return await asyncio.to_thread(guarded, patches_from_files, files, size, settings, depth)
     return await asyncio.to_thread(guarded, patches_from_json, body, size, settings, depth)

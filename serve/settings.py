@@ -33,9 +33,10 @@ class ServeSettings(BaseModel):
     max_images_per_request: int = Field(256, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     wrong_size: Literal["reject", "resize"] = "reject"
-    # Pillow format names tried when decoding an image (PPM reads PGM); others are 400.
-    # A study trained on other files (e.g. JPEG folders) adds its own formats.
-    image_formats: tuple[Literal["PNG", "PPM", "TIFF", "JPEG"], ...] = ("PNG", "PPM")
+    # Image formats tried when decoding an image (Pillow's names, PPM reads PGM, and
+    # DICOM); others are 400. A study trained on other files (e.g. JPEG folders) adds its own.
+    image_formats: tuple[Literal["PNG", "PPM", "TIFF", "JPEG", "DICOM"], ...] = (
+        "PNG", "PPM", "DICOM")
     # with wrong_size=resize: a header over this many pixels is refused before decoding
     max_image_pixels: int = Field(2048 * 2048, ge=1)
     # all the images of one request together, counted from their headers before decoding

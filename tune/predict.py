@@ -17,12 +17,12 @@ from pathlib import Path
 import mlflow
 import numpy as np
 
-from mammo_core.images import read_image
+from mammo_core.images import EXTENSION_FORMATS, read_image
 from mammo_core.tracking import tracked_run, use_tracking_store
 from tune.project import (PROJECT_ROOT, UsageError, as_trained, base_parser, default_model_uri,
                           ensemble_inside, load_config, load_pyfunc, run_entry)
 
-IMAGE_SUFFIXES = (".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = tuple(EXTENSION_FORMATS)  # every format `decode` reads, DICOM included
 
 
 def main(argv: list[str] | None = None) -> int:

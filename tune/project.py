@@ -74,10 +74,12 @@ def load_data(experiment: Experiment | BaselinesExperiment, data_dir: str,
 def log_data(dataset: Dataset, summary: dict) -> None:
     """Logs where the data came from, its fingerprint and the per-class summary.
 
-    Params: data_root, data_fingerprint; metrics: data_<class>_<count>;
+    Params: data_root, data_fingerprint and the reader's notes as data.<note> (DICOM:
+    pixel spacing, transfer syntaxes, the tags used); metrics: data_<class>_<count>;
     artifact: data/summary.yaml.
     """
-    mlflow.log_params({"data_root": dataset.root, "data_fingerprint": dataset.fingerprint()})
+    mlflow.log_params({"data_root": dataset.root, "data_fingerprint": dataset.fingerprint()}
+                      | {f"data.{k}": v for k, v in dataset.notes.items()})
     mlflow.log_metrics({f"data_{name}_{key}": value for name, counts in summary.items()
                         for key, value in counts.items()})
     log_yaml(summary, "data/summary.yaml")
@@ -97,13 +99,17 @@ def log_exploration(dataset: Dataset, preprocessed: np.ndarray,
     """Logs the data's first look: figures/data_examples.png (raw) and
     data_examples_filtered.png (the same patches after the preprocessing),
     data_histograms.png, data_part_labels.png and data/part_labels.csv (image count per
-    label and part)."""
+    label and part); data_overview.png where the collection has full images with ROI
+    masks (a mammogram with its ROI outlined beside images per class)."""
     log_figure(exploration.examples_figure(dataset.images, dataset.labels, class_names),
                "figures/data_examples.png")
     log_figure(exploration.examples_figure(preprocessed, dataset.labels, class_names,
                                            filtered=True), "figures/data_examples_filtered.png")
     log_figure(exploration.histogram_figure(dataset.images, dataset.labels, class_names),
                "figures/data_histograms.png")
+    if dataset.overview is not None:
+        log_figure(exploration.overview_figure(dataset.overview, dataset.images, dataset.labels,
+                                               class_names), "figures/data_overview.png")
     rows = exploration.label_counts(parts, dataset.labels)
     log_figure(exploration.fold_counts_figure(rows, class_names), "figures/data_part_labels.png")
     mlflow.log_text(pd.DataFrame(rows).to_csv(index=False), "data/part_labels.csv")
@@ -194,7 +200,10 @@ def as_trained(experiment: Experiment, predictor: EnsemblePredictor | None,
             raise UsageError(f"the config ({experiment.name}) disagrees with the model {uri} on "
                              f"{key}: the config has {ours}, the model was trained with "
                              f"{theirs}; pass the model's own study config")
-    return experiment.replace(data=trained.data.replace(root=experiment.data.root),
+    # DICOM is read wherever an image is, also by models trained before it was
+    extensions = tuple(dict.fromkeys((*trained.data.extensions, ".dcm")))
+    return experiment.replace(data=trained.data.replace(root=experiment.data.root,
+                                                        extensions=extensions),
                               preprocessing=trained.preprocessing)
 
 

@@ -21,6 +21,7 @@ from mammo_core.config import Experiment
 from mammo_core.dataset import Dataset
 from mammo_core.families import build_model, count_params, recipe_for
 from mammo_core.preprocessing import preprocess
+from mammo_core.registry import LAYOUTS
 from mammo_core.tracking import (EpochLogger, log_experiment_config, log_figure,
                                  log_keras_model, log_yaml, tracked_run, use_tracking_store)
 from mammo_core.training import fit, predict_proba, set_seed
@@ -61,6 +62,7 @@ def train_and_evaluate(experiment: Experiment, dataset: Dataset) -> dict[str, fl
     groups = splits.leakage_groups(dataset, experiment.split.group_by)
     parts = splits.train_val_test_split(dataset.labels, groups, experiment.split)
     log_split(dataset, parts, groups)
+    mlflow.set_tag("mlflow.note.content", parts_description(experiment, dataset, parts))
     log_data_parts(dataset, parts)
     images = preprocess(dataset.images, experiment.preprocessing)
     log_exploration(dataset, images, parts, experiment.data.class_names)
@@ -80,6 +82,18 @@ def train_and_evaluate(experiment: Experiment, dataset: Dataset) -> dict[str, fl
     test, _ = evaluate_on_test(model, experiment, dataset, images, parts)
     log_keras_model(model, x["train"][:4])
     return test
+
+
+def parts_description(experiment: Experiment, dataset: Dataset,
+                      parts: dict[str, np.ndarray]) -> str:
+    """Returns the run's description: per part, its images and its cases and ROIs in the
+    collection's words (CBIS DICOM: patients and abnormalities)."""
+    cases, rois = getattr(LAYOUTS.module(experiment.data.layout), "GROUP_WORDS", ("cases", "ROIs"))
+    lines = [f"**Train** of `{experiment.name}` ({experiment.data.layout} data at "
+             f"`{dataset.root}`), split by `{experiment.split.group_by}`:", ""]
+    lines += [f"- {name}: {len(index)} images, {len(np.unique(dataset.cases[index]))} {cases}, "
+              f"{len(np.unique(dataset.rois[index]))} {rois}" for name, index in parts.items()]
+    return "\n".join(lines)
 
 
 def log_split(dataset: Dataset, parts: dict[str, np.ndarray], groups: np.ndarray) -> None:
