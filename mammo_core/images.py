@@ -40,11 +40,18 @@ CONTAINER_DEPTHS = (8, 10, 12, 14, 16)
 @dataclass(frozen=True)
 class DecodedImage:
     """One decoded image: float32 (rows, columns) intensities in [0, 1], the bit depth they
-    were scaled by, and the container's depth (8 or 16 bits per sample)."""
+    were scaled by, and the container's depth (8 or 16 bits per sample). `declared`: the
+    file states its depth (DICOM's BitsStored), so it is never read at another."""
 
     pixels: np.ndarray
     bit_depth: int
     container_depth: int = 8
+    declared: bool = False
+
+    @property
+    def rescalable(self) -> bool:
+        """Whether the depth was guessed from a 16-bit container's values (may be deeper)."""
+        return self.container_depth == 16 and not self.declared
 
 
 def depth_of(largest: int) -> int:
@@ -56,15 +63,15 @@ def at_depth(image: DecodedImage, depth: int) -> DecodedImage:
     """Returns the image rescaled as if read at `depth` (>= its own): the stored integers
     are the same, only the full scale they are divided by changes."""
     scale = np.float32(full_scale(image.bit_depth) / full_scale(depth))
-    return DecodedImage(image.pixels * scale, depth, image.container_depth)
+    return DecodedImage(image.pixels * scale, depth, image.container_depth, image.declared)
 
 
 def common_depth(images: list[DecodedImage]) -> list[DecodedImage]:
     """Returns the images with every 16-bit container read at the deepest of their depths:
     one collection, one scale (a darker patch is not brightened by its own smaller depth);
     8-bit files keep theirs."""
-    deepest = max((i.bit_depth for i in images if i.container_depth == 16), default=None)
-    return [at_depth(i, deepest) if i.container_depth == 16 else i for i in images]
+    deepest = max((i.bit_depth for i in images if i.rescalable), default=None)
+    return [at_depth(i, deepest) if i.rescalable else i for i in images]
 
 
 def decode(data: bytes, name: str, size: tuple[int, int] | None, *, resize: bool = False,
@@ -74,7 +81,7 @@ def decode(data: bytes, name: str, size: tuple[int, int] | None, *, resize: bool
 
     A 16-bit container is scaled by the depth its values need (`depth_of`), or by `depth`
     (the model's training depth) when that is deeper: a dark 12-bit patch then reads as
-    the training data did.
+    the training data did. A DICOM file is scaled by the depth it declares (BitsStored).
 
     `size` None keeps the stored size (only `max_pixels` bounds it). With `resize`, an
     image of another size is resampled (bilinear) instead of refused.
@@ -86,10 +93,11 @@ def decode(data: bytes, name: str, size: tuple[int, int] | None, *, resize: bool
         image = _decode_dicom(data, name, size, resize, formats, max_pixels)
     else:
         image = _decode_pillow(data, name, size, resize, formats, max_pixels)
-    if depth is not None and image.container_depth == 16 and depth > image.bit_depth:
+    if depth is not None and image.rescalable and depth > image.bit_depth:
         image = at_depth(image, depth)
     if size is not None and image.pixels.shape != tuple(size):
-        image = DecodedImage(resample(image.pixels, size), image.bit_depth, image.container_depth)
+        image = DecodedImage(resample(image.pixels, size), image.bit_depth, image.container_depth,
+                             image.declared)
     return image
 
 
@@ -124,7 +132,7 @@ def _decode_dicom(data: bytes, name: str, size: tuple[int, int] | None, resize: 
     _check_header(header.rows, header.columns, name, size, resize, max_pixels)
     pixels, bits, _ = dicom.decode_dicom(data, name, max_pixels=max_pixels,
                                          downscale_to=tuple(size) if size else None)
-    return DecodedImage(pixels, bits, 16 if bits > 8 else 8)
+    return DecodedImage(pixels, bits, 16 if bits > 8 else 8, declared=True)
 
 
 def decode_image(data: bytes, size: tuple[int, int], name: str, resize: bool = False,

@@ -106,7 +106,7 @@ def test_the_registered_ensemble_is_served_and_explained_like_its_pyfunc(store, 
         mp.undo()
 
 
-def post(url: str, body: bytes) -> dict:
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+def post(url: str, body: bytes, content_type: str = "application/json") -> dict:
+    request = urllib.request.Request(url, body, {"Content-Type": content_type})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())

@@ -8,6 +8,8 @@ import io
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pandas as pd
 import pytest
 from collection_fixtures import write_cbis_arrays, write_cbis_folders, write_mias
 from conftest import runs_of, search_env, stop_serving, use_store
+from dicom_fixtures import write_cbis_archive
 from PIL import Image
 from ray import serve
 from test_families_search import free_port, post
@@ -34,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = {"cbis_mass_vs_calc": "cbis_npy", "cbis_benign_vs_malignant": "cbis_npy",
            "cbis_5class": "cbis_npy", "cbis_siamese_mass_vs_calc": "cbis_npy",
            "cbis_folders_mass_vs_calc": "cbis_folders", "mias_normal_vs_abnormal": "mias",
-           "mias_roi_patches": "mias"}
+           "mias_roi_patches": "mias", "cbis_dicom_mass_vs_calc": "cbis_dicom",
+           "cbis_dicom_benign_vs_malignant": "cbis_dicom", "cbis_dicom_whole": "cbis_dicom"}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,8 @@ def collections(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("collections")
     return {"cbis_npy": write_cbis_arrays(root / "cbis_npy"),
             "cbis_folders": write_cbis_folders(root / "cbis_folders"),
-            "mias": write_mias(root / "mias", women=16)}
+            "mias": write_mias(root / "mias", women=16),
+            "cbis_dicom": write_cbis_archive(root / "cbis_dicom")}
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +127,8 @@ def test_pyfunc_and_rest_answers_agree_for_every_study(stores, collections):
                                        atol=1e-5, err_msg=study)
             assert [p["label"] for p in answer["predictions"]] == expected["label"].tolist()
             check_invocations(port, study, pixels)
+            if study in ("cbis_dicom_mass_vs_calc", "cbis_dicom_whole"):
+                check_dicom_requests(port, files[0], answer["predictions"][0]["probability"])
             if study == "cbis_siamese_mass_vs_calc":  # a pair is explained side by side
                 one = json.dumps(request_body(files[:1])).encode()
                 explained = post(f"http://127.0.0.1:{port}/explain?method=gradcam", one)
@@ -180,17 +187,45 @@ def study_inputs(study: str, root: Path) -> tuple[np.ndarray, list]:
     """Returns (patches as the pyfunc takes them, the same images as files for REST).
 
     CBIS patches go as 16-bit PNGs; whole MIAS mammograms go as their original 1024x1024
-    PGM files, which the study (and so Serve) downscales like the loader did.
+    PGM files, and CBIS DICOM crops and full fields as their DICOM files, which the study
+    (and so Serve) downscales like the loader did.
     """
     experiment = load_experiment(ROOT / "experiments" / f"{study}_quick.yaml")
     dataset = load_dataset(root, experiment.data)
-    if study == "mias_normal_vs_abnormal":
+    if study in ("mias_normal_vs_abnormal", "cbis_dicom_mass_vs_calc", "cbis_dicom_whole"):
         paths = [Path(p) for p in dataset.paths[:3]]
         return dataset.images[:3], [p.read_bytes() for p in paths]
     stored = dataset.stored_pixels()[:3]
     if dataset.images.ndim == 4:  # (baseline, abnormal) pairs: REST takes {"pairs": ...}
         return stored, [[png(patch) for patch in pair] for pair in stored]
     return stored, [png(image) for image in stored]
+
+
+def check_dicom_requests(port: int, dicom_file: bytes, expected: float) -> None:
+    """One DICOM file as the body (application/dicom) and as a multipart part scores as
+    the base64 one did; a corrupt one, or one of an unsupported syntax, is a 400 naming it."""
+    url = f"http://127.0.0.1:{port}/predict"
+    as_body = post(url, dicom_file, content_type="application/dicom")
+    assert as_body["predictions"][0]["probability"] == pytest.approx(expected, abs=1e-6)
+    boundary = "mammo-boundary"
+    multipart = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+                 f"filename=\"scan.dcm\"\r\nContent-Type: application/dicom\r\n\r\n"
+                 ).encode() + dicom_file + f"\r\n--{boundary}--\r\n".encode()
+    parts = post(url, multipart, content_type=f"multipart/form-data; boundary={boundary}")
+    assert parts["predictions"][0]["probability"] == pytest.approx(expected, abs=1e-6)
+    for broken in (dicom_file[:len(dicom_file) // 2], dicom_file[:132] + b"\x00" * 300):
+        status, text = post_status(url, broken, "application/dicom")
+        assert status == 400 and "DICOM" in text, (status, text)
+
+
+def post_status(url: str, body: bytes, content_type: str) -> tuple[int, str]:
+    """Returns (HTTP status, body text) of a POST expected to fail."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
 
 
 def png(image: np.ndarray) -> bytes:
@@ -201,7 +236,8 @@ def png(image: np.ndarray) -> bytes:
 
 @pytest.mark.parametrize("study, broken", [
     ("cbis_mass_vs_calc", "empty"), ("cbis_mass_vs_calc", "odd_pair"),
-    ("mias_normal_vs_abnormal", "bad_info_line"), ("mias_roi_patches", "missing_image")])
+    ("mias_normal_vs_abnormal", "bad_info_line"), ("mias_roi_patches", "missing_image"),
+    ("cbis_dicom_mass_vs_calc", "missing_crop")])
 def test_a_malformed_collection_is_one_line_and_no_run_left_running(tmp_path, study, broken):
     data = tmp_path / "data"
     if broken == "odd_pair":
@@ -209,6 +245,11 @@ def test_a_malformed_collection_is_one_line_and_no_run_left_running(tmp_path, st
         labels = np.load(data / "train_labels.npy")
         labels[2] = 3  # a baseline slot holding an abnormal label
         np.save(data / "train_labels.npy", labels)
+    elif broken == "missing_crop":
+        write_cbis_archive(data, patients=6, real=False)
+        crop = next(p for p in data.rglob("*.dcm") if "P_01001_LEFT_MLO_1" in str(p)
+                    and "cropped images" in str(p))
+        crop.unlink()
     elif broken in ("bad_info_line", "missing_image"):
         write_mias(data, women=6)
         if broken == "bad_info_line":
@@ -225,7 +266,8 @@ def test_a_malformed_collection_is_one_line_and_no_run_left_running(tmp_path, st
     assert result.returncode == 2, result.stderr[-2000:]
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
     expected = {"empty": "_images.npy", "odd_pair": "train_labels.npy: pair 1",
-                "bad_info_line": "Info.txt, line", "missing_image": "mdb004.pgm"}[broken]
+                "bad_info_line": "Info.txt, line", "missing_image": "mdb004.pgm",
+                "missing_crop": "the archive and its CSVs disagree"}[broken]
     assert expected in line
     if (tmp_path / "mlflow.db").exists():  # the data is read before any run starts
         assert all(r.info.status != "RUNNING" for r in runs_of(tmp_path))

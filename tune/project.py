@@ -74,12 +74,12 @@ def load_data(experiment: Experiment | BaselinesExperiment, data_dir: str,
 def log_data(dataset: Dataset, summary: dict) -> None:
     """Logs where the data came from, its fingerprint and the per-class summary.
 
-    Params: data_root, data_fingerprint and the reader's notes as data.<note> (DICOM:
+    Params: data_root, data_fingerprint and the reader's notes as data_<note> (DICOM:
     pixel spacing, transfer syntaxes, the tags used); metrics: data_<class>_<count>;
     artifact: data/summary.yaml.
     """
     mlflow.log_params({"data_root": dataset.root, "data_fingerprint": dataset.fingerprint()}
-                      | {f"data.{k}": v for k, v in dataset.notes.items()})
+                      | {f"data_{k}": v for k, v in dataset.notes.items()})
     mlflow.log_metrics({f"data_{name}_{key}": value for name, counts in summary.items()
                         for key, value in counts.items()})
     log_yaml(summary, "data/summary.yaml")
