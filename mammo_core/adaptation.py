@@ -1,0 +1,247 @@
+"""Adapting a model to a new site's intensity scale from a batch of its unlabelled patches.
+
+A single patch does not carry its scanner's gain, but a batch does. Each patch is
+described by two robust statistics: the log of its interquartile range (its contrast:
+a few bright calcification pixels barely move it) and its mean intensity (its
+brightness: a contrast stretch around the mean leaves it). Both differ between the
+classes (abnormal patches are brighter and busier), so a plain ratio of medians would
+depend on the batch's class mix. Instead the training patches' statistics are kept per
+class (`IntensityReference`: a small Gaussian mixture per class), and a site's batch is
+explained as that reference shifted by a contrast gain g (log IQR + log g) and an offset
+b (mean + b) under an unknown class mix, fitted together by maximum likelihood (the mix
+by EM at each shift). The class mix is estimated, not assumed, which is what keeps the
+gain from following the prevalence. A bootstrap over the batch gives the interval; a
+component whose interval holds the identity is left at the identity, so an unshifted
+site maps to itself.
+
+`IntensityMap.apply` undoes the shift per patch: x -> mean + (x - mean) / g - b.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pywt
+from scipy.special import logsumexp
+
+FEATURES = ("log_iqr", "mean", "log_detail_peak")
+_FLOOR_IQR = 1e-4  # a flat patch (all one value) still has a finite log IQR
+# an outlier's density floor (per unit of feature space, on the standardised scale): a few
+# artefact patches cannot drag the fit to explain them
+_OUTLIER_SHARE, _OUTLIER_DENSITY = 0.02, 1e-3
+_COARSE = (np.arange(-1.1, 1.1001, 0.05), np.arange(-0.25, 0.2501, 0.02))
+_FINE = (np.arange(-0.05, 0.0501, 0.005), np.arange(-0.02, 0.0201, 0.002))
+_EM_STEPS = 25
+
+
+class AdaptationError(ValueError):
+    """The sample cannot give a mapping that helps (too small, too uncertain, no reference)."""
+
+
+def patch_features(units: np.ndarray) -> np.ndarray:
+    """Returns (N, 3) FEATURES of [0, 1] patches (N, H, W); pairs (N, 2, H, W) count each
+    patch of a pair.
+
+    log_iqr moves by log g under a contrast gain g, mean by b under an offset b, and
+    log_detail_peak (the 99th percentile of the level-2 wavelet details' magnitude over
+    their median: how far the sharpest structures stand out of the texture) by neither,
+    which is what tells the classes apart whatever the site's scale.
+    """
+    images = np.asarray(units, dtype=np.float64).reshape(-1, *units.shape[-2:])
+    flat = images.reshape(len(images), -1)
+    q25, q75 = np.percentile(flat, [25, 75], axis=1)
+    bands = pywt.wavedec2(images, "sym3", level=min(2, _levels(images.shape[1:])),
+                          axes=(1, 2))[1]  # the coarsest detail level kept: level 2
+    details = np.concatenate([np.abs(b).reshape(len(images), -1) for b in bands], axis=1)
+    peak = np.percentile(details, 99, axis=1) / np.maximum(np.median(details, axis=1), 1e-9)
+    return np.stack([np.log(np.maximum(q75 - q25, _FLOOR_IQR)), flat.mean(axis=1),
+                     np.log(np.maximum(peak, 1.0))], axis=1)
+
+
+def _levels(shape: tuple[int, int]) -> int:
+    return max(1, pywt.dwtn_max_level(shape, "sym3"))
+
+
+@dataclass(frozen=True)
+class ClassDensity:
+    """A Gaussian mixture over FEATURES: weights (C,), means (C, F), covariances (C, F, F)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray
+
+    def log_density(self, points: np.ndarray) -> np.ndarray:
+        """Returns the log density of points (..., F)."""
+        logs = []
+        for w, mu, cov in zip(self.weights, self.means, self.covariances):
+            inverse, (_, logdet) = np.linalg.inv(cov), np.linalg.slogdet(cov)
+            d = points - mu
+            maha = np.einsum("...i,ij,...j->...", d, inverse, d)
+            logs.append(np.log(w) - 0.5 * (maha + logdet + len(mu) * np.log(2 * np.pi)))
+        return logsumexp(np.stack(logs), axis=0)
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights.tolist(), "means": self.means.tolist(),
+                "covariances": self.covariances.tolist()}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> ClassDensity:
+        return cls(*(np.asarray(raw[k], dtype=np.float64)
+                     for k in ("weights", "means", "covariances")))
+
+
+@dataclass(frozen=True)
+class IntensityReference:
+    """The training patches' intensity statistics: per class a density of FEATURES, and
+    robust summaries for people (medians and 5-95 % ranges of IQR and mean)."""
+
+    densities: tuple[ClassDensity, ...]
+    summary: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"features": list(FEATURES), "densities": [d.to_dict() for d in self.densities],
+                "summary": self.summary}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> IntensityReference:
+        return cls(tuple(ClassDensity.from_dict(d) for d in raw["densities"]), raw["summary"])
+
+
+def fit_reference(units: np.ndarray, labels: np.ndarray, components: int = 2,
+                  seed: int = 0) -> IntensityReference:
+    """Returns the reference of training patches (N, H, W) or pairs, with their labels."""
+    from sklearn.mixture import GaussianMixture
+
+    features = patch_features(units)
+    per_image = np.repeat(labels, len(features) // len(labels))
+    densities = []
+    for label in sorted(set(per_image.tolist())):
+        own = features[per_image == label]
+        k = max(1, min(components, len(own) // 20))
+        gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed)
+        gmm.fit(own)
+        densities.append(ClassDensity(gmm.weights_, gmm.means_, gmm.covariances_))
+    return IntensityReference(tuple(densities), summarize(features, per_image))
+
+
+def summarize(features: np.ndarray, labels: np.ndarray) -> dict:
+    """Returns robust summaries of patch IQR and mean, overall and per class."""
+    def block(f: np.ndarray) -> dict:
+        iqr = np.exp(f[:, 0])
+        return {"patches": int(len(f)), "iqr_median": float(np.median(iqr)),
+                "iqr_p05": float(np.percentile(iqr, 5)), "iqr_p95": float(np.percentile(iqr, 95)),
+                "mean_median": float(np.median(f[:, 1])),
+                "mean_p05": float(np.percentile(f[:, 1], 5)),
+                "mean_p95": float(np.percentile(f[:, 1], 95))}
+    return {"all": block(features)} | {f"class_{k}": block(features[labels == k])
+                                        for k in sorted(set(labels.tolist()))}
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """A site's contrast gain and offset against the training reference, with their
+    bootstrap intervals; `apply` maps the site's patches onto the training scale."""
+
+    gain: float = 1.0
+    offset: float = 0.0
+    gain_interval: tuple[float, float] = (1.0, 1.0)
+    offset_interval: tuple[float, float] = (0.0, 0.0)
+    patches: int = 0
+    class_shares: tuple[float, ...] = ()
+    estimate: tuple[float, float] = (1.0, 0.0)  # the point estimate before snapping
+
+    @property
+    def identity(self) -> bool:
+        return self.gain == 1.0 and self.offset == 0.0
+
+    def apply(self, units: np.ndarray) -> np.ndarray:
+        """Returns [0, 1] patches (N, H, W) or pairs mapped onto the training scale."""
+        if self.identity:
+            return units
+        units = np.asarray(units, dtype=np.float32)
+        mean = units.mean(axis=(-2, -1), keepdims=True)
+        mapped = mean + (units - mean) / np.float32(self.gain) - np.float32(self.offset)
+        return np.clip(mapped, 0.0, 1.0).astype(np.float32)
+
+    def describe(self) -> str:
+        """Returns one line: the mapping and its intervals (and the estimated class mix)."""
+        shares = ", ".join(f"{s:.2f}" for s in self.class_shares)
+        return (f"contrast gain {self.gain:.3f} (95 % interval {self.gain_interval[0]:.3f}-"
+                f"{self.gain_interval[1]:.3f}), offset {self.offset:+.4f} "
+                f"({self.offset_interval[0]:+.4f} to {self.offset_interval[1]:+.4f}) from "
+                f"{self.patches} patches; estimated class shares {shares}"
+                + (" (identity: the data show no shift)" if self.identity else ""))
+
+    def to_dict(self) -> dict:
+        return {"gain": self.gain, "offset": self.offset, "gain_interval": list(self.gain_interval),
+                "offset_interval": list(self.offset_interval), "patches": self.patches,
+                "class_shares": list(self.class_shares), "estimate": list(self.estimate)}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> IntensityMap:
+        return cls(float(raw["gain"]), float(raw["offset"]), tuple(raw["gain_interval"]),
+                   tuple(raw["offset_interval"]), int(raw["patches"]),
+                   tuple(raw["class_shares"]), tuple(raw.get("estimate", (1.0, 0.0))))
+
+
+def fit_shift(features: np.ndarray, reference: IntensityReference
+              ) -> tuple[float, float, np.ndarray]:
+    """Returns the maximum-likelihood (log gain, offset, class shares) of a site's patch
+    features under the reference: a coarse grid, then a fine one around its best point."""
+    best = (0.0, 0.0)
+    for grid, centre in ((_COARSE, (0.0, 0.0)), (_FINE, None)):
+        centre = centre or best
+        s, b = np.meshgrid(grid[0] + centre[0], grid[1] + centre[1], indexing="ij")
+        shifts = np.stack([s.ravel(), b.ravel()], axis=1)
+        loglik, shares = _profile(features, shifts, reference)
+        i = int(np.argmax(loglik))
+        best = (float(shifts[i, 0]), float(shifts[i, 1]))
+    return best[0], best[1], shares[i]
+
+
+def _profile(features: np.ndarray, shifts: np.ndarray, reference: IntensityReference
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Returns per shift the log-likelihood with the class mix fitted by EM, and that mix."""
+    full = np.concatenate([shifts, np.zeros((len(shifts), features.shape[1] - 2))], axis=1)
+    moved = features[None, :, :] - full[:, None, :]  # (G, n, F): back onto the reference
+    log_d = np.stack([d.log_density(moved) for d in reference.densities])  # (K, G, n)
+    density = np.exp(log_d)
+    shares = np.full((len(shifts), len(reference.densities)), 1 / len(reference.densities))
+    for _ in range(_EM_STEPS):
+        joint = shares.T[:, :, None] * density  # (K, G, n)
+        total = joint.sum(axis=0) + 1e-300
+        shares = (joint / total).mean(axis=2).T
+    mixed = (shares.T[:, :, None] * density).sum(axis=0)
+    loglik = np.log((1 - _OUTLIER_SHARE) * mixed + _OUTLIER_SHARE * _OUTLIER_DENSITY).sum(axis=1)
+    return loglik, shares
+
+
+def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap: int = 200,
+                 level: float = 0.95, min_patches: int = 16, max_gain_ratio: float = 1.6,
+                 seed: int = 0) -> IntensityMap:
+    """Returns the site's IntensityMap from its unlabelled [0, 1] patches.
+
+    A component (gain, offset) whose bootstrap interval holds the identity stays at the
+    identity. Raises AdaptationError for fewer than `min_patches` patches, or a gain
+    interval wider than `max_gain_ratio` (upper / lower): too uncertain to help.
+    """
+    features = patch_features(units)
+    if len(features) < min_patches:
+        raise AdaptationError(f"{len(features)} patches are too few to estimate a site's "
+                              f"intensity scale; at least {min_patches} are needed")
+    log_gain, offset, shares = fit_shift(features, reference)
+    rng = np.random.default_rng(seed)
+    draws = np.array([fit_shift(features[rng.integers(0, len(features), len(features))],
+                                reference)[:2] for _ in range(bootstrap)])
+    tail = 100 * (1 - level) / 2
+    (s_lo, b_lo), (s_hi, b_hi) = np.percentile(draws, [tail, 100 - tail], axis=0)
+    gain_interval = (float(np.exp(s_lo)), float(np.exp(s_hi)))
+    if gain_interval[1] / gain_interval[0] > max_gain_ratio:
+        raise AdaptationError(
+            f"the site's contrast gain is too uncertain to help: {np.exp(log_gain):.2f} with a "
+            f"{level:.0%} interval {gain_interval[0]:.2f}-{gain_interval[1]:.2f} from "
+            f"{len(features)} patches; add patches of the site")
+    gain = 1.0 if s_lo <= 0.0 <= s_hi else float(np.exp(log_gain))
+    shift = 0.0 if b_lo <= 0.0 <= b_hi else float(offset)
+    return IntensityMap(gain, shift, gain_interval, (float(b_lo), float(b_hi)), len(features),
+                        tuple(float(s) for s in shares), (float(np.exp(log_gain)), float(offset)))
