@@ -41,6 +41,8 @@ class CardFacts:
     threshold_interval: tuple[float, float] | None = None  # 90 % bootstrap, hold-out
     calibration: Mapping[str, float] | None = None  # Platt slope / intercept
     site: str = ""  # set by a site recalibration
+    # the training patches' intensity summary (IntensityReference.summary["all"])
+    intensity: Mapping[str, float] | None = None
 
 
 def render_card(facts: CardFacts) -> str:
@@ -181,4 +183,15 @@ def _input_section(facts: CardFacts) -> list[str]:
             f"preprocessed training patches per expert (stored in the model as "
             f"`background.npz`), partition SHAP; see the register run's "
             f"`figures/explanations/`" if e.data.n_classes == 2 else
-            "- explanations: none yet for models of several classes"]
+            "- explanations: none yet for models of several classes",
+            *_intensity_lines(facts.intensity)]
+
+
+def _intensity_lines(summary: Mapping[str, float] | None) -> list[str]:
+    if not summary:
+        return []
+    return [f"- training intensities (the reference `adapt` maps a new site onto; "
+            f"`intensity_reference.json`): {summary['patches']} patches, median IQR "
+            f"{summary['iqr_median']:.4f} (5-95 %: {summary['iqr_p05']:.4f}-"
+            f"{summary['iqr_p95']:.4f}), median mean {summary['mean_median']:.3f} "
+            f"({summary['mean_p05']:.3f}-{summary['mean_p95']:.3f})"]

@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 import mammo_core.hypermodel  # noqa: F401  (registers the custom layers the experts use)
+from mammo_core.adaptation import IntensityMap, IntensityReference
 from mammo_core.config import Experiment, experiment_from_dict
 from mammo_core.ensemble import Ensemble
 from mammo_core.images import decode_image
@@ -28,6 +29,8 @@ ENSEMBLE_KEY = "ensemble"
 EXPERIMENT_KEY = "experiment"
 EXPERT_PREFIX = "expert_"
 BACKGROUND_KEY = "background"
+REFERENCE_KEY = "intensity_reference"  # the training patches' intensity statistics
+MAPPING_KEY = "intensity_map"  # a site version's mapping onto the training scale
 _BATCH = 256
 
 
@@ -39,12 +42,21 @@ class EnsemblePredictor:
     bit_depth: int  # of the training images: how raw integer pixels are scaled
     # per expert, preprocessed patches from its own training part: SHAP's reference
     backgrounds: Sequence[np.ndarray] = ()
+    # the training patches' intensity statistics (None: registered before they were kept)
+    reference: IntensityReference | None = None
+    # a site version's mapping of its patches onto the training scale (None: none)
+    mapping: IntensityMap | None = None
+
+    def unit_patches(self, raw: np.ndarray) -> np.ndarray:
+        """Returns raw patches checked and scaled to [0, 1], on the training intensity
+        scale (a site version's mapping applied)."""
+        units = as_unit_patches(raw, self.experiment.data.image_size, self.bit_depth,
+                                pairs=self.experiment.data.pairs)
+        return self.mapping.apply(units) if self.mapping is not None else units
 
     def model_inputs(self, raw: np.ndarray) -> np.ndarray:
         """Returns raw patches checked and preprocessed as in training, (N, H, W, 1)."""
-        units = as_unit_patches(raw, self.experiment.data.image_size, self.bit_depth,
-                                pairs=self.experiment.data.pairs)
-        return preprocess(units, self.experiment.preprocessing)
+        return preprocess(self.unit_patches(raw), self.experiment.preprocessing)
 
     def patches_of(self, model_input, decode: Decoder | None = None) -> np.ndarray:
         """Returns any input MLflow's scoring protocol hands over (an array, a table of
@@ -134,6 +146,10 @@ def write_bundle(folder: Path, predictor: EnsemblePredictor) -> dict[str, str]:
     paths[EXPERIMENT_KEY] = str(folder / "experiment.yaml")
     Path(paths[EXPERIMENT_KEY]).write_text(yaml.safe_dump(predictor.experiment.to_dict(),
                                                           sort_keys=False))
+    for key, value in ((REFERENCE_KEY, predictor.reference), (MAPPING_KEY, predictor.mapping)):
+        if value is not None:
+            paths[key] = str(folder / f"{key}.json")
+            Path(paths[key]).write_text(json.dumps(value.to_dict(), indent=1))
     if predictor.backgrounds:
         paths[BACKGROUND_KEY] = str(folder / "background.npz")
         np.savez_compressed(paths[BACKGROUND_KEY], *[np.asarray(b, np.float32)
@@ -152,5 +168,10 @@ def load_predictor(paths: Mapping[str, str]) -> EnsemblePredictor:
     if BACKGROUND_KEY in paths:  # models registered before explanations have none
         with np.load(paths[BACKGROUND_KEY]) as stored:
             backgrounds = tuple(stored[f"arr_{k}"] for k in range(len(experts)))
+    # models registered before intensity references (or site mappings) have none
+    reference = (IntensityReference.from_dict(json.loads(Path(paths[REFERENCE_KEY]).read_text()))
+                 if REFERENCE_KEY in paths else None)
+    mapping = (IntensityMap.from_dict(json.loads(Path(paths[MAPPING_KEY]).read_text()))
+               if MAPPING_KEY in paths else None)
     return EnsemblePredictor(experts, Ensemble.from_dict(raw), experiment, int(raw["bit_depth"]),
-                             backgrounds)
+                             backgrounds, reference, mapping)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -164,23 +165,33 @@ def scores(labels: np.ndarray, probabilities: np.ndarray, thresholds) -> dict[st
 def register_site(predictor: EnsemblePredictor, refit: Ensemble, raw: np.ndarray, name: str,
                   site: str, source_uri: str) -> tuple[str, str]:
     """Registers the experts with the refitted ensemble; points `site-<site>` at it."""
-    recalibrated = EnsemblePredictor(predictor.experts, refit, predictor.experiment,
-                                     predictor.bit_depth, predictor.backgrounds)
-    version = log_and_register(recalibrated, raw, name)
-    check_round_trip(name, version, raw, refit.combine(
-        recalibrated.expert_probabilities(recalibrated.model_inputs(raw))))
-    alias = f"site-{site}"
-    client = mlflow.MlflowClient()
+    recalibrated = replace(predictor, ensemble=refit)
     source = registry_reference(source_uri)
-    card = (f"# {name} v{version}: recalibrated for site `{site}`\n\n"
+    card = (f"# {name} v{{version}}: recalibrated for site `{site}`\n\n"
             f"The experts and weights of `{source_uri}` (v{source['version']}); the Platt "
             f"calibration (slope {refit.calibration.slope:.3f}, intercept "
             f"{refit.calibration.intercept:.3f}) and the threshold {refit.threshold:.4f} were "
             f"refitted on {len(raw)} labelled images of site `{site}` (recalibrate run "
             f"`{mlflow.active_run().info.run_id}`). Research only; not for diagnosis.\n")
+    return register_site_version(recalibrated, raw, name, site, source_uri, card,
+                                 {"mammo.recalibrated_from": source_uri})
+
+
+def register_site_version(site_predictor: EnsemblePredictor, raw: np.ndarray, name: str,
+                          site: str, source_uri: str, card: str,
+                          tags: dict[str, str]) -> tuple[str, str]:
+    """Registers a site's version of a model (`card` may hold `{version}`), checks it
+    loads back to the same scores, tags it, and points `site-<site>` at it (the champion
+    does not move); returns (version, alias)."""
+    version = log_and_register(site_predictor, raw, name)
+    check_round_trip(name, version, raw, site_predictor.ensemble.combine(
+        site_predictor.expert_probabilities(site_predictor.model_inputs(raw))))
+    alias = f"site-{site}"
+    client = mlflow.MlflowClient()
+    card = card.replace("{version}", version)
     client.update_model_version(name, version, description=card)
-    for key, value in {"mammo.site": site, "mammo.recalibrated_from": source_uri,
-                       "mammo.register_run": mlflow.active_run().info.run_id}.items():
+    for key, value in {"mammo.site": site, "mammo.register_run": mlflow.active_run().info.run_id,
+                       **tags}.items():
         client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, alias, version)
     mlflow.set_tags({"mammo.model_version": version, "mammo.model_alias": alias})

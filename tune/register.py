@@ -33,6 +33,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.utils import _infer_schema
 
 from mammo_core import ensemble as ens
+from mammo_core.adaptation import IntensityReference, fit_reference
 from mammo_core.calibration import bootstrap_interval
 from mammo_core import metrics
 from mammo_core.config import Experiment, experiment_from_dict
@@ -131,7 +132,8 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     backgrounds = shap_backgrounds(dataset.images, [f.train for f in plan.folds] * len(runs),
                                    experiment.preprocessing, explain.background_size, explain.seed)
     predictor = EnsemblePredictor(experts, ens.Ensemble(np.full(k, 1 / k), 0.5), experiment,
-                                  dataset.bit_depth, backgrounds)
+                                  dataset.bit_depth, backgrounds,
+                                  log_intensity_reference(dataset, plan))
     raw, labels = dataset.images[plan.holdout], dataset.labels[plan.holdout]
     groups = plan.groups[plan.holdout]
     print(f"hold-out: {len(raw)} images in {len(np.unique(groups))} groups; scoring {k} experts")
@@ -151,7 +153,8 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
                       search_metrics(runs[0]), comparison,
                       tuple(float(w) for w in predictor.ensemble.weights),
                       predictor.ensemble.threshold, dataset.bit_depth, method, why, interval,
-                      predictor.ensemble.calibration.to_dict())
+                      predictor.ensemble.calibration.to_dict(),
+                      intensity=predictor.reference.summary["all"])
     fingerprint = holdout_fingerprint(dataset, plan)
     # full precision: the gate compares the next candidate with this very number
     describe_version(facts, {"mammo.holdout_auc_cross_fitted": repr(float(cross_fitted_auc)),
@@ -164,6 +167,17 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     else:  # Grad-CAM / SHAP of several classes are not built yet
         mlflow.set_tag("mammo.explanations", "binary models only")
     return version, alias, reason, cross_fitted_auc
+
+
+def log_intensity_reference(dataset: Dataset, plan: FoldPlan) -> IntensityReference:
+    """Returns the intensity reference of the images the experts trained on (everything
+    but the hold-out), which `adapt` maps a new site onto; logs it
+    (intensity_reference.json, params intensity.*)."""
+    trained = np.setdiff1d(np.arange(len(dataset.labels)), plan.holdout)
+    reference = fit_reference(dataset.images[trained], dataset.labels[trained])
+    mlflow.log_dict(reference.to_dict(), "intensity_reference.json")
+    mlflow.log_params({f"intensity.{k}": f"{v:.6g}" for k, v in reference.summary["all"].items()})
+    return reference
 
 
 def chosen_method(comparison: dict[str, dict[str, float]], configured: str) -> tuple[str, str]:

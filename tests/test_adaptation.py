@@ -1,0 +1,108 @@
+"""Site adaptation from unlabelled patches (mammo_core/adaptation.py) on the shared
+microcal patches: a reference of training cases, a site of other cases under shifts."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mammo_core.adaptation import (AdaptationError, IntensityMap, IntensityReference,
+                                   estimate_map, fit_reference, fit_shift, patch_features)
+from mammo_core.config import load_experiment
+from mammo_core.data import load_dataset
+from mammo_core.shift import Shift, combined
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def split(shared_data):
+    """(reference of 80 training cases, site images of the other cases, their labels)."""
+    data = load_dataset(shared_data, load_experiment(ROOT / "experiments/microcal.yaml").data)
+    cases = np.unique(data.cases)
+    site = np.isin(data.cases, np.random.default_rng(0).permutation(cases)[:25])
+    reference = fit_reference(data.images[~site], data.labels[~site])
+    return reference, data.images[site], data.labels[site]
+
+
+def batch(images, labels, n: int, prevalence: float, seed: int) -> np.ndarray:
+    """Returns n site images of which `prevalence` are abnormal (drawn without labels' use
+    downstream: the estimator never sees them)."""
+    rng = np.random.default_rng(seed)
+    k = max(1, round(n * prevalence))
+    return images[np.concatenate([rng.choice(np.flatnonzero(labels == 1), k, replace=False),
+                                  rng.choice(np.flatnonzero(labels == 0), n - k, replace=False)])]
+
+
+def test_the_reference_round_trips_through_json(split):
+    reference = split[0]
+    again = IntensityReference.from_dict(json.loads(json.dumps(reference.to_dict())))
+    points = patch_features(split[1][:5])
+    for a, b in zip(reference.densities, again.densities):
+        np.testing.assert_allclose(a.log_density(points), b.log_density(points))
+    assert again.summary == reference.summary and reference.summary["all"]["patches"] > 400
+
+
+def test_features_ignore_gain_and_offset_except_where_meant(split):
+    images = split[1][:20]
+    before = patch_features(images)
+    after = patch_features(combined(images, (Shift("contrast", 1.5),)))
+    np.testing.assert_allclose(after[:, 1], before[:, 1], atol=0.01)  # mean: kept
+    np.testing.assert_allclose(np.median(after[:, 0] - before[:, 0]), np.log(1.5), atol=0.03)
+    np.testing.assert_allclose(np.median(after[:, 2] - before[:, 2]), 0.0, atol=0.03)
+
+
+@pytest.mark.parametrize("prevalence", [0.05, 0.2, 0.5])
+def test_the_gain_does_not_follow_the_class_mix(split, prevalence):
+    reference, images, labels = split
+    shifted = combined(batch(images, labels, 50, prevalence, seed=1), (Shift("contrast", 2.0),))
+    log_gain, _, shares = fit_shift(patch_features(shifted), reference)
+    assert np.exp(log_gain) == pytest.approx(2.0, rel=0.12)
+    assert shares[1] == pytest.approx(prevalence, abs=0.2)
+
+
+def test_an_unshifted_site_maps_to_the_identity(split):
+    reference, images, labels = split
+    mapping = estimate_map(batch(images, labels, 50, 0.2, seed=2), reference, bootstrap=60)
+    assert mapping.identity and mapping.gain_interval[0] <= 1.0 <= mapping.gain_interval[1]
+    assert abs(mapping.estimate[0] - 1.0) < 0.08
+    units = images[:3]
+    assert mapping.apply(units) is units
+
+
+def test_a_contrast_site_is_mapped_back(split):
+    reference, images, labels = split
+    site = batch(images, labels, 50, 0.2, seed=3)
+    shifted = combined(site, (Shift("contrast", 1.5),))
+    mapping = estimate_map(shifted, reference, bootstrap=60)
+    assert mapping.gain == pytest.approx(1.5, rel=0.12)
+    assert mapping.gain_interval[0] < mapping.gain < mapping.gain_interval[1]
+    restored = mapping.apply(shifted)
+    assert np.abs(restored - site).mean() < 0.3 * np.abs(shifted - site).mean()
+    again = IntensityMap.from_dict(json.loads(json.dumps(mapping.to_dict())))
+    np.testing.assert_array_equal(again.apply(shifted), restored)
+
+
+def test_a_few_bright_artefacts_do_not_move_the_gain(split):
+    reference, images, labels = split
+    shifted = combined(batch(images, labels, 50, 0.2, seed=4), (Shift("contrast", 1.5),))
+    clean = np.exp(fit_shift(patch_features(shifted), reference)[0])
+    spoiled = shifted.copy()
+    spoiled[:3, 10:14, :] = 1.0  # three patches with a saturated stripe
+    assert np.exp(fit_shift(patch_features(spoiled), reference)[0]) == pytest.approx(clean, rel=0.05)
+
+
+def test_too_small_a_sample_is_refused(split):
+    reference, images, _ = split
+    with pytest.raises(AdaptationError, match="5 patches are too few"):
+        estimate_map(images[:5], reference)
+
+
+def test_too_uncertain_an_estimate_is_refused(split):
+    reference, images, _ = split
+    rng = np.random.default_rng(0)  # each patch stretched by its own random gain
+    wild = np.stack([combined(p[None], (Shift("contrast", g),))[0]
+                     for p, g in zip(images[:20], np.exp(rng.normal(0, 0.8, 20)))])
+    with pytest.raises(AdaptationError, match="too uncertain"):
+        estimate_map(wild, reference, bootstrap=60)
