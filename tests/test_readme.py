@@ -57,7 +57,7 @@ SUBSTITUTIONS = (
     # Placeholders for the user's own data and ids.
     ("<search run id>", "{search_run}"), ("--search-run <id>", "--search-run {search_run}"),
     ("/data/external_test", "{labelled}"), ("/data/new_patches", "{patches}"),
-    ("/data/patches", "{patches}"), ("/data/site_a", "{site}"),
+    ("/data/patches", "{patches}"), ("/data/site_a", "{site}"), ("/data/site_b", "{site}"),
     ("/data/cbis-ddsm-npy", "{cbis}"), ("/data/all-mias", "{mias}"),
     ("models:/mammo-microcal/3", "models:/mammo-microcal/1"),
     ("server migrate mlflow.db", "server migrate {store_file}"),  # the store of this test
