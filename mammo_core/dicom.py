@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mammo_core.errors import ImageError
+from mammo_core.resampling import resample
 
 PREAMBLE, MAGIC = 128, b"DICM"
 # the tags the readers and the data fingerprint's notes rely on
@@ -139,8 +140,6 @@ def decode_dicom(source: bytes | Path | str, name: str, *, max_pixels: int,
     if header.photometric == "MONOCHROME1":  # 0 is white: invert so bright means dense
         units = 1.0 - units
     if downscale_to is not None and units.shape != tuple(downscale_to):
-        from mammo_core.images import resample
-
         units = resample(units, downscale_to)
     return units.astype(np.float32, copy=False), depth, header
 

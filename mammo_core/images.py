@@ -20,6 +20,7 @@ from PIL import Image
 
 from mammo_core import dicom
 from mammo_core.errors import ImageError
+from mammo_core.resampling import resample  # noqa: F401  (re-exported: readers use images.resample)
 
 # Pillow format names, and DICOM (read by mammo_core.dicom). PPM is Pillow's reader for
 # PGM; TIFF is how some archives store 16-bit; JPEG is how the CBIS-DDSM mass/calcification
@@ -271,12 +272,6 @@ def _gray_from_color(img: Image.Image, name: str) -> Image.Image:
         raise ImageError(f"image {name} is a colour image (mode {img.mode}, channels differ); "
                          "expected grayscale")
     return Image.fromarray(np.ascontiguousarray(rgb[..., 0]))
-
-
-def resample(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Returns [0, 1] float32 pixels resampled (bilinear) to `size` (rows, columns)."""
-    resized = Image.fromarray(pixels).resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
 def _names(formats: tuple[str, ...]) -> str:

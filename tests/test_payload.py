@@ -77,7 +77,7 @@ def test_resize_setting_resamples_instead_of_refusing():
     (body({"images": []}), 400, "non-empty list"),
     (body({"images": [1]}), 400, "images[0] must be a base64 string"),
     (body({"images": ["***"]}), 400, "images[0] is not valid base64"),
-    (body({"images": [b64(b"hello, not an image")]}), 400, "not a PNG or PGM image"),
+    (body({"images": [b64(b"hello, not an image")]}), 400, "not a PNG, PGM or DICOM image"),
     (body({"images": [b64(png(PATCH)[:60])]}), 400, "cannot read image images[0]"),
     (body({"images": [b64(png(PATCH))] * 5}), 413, "5 images in one request; the limit is 4"),
     (body({"inputs": [[[0] * 60] * 60, [[0] * 50] * 60]}), 422, "ragged"),
