@@ -142,3 +142,31 @@ def test_serve_loads_the_site_version(adapted, monkeypatch):
         np.testing.assert_allclose(got, expected, atol=1e-5)
     finally:
         stop_serving()
+
+
+def test_folders_of_dicom_are_read_by_predict_and_evaluate(adapted, tmp_path):
+    """The champion scores DICOM patches as it scores the same pixels as PNG: `predict` on
+    a folder of .dcm files, `evaluate` on class folders of them."""
+    from dicom_fixtures import write_dicom
+
+    store, pixels, labels, _ = adapted
+    (tmp_path / "png").mkdir()
+    chosen = np.r_[0:6, len(pixels) - 6:len(pixels)]  # six of each class
+    for k in chosen:
+        write_dicom(tmp_path / "site" / str(labels[k]) / f"scan_{k:02d}.dcm", pixels[k])
+        Image.fromarray(pixels[k]).save(tmp_path / "png" / f"scan_{k:02d}.png")
+    out = {}
+    for name in ("site", "png"):
+        result = subprocess.run(
+            [sys.executable, "-m", "tune.predict", "--input", str(tmp_path / name), "--output",
+             str(tmp_path / f"{name}.csv")], cwd=ROOT, env=search_env(store),
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        out[name] = np.loadtxt(tmp_path / f"{name}.csv", delimiter=",", skiprows=1,
+                               usecols=1)
+    np.testing.assert_allclose(out["site"], out["png"], atol=1e-6)
+    result = subprocess.run([sys.executable, "-m", "tune.evaluate", "--data-dir",
+                             str(tmp_path / "site")], cwd=ROOT, env=search_env(store),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "evaluation: auc" in result.stdout
