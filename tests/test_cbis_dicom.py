@@ -138,3 +138,16 @@ def test_a_csv_without_a_required_column_is_refused(copy):
     csv.write_text(csv.read_text().replace("pathology", "diagnosis", 1))
     with pytest.raises(DataError, match="calc_case_description_test_set.csv: no column"):
         load_dataset(copy, config())
+
+
+def test_the_train_description_counts_patients_images_and_abnormalities(archive):
+    from mammo_core.config import load_experiment
+    from tune.train import parts_description
+
+    experiment = load_experiment(Path(__file__).resolve().parents[1]
+                                 / "experiments/cbis_dicom_mass_vs_calc_quick.yaml")
+    data = load_dataset(archive, experiment.data)
+    train, test = np.flatnonzero(data.partitions == "train"), np.flatnonzero(data.partitions == "test")
+    text = parts_description(experiment, data, {"train": train, "test": test})
+    patients = len(np.unique(data.cases[test]))
+    assert f"- test: {len(test)} images, {patients} patients, {len(test)} abnormalities" in text
