@@ -142,7 +142,10 @@ def main() -> None:
     parser.add_argument("--model-uri", default="")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bootstrap", type=int, default=100)
+    parser.add_argument("--shifts", nargs="*", default=[n for n, _ in SHIFTS],
+                        help="a subset of the shifts, by name (default: all)")
     args = parser.parse_args()
+    SHIFTS[:] = [s for s in SHIFTS if s[0] in args.shifts]
     experiment, _ = load_config(args.config)
     use_tracking_store(PROJECT_ROOT)
     uri = args.model_uri or f"models:/{experiment.tracking.registered_model_name}@champion"

@@ -18,7 +18,7 @@ site maps to itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pywt
@@ -32,11 +32,9 @@ _OUTLIER_SHARE, _OUTLIER_DENSITY = 0.02, 1e-3
 _COARSE = (np.arange(-1.1, 1.1001, 0.05), np.arange(-0.25, 0.2501, 0.02))
 _FINE = (np.arange(-0.05, 0.0501, 0.005), np.arange(-0.02, 0.0201, 0.002))
 _EM_STEPS = 25
-# Offsets smaller than this are left at 0 even when their interval excludes 0: one set of
-# cases differs from another by about that much in mean brightness (measured +0.03
-# between the microcal hold-out's cases and the training cases, same scanner), so a
-# smaller offset is not evidence of another scanner.
-MIN_OFFSET = 0.04
+# Sets of cases drawn from the training patches to measure how far the estimate moves
+# between two sets of cases of the same scanner (anatomy, not acquisition).
+_CASE_SETS, _CASES_PER_SET = 60, 10
 
 
 class AdaptationError(ValueError):
@@ -102,19 +100,24 @@ class IntensityReference:
 
     densities: tuple[ClassDensity, ...]
     summary: dict = field(default_factory=dict)
+    # std of (log gain, offset) estimated from sets of training cases: same scanner, other
+    # anatomy; a site's shift inside this spread is not evidence of another scanner
+    case_spread: tuple[float, float] = (0.0, 0.0)
 
     def to_dict(self) -> dict:
         return {"features": list(FEATURES), "densities": [d.to_dict() for d in self.densities],
-                "summary": self.summary}
+                "summary": self.summary, "case_spread": list(self.case_spread)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> IntensityReference:
-        return cls(tuple(ClassDensity.from_dict(d) for d in raw["densities"]), raw["summary"])
+        return cls(tuple(ClassDensity.from_dict(d) for d in raw["densities"]), raw["summary"],
+                   tuple(raw.get("case_spread", (0.0, 0.0))))
 
 
-def fit_reference(units: np.ndarray, labels: np.ndarray, components: int = 2,
-                  seed: int = 0) -> IntensityReference:
-    """Returns the reference of training patches (N, H, W) or pairs, with their labels."""
+def fit_reference(units: np.ndarray, labels: np.ndarray, cases: np.ndarray | None = None,
+                  components: int = 2, seed: int = 0) -> IntensityReference:
+    """Returns the reference of training patches (N, H, W) or pairs, with their labels;
+    with their `cases`, also the estimate's spread between sets of cases (`case_spread`)."""
     from sklearn.mixture import GaussianMixture
 
     features = patch_features(units)
@@ -126,7 +129,24 @@ def fit_reference(units: np.ndarray, labels: np.ndarray, components: int = 2,
         gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed)
         gmm.fit(own)
         densities.append(ClassDensity(gmm.weights_, gmm.means_, gmm.covariances_))
-    return IntensityReference(tuple(densities), summarize(features, per_image))
+    reference = IntensityReference(tuple(densities), summarize(features, per_image))
+    if cases is None or len(np.unique(cases)) < 2 * _CASES_PER_SET:
+        return reference
+    return replace(reference, case_spread=case_spread(features, np.repeat(
+        cases, len(features) // len(cases)), reference, seed))
+
+
+def case_spread(features: np.ndarray, cases: np.ndarray, reference: IntensityReference,
+                seed: int) -> tuple[float, float]:
+    """Returns the std of the (log gain, offset) estimated from sets of _CASES_PER_SET
+    training cases against the reference: what anatomy alone moves them by."""
+    rng = np.random.default_rng(seed)
+    names = np.unique(cases)
+    estimates = [fit_shift(features[np.isin(cases, rng.choice(names, _CASES_PER_SET,
+                                                             replace=False))], reference)[:2]
+                 for _ in range(_CASE_SETS)]
+    spread = np.std(np.array(estimates), axis=0)
+    return float(spread[0]), float(spread[1])
 
 
 def summarize(features: np.ndarray, labels: np.ndarray) -> dict:
@@ -226,8 +246,9 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
                  seed: int = 0) -> IntensityMap:
     """Returns the site's IntensityMap from its unlabelled [0, 1] patches.
 
-    A component (gain, offset) whose bootstrap interval holds the identity stays at the
-    identity, and so does an offset under MIN_OFFSET. Raises AdaptationError for fewer than `min_patches` patches, or a gain
+    The interval joins the bootstrap over the batch's patches and the reference's
+    between-case spread (two sets of cases of one scanner differ too); a component whose
+    interval holds the identity stays at the identity. Raises AdaptationError for fewer than `min_patches` patches, or a gain
     interval wider than `max_gain_ratio` (upper / lower): too uncertain to help.
     """
     features = patch_features(units)
@@ -239,14 +260,28 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
     draws = np.array([fit_shift(features[rng.integers(0, len(features), len(features))],
                                 reference)[:2] for _ in range(bootstrap)])
     tail = 100 * (1 - level) / 2
-    (s_lo, b_lo), (s_hi, b_hi) = np.percentile(draws, [tail, 100 - tail], axis=0)
-    gain_interval = (float(np.exp(s_lo)), float(np.exp(s_hi)))
-    if gain_interval[1] / gain_interval[0] > max_gain_ratio:
+    low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
+    if np.exp(high[0] - low[0]) > max_gain_ratio:
         raise AdaptationError(
             f"the site's contrast gain is too uncertain to help: {np.exp(log_gain):.2f} with a "
-            f"{level:.0%} interval {gain_interval[0]:.2f}-{gain_interval[1]:.2f} from "
+            f"{level:.0%} interval {np.exp(low[0]):.2f}-{np.exp(high[0]):.2f} from "
             f"{len(features)} patches; add patches of the site")
+    (s_lo, b_lo), (s_hi, b_hi) = _with_case_spread((log_gain, offset), low, high,
+                                                   reference.case_spread, level)
     gain = 1.0 if s_lo <= 0.0 <= s_hi else float(np.exp(log_gain))
-    shift = 0.0 if b_lo <= 0.0 <= b_hi or abs(offset) < MIN_OFFSET else float(offset)
-    return IntensityMap(gain, shift, gain_interval, (float(b_lo), float(b_hi)), len(features),
+    shift = 0.0 if b_lo <= 0.0 <= b_hi else float(offset)
+    return IntensityMap(gain, shift, (float(np.exp(s_lo)), float(np.exp(s_hi))),
+                        (float(b_lo), float(b_hi)), len(features),
                         tuple(float(s) for s in shares), (float(np.exp(log_gain)), float(offset)))
+
+
+def _with_case_spread(estimate, low, high, spread, level: float):
+    """Returns the interval (low, high) widened by the between-case spread: each half-width
+    and the spread's normal quantile added in quadrature."""
+    from scipy.stats import norm
+
+    z = norm.ppf(0.5 + level / 2)
+    estimate = np.asarray(estimate)
+    below = np.sqrt((estimate - low) ** 2 + (z * np.asarray(spread)) ** 2)
+    above = np.sqrt((high - estimate) ** 2 + (z * np.asarray(spread)) ** 2)
+    return estimate - below, estimate + above

@@ -22,7 +22,7 @@ def split(shared_data):
     data = load_dataset(shared_data, load_experiment(ROOT / "experiments/microcal.yaml").data)
     cases = np.unique(data.cases)
     site = np.isin(data.cases, np.random.default_rng(0).permutation(cases)[:25])
-    reference = fit_reference(data.images[~site], data.labels[~site])
+    reference = fit_reference(data.images[~site], data.labels[~site], data.cases[~site])
     return reference, data.images[site], data.labels[site]
 
 
@@ -42,6 +42,8 @@ def test_the_reference_round_trips_through_json(split):
     for a, b in zip(reference.densities, again.densities):
         np.testing.assert_allclose(a.log_density(points), b.log_density(points))
     assert again.summary == reference.summary and reference.summary["all"]["patches"] > 400
+    assert again.case_spread == reference.case_spread
+    assert 0.02 < reference.case_spread[0] < 0.4  # sets of cases of one scanner differ
 
 
 def test_features_ignore_gain_and_offset_except_where_meant(split):

@@ -174,9 +174,12 @@ def log_intensity_reference(dataset: Dataset, plan: FoldPlan) -> IntensityRefere
     but the hold-out), which `adapt` maps a new site onto; logs it
     (intensity_reference.json, params intensity.*)."""
     trained = np.setdiff1d(np.arange(len(dataset.labels)), plan.holdout)
-    reference = fit_reference(dataset.images[trained], dataset.labels[trained])
+    reference = fit_reference(dataset.images[trained], dataset.labels[trained],
+                              plan.groups[trained])
     mlflow.log_dict(reference.to_dict(), "intensity_reference.json")
-    mlflow.log_params({f"intensity.{k}": f"{v:.6g}" for k, v in reference.summary["all"].items()})
+    mlflow.log_params({f"intensity.{k}": f"{v:.6g}" for k, v in reference.summary["all"].items()}
+                      | {"intensity.case_spread_log_gain": f"{reference.case_spread[0]:.4f}",
+                         "intensity.case_spread_offset": f"{reference.case_spread[1]:.4f}"})
     return reference
 
 
