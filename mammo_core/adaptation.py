@@ -118,33 +118,44 @@ def fit_reference(units: np.ndarray, labels: np.ndarray, cases: np.ndarray | Non
                   components: int = 2, seed: int = 0) -> IntensityReference:
     """Returns the reference of training patches (N, H, W) or pairs, with their labels;
     with their `cases`, also the estimate's spread between sets of cases (`case_spread`)."""
-    from sklearn.mixture import GaussianMixture
-
     features = patch_features(units)
     per_image = np.repeat(labels, len(features) // len(labels))
+    reference = IntensityReference(_densities(features, per_image, components, seed),
+                                   summarize(features, per_image))
+    if cases is None or len(np.unique(cases)) < 2 * _CASES_PER_SET:
+        return reference
+    per_case = np.repeat(cases, len(features) // len(cases))
+    return replace(reference, case_spread=case_spread(features, per_case, per_image,
+                                                      components, seed))
+
+
+def _densities(features: np.ndarray, labels: np.ndarray, components: int,
+               seed: int) -> tuple[ClassDensity, ...]:
+    """Returns a Gaussian mixture of the features per class, in label order."""
+    from sklearn.mixture import GaussianMixture
+
     densities = []
-    for label in sorted(set(per_image.tolist())):
-        own = features[per_image == label]
+    for label in sorted(set(labels.tolist())):
+        own = features[labels == label]
         k = max(1, min(components, len(own) // 20))
         gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed)
         gmm.fit(own)
         densities.append(ClassDensity(gmm.weights_, gmm.means_, gmm.covariances_))
-    reference = IntensityReference(tuple(densities), summarize(features, per_image))
-    if cases is None or len(np.unique(cases)) < 2 * _CASES_PER_SET:
-        return reference
-    return replace(reference, case_spread=case_spread(features, np.repeat(
-        cases, len(features) // len(cases)), reference, seed))
+    return tuple(densities)
 
 
-def case_spread(features: np.ndarray, cases: np.ndarray, reference: IntensityReference,
-                seed: int) -> tuple[float, float]:
+def case_spread(features: np.ndarray, cases: np.ndarray, labels: np.ndarray,
+                components: int, seed: int) -> tuple[float, float]:
     """Returns the std of the (log gain, offset) estimated from sets of _CASES_PER_SET
-    training cases against the reference: what anatomy alone moves them by."""
+    training cases against a reference fitted without them: what anatomy alone moves the
+    estimate by for cases the reference has not seen (a site's are never in it)."""
     rng = np.random.default_rng(seed)
     names = np.unique(cases)
-    estimates = [fit_shift(features[np.isin(cases, rng.choice(names, _CASES_PER_SET,
-                                                             replace=False))], reference)[:2]
-                 for _ in range(_CASE_SETS)]
+    estimates = []
+    for _ in range(_CASE_SETS):
+        held = np.isin(cases, rng.choice(names, _CASES_PER_SET, replace=False))
+        others = _densities(features[~held], labels[~held], components, seed)
+        estimates.append(fit_shift(features[held], IntensityReference(others))[:2])
     spread = np.std(np.array(estimates), axis=0)
     return float(spread[0]), float(spread[1])
 
