@@ -168,5 +168,5 @@ def test_a_study_trained_on_jpeg_files_is_served_jpeg_uploads():
     class Model:  # what serve.model.load_model reports for a study of JPEG folders
         info = {"resizes": False, "study_formats": ["JPEG"]}
     settings = reading(ServeSettings(), Model())
-    assert settings.image_formats == ("PNG", "PPM", "JPEG")
+    assert settings.image_formats == ("PNG", "PPM", "DICOM", "JPEG")
     assert formats_of((".png", ".pgm", ".JPG", ".jpeg")) == ("PNG", "PPM", "JPEG")
