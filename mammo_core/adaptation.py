@@ -137,6 +137,10 @@ def _densities(features: np.ndarray, labels: np.ndarray, components: int,
     densities = []
     for label in sorted(set(labels.tolist())):
         own = features[labels == label]
+        if len(own) < 20:  # too few for a mixture: one Gaussian, variances regularised
+            cov = np.diag(own.var(axis=0) + 1e-4)
+            densities.append(ClassDensity(np.ones(1), own.mean(axis=0)[None], cov[None]))
+            continue
         k = max(1, min(components, len(own) // 20))
         gmm = GaussianMixture(k, covariance_type="full", reg_covar=1e-4, random_state=seed)
         gmm.fit(own)

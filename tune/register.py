@@ -154,7 +154,8 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
                       tuple(float(w) for w in predictor.ensemble.weights),
                       predictor.ensemble.threshold, dataset.bit_depth, method, why, interval,
                       predictor.ensemble.calibration.to_dict(),
-                      intensity=predictor.reference.summary["all"])
+                      intensity=predictor.reference.summary["all"] if predictor.reference
+                      else None)
     fingerprint = holdout_fingerprint(dataset, plan)
     # full precision: the gate compares the next candidate with this very number
     describe_version(facts, {"mammo.holdout_auc_cross_fitted": repr(float(cross_fitted_auc)),
@@ -169,13 +170,19 @@ def build_and_register(experiment: Experiment, dataset: Dataset, summary: dict, 
     return version, alias, reason, cross_fitted_auc
 
 
-def log_intensity_reference(dataset: Dataset, plan: FoldPlan) -> IntensityReference:
+def log_intensity_reference(dataset: Dataset, plan: FoldPlan) -> IntensityReference | None:
     """Returns the intensity reference of the images the experts trained on (everything
     but the hold-out), which `adapt` maps a new site onto; logs it
-    (intensity_reference.json, params intensity.*)."""
+    (intensity_reference.json, params intensity.*). None, with a tag saying why, when the
+    data cannot give one: the model is still registered, `adapt` then refuses it."""
     trained = np.setdiff1d(np.arange(len(dataset.labels)), plan.holdout)
-    reference = fit_reference(dataset.images[trained], dataset.labels[trained],
-                              plan.groups[trained])
+    try:
+        reference = fit_reference(dataset.images[trained], dataset.labels[trained],
+                                  plan.groups[trained])
+    except (ValueError, np.linalg.LinAlgError) as err:
+        mlflow.set_tag("mammo.intensity_reference", f"none: {err}"[:500])
+        print(f"note: no intensity reference for `adapt` ({err})", flush=True)
+        return None
     mlflow.log_dict(reference.to_dict(), "intensity_reference.json")
     mlflow.log_params({f"intensity.{k}": f"{v:.6g}" for k, v in reference.summary["all"].items()}
                       | {"intensity.case_spread_log_gain": f"{reference.case_spread[0]:.4f}",
