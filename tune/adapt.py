@@ -35,17 +35,14 @@ from mammo_core.predictor import EnsemblePredictor  # noqa: E402
 from mammo_core.splits import leakage_groups  # noqa: E402
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store  # noqa: E402
 from tune.predict import image_files, read_images  # noqa: E402
-from tune.project import (PROJECT_ROOT, UsageError, as_trained, base_parser,  # noqa: E402
+from tune.project import (PROJECT_ROOT, UsageError, as_trained,  # noqa: E402
                           default_model_uri, load_config, load_data, load_ensemble, run_entry)
-from tune.recalibrate import kept_threshold, register_site_version, site_ensemble, site_name  # noqa: E402
+from tune.recalibrate import (kept_threshold, register_site_version, site_ensemble,  # noqa: E402
+                              site_name, site_parser)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--model-uri", default="",
-                        help="registered ensemble (default: models:/<name>@champion)")
-    parser.add_argument("--site", default="", help="site name for the alias (default: the "
-                                                   "data folder's name)")
+    parser = site_parser(__doc__.splitlines()[0])
     parser.add_argument("--labels", default="false", choices=["true", "false"],
                         help="true: the folder holds the study's class folders; the "
                              "calibration is refitted on the mapped scores too")

@@ -45,11 +45,7 @@ SHOWN = ("auc", "sensitivity", "specificity", "balanced_accuracy", "ece")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--model-uri", default="",
-                        help="registered ensemble (default: models:/<name>@champion)")
-    parser.add_argument("--site", default="", help="site name for the alias (default: the "
-                                                   "data folder's name)")
+    parser = site_parser(__doc__.splitlines()[0])
     parser.add_argument("--threshold", default="keep", choices=["keep", "refit"],
                         help="keep the registered threshold on the recalibrated probability, "
                              "or re-choose it on the sample")
@@ -62,6 +58,17 @@ def main(argv: list[str] | None = None) -> int:
                     run_id=os.environ.get("MLFLOW_RUN_ID"))
 
     return run_entry(body)
+
+
+def site_parser(description: str):
+    """Returns the parser of a step that registers a site's version: --config, --data-dir,
+    --model-uri and --site."""
+    parser = base_parser(description)
+    parser.add_argument("--model-uri", default="",
+                        help="registered ensemble (default: models:/<name>@champion)")
+    parser.add_argument("--site", default="", help="site name for the alias (default: the "
+                                                   "data folder's name)")
+    return parser
 
 
 def recalibrate(experiment: Experiment, data_dir: str, model_uri: str = "", site: str = "",
