@@ -28,7 +28,8 @@ task=${1:-help}; shift || true
 case $task in
   setup) setup ;;
   run)   setup; mlflow run . --env-manager local "$@" ;;
-  test)  setup; python -m pytest "$@" ;;
+  # one worker per core (at most 4), a test file (or class) whole on one: tests/conftest.py
+  test)  setup; python -m pytest -n auto --dist loadscope --no-loadscope-reorder "$@" ;;
   bench) setup; for b in benchmarks/*_bench.py; do python "$b" "$@"; done ;;
   ui)    setup; mlflow ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port 5000 ;;
   server) setup; python -m tune.tracking_server "$@" ;;

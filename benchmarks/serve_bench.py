@@ -193,7 +193,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8300)
     defaults = ServeSettings()
     parser.add_argument("--replicas", type=int, default=defaults.num_replicas)
-    parser.add_argument("--tf-threads", type=int, default=defaults.tf_threads)
+    parser.add_argument("--tf-threads", default=defaults.tf_threads,
+                        help="a number, or auto: the CPUs the replica may use")
     parser.add_argument("--batch-wait", type=float, default=defaults.batch_wait_timeout_s)
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch_size)
     parser.add_argument("--mlflow-workers", type=int, nargs="*", default=[1, 2])

@@ -31,6 +31,7 @@ from mammo_core.metrics import side_by_side
 from mammo_core.patches import PatchError, as_unit_patches
 from mammo_core.predictor import table_columns
 from mammo_core.training import limit_tensorflow_threads
+from serve.host import usable_cpus
 from serve.model import load_model
 from serve import scoring
 from serve.payload import BadRequest, read_body, read_patches
@@ -81,6 +82,12 @@ def answers(out: dict, class_names: list[str]) -> list[dict]:
             for p, label, experts in zip(out["probability"], out["label"], out["experts"])]
 
 
+def tf_threads(settings: ServeSettings) -> int:
+    """Returns the replica's TensorFlow threads: the setting, or with `auto` the CPUs this
+    process may use, measured now (a container's quota included)."""
+    return usable_cpus() if settings.tf_threads == "auto" else settings.tf_threads
+
+
 def reading(settings: ServeSettings, model) -> ServeSettings:
     """Returns the settings to read a request with: a study that resamples its images
     (e.g. whole MIAS mammograms) resizes uploaded files whatever `wrong_size` says, and a
@@ -118,7 +125,8 @@ def explanation_body(result, raw: np.ndarray, model, ensemble: bool) -> dict:
 class PatchScorer:
     def __init__(self, settings: dict):
         self.apply(ServeSettings(**settings))
-        limit_tensorflow_threads(self.settings.tf_threads)
+        self.threads = tf_threads(self.settings)
+        limit_tensorflow_threads(self.threads)
         self.reload_token, self.reload_error, self.configured = None, None, False
         self.model = None
         if self.settings.model_uri:  # `serve run` configs name it in args; bind_app in user_config
@@ -175,11 +183,11 @@ class PatchScorer:
         return counts
 
     def status(self) -> dict:
-        """Returns the served name, version, its run and source, and the last reload error
-        (for the server's log)."""
+        """Returns the served name, version, its run and source, the last reload error and
+        the TensorFlow threads chosen at start-up (for the server's log)."""
         return {key: self.model.info.get(key, "") for key in ("name", "version", "run_id",
                                                               "source")} | {
-            "reload_error": self.reload_error}
+            "reload_error": self.reload_error, "tf_threads": self.threads}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02,
                  batch_size_fn=lambda batches: sum(len(b) for b in batches))

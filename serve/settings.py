@@ -1,7 +1,7 @@
 """The Serve application's typed arguments (`serve run` config, CLI, tests)."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,9 +22,10 @@ class ServeSettings(BaseModel):
     # through Serve's HTTP proxy, which spreads them over the replicas of a cluster.
     ingress: Literal["direct", "proxy"] = "direct"
     replica_cpus: float = Field(1.0, gt=0)
-    # TensorFlow intra/inter-op threads per replica; 2 measured best for one replica on 2
-    # cores (docs/benchmarks.md, serving); with several replicas, cores / replicas
-    tf_threads: int = Field(2, ge=1)
+    # TensorFlow intra/inter-op threads per replica. auto: the CPUs the replica may use,
+    # measured when it starts (cores, fewer under a container's CPU quota: serve/host.py);
+    # with several replicas on one host, give cores / replicas
+    tf_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     max_batch_size: int = Field(32, ge=1)       # images per @serve.batch call, summed
     # a batch waits this long for company only while other requests are in flight
     batch_wait_timeout_s: float = Field(0.02, ge=0)

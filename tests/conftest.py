@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from filelock import FileLock
 from PIL import Image
 
 from mammo_core.config import DataConfig
@@ -25,6 +26,30 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data" / "microcal"
 # 2 folds x 1 trial x 1 epoch: every plumbing test's config (microcal_quick.yaml, 5 folds x
 # 2 trials x 3 epochs, is left to the tests that need several trials or folds at once)
 SMOKE = "experiments/microcal_smoke.yaml"
+
+
+# The suite runs on every core (`./dev.sh test`: pytest-xdist, `--dist loadscope`): each
+# file whole on one worker, so a module's fixtures (a study's pipeline, a server) are built
+# once; only test_readme.py is split, by its classes (a group of pages each). Files start
+# in this order, longest first (measured: `--durations` of a run), so that no long file
+# starts last while the other workers sit idle.
+LONGEST_FIRST = ("test_studies.py", "test_readme.py", "test_tracking_server.py",
+                 "test_transfer.py", "test_families_search.py", "test_search.py",
+                 "test_server.py", "test_two_nodes.py", "test_adapt.py",
+                 "test_register_across.py", "test_recalibrate.py", "test_registry.py",
+                 "test_families.py", "test_serve.py")
+# A worker holds TensorFlow and a Ray node at times (a few GB each): more than four at once
+# buys little on a machine of many cores and risks its memory.
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: in-file order kept
 
 
 @pytest.fixture(scope="session")
@@ -155,16 +180,41 @@ def pipeline_store(tmp_path_factory) -> Path:
     """A store after the README's first command, `./dev.sh run` (tune -> register ->
     evaluate), on the smoke config: about a minute, run once per test session.
 
-    Tests that only read it share it; a test that adds runs or versions works on
-    `copy_store(pipeline_store, ...)` (the registry tests add versions to it on purpose).
+    Tests that only read it share it; a test (or module) that adds runs or versions works
+    on `copy_store(pipeline_store, ...)`, so that no test depends on the order files run in.
+    Under xdist the first worker that needs it builds it (the others wait on a file lock)
+    and each worker gets a copy of its own: the serve tests add serve runs to it, and one
+    worker's must not become another's "latest serve run".
     """
-    folder = tmp_path_factory.mktemp("pipeline")
+    shared = session_folder(tmp_path_factory)
+    built = shared / "pipeline"
+    with FileLock(str(shared / "pipeline.lock")):
+        if not (built / "built").exists():
+            build_pipeline_store(built)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return copy_store(built, tmp_path_factory.mktemp("pipeline") / "store")
+    return built
+
+
+def session_folder(tmp_path_factory) -> Path:
+    """Returns the folder every worker of this test session shares (xdist gives each worker
+    a base folder of its own inside it), or the session's base folder without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def build_pipeline_store(folder: Path) -> None:
+    """Runs `./dev.sh run` on the smoke config into `folder` (emptied first), then marks it
+    built: a failed build leaves no store that the next worker would take for a finished
+    one. (Built in place: its experiments' artifact locations are absolute paths.)"""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
     result = subprocess.run(["./dev.sh", "run", "-P", f"config={SMOKE}"],
                             cwd=PROJECT_ROOT, env=search_env(folder), capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "mammo-microcal v1 @champion" in result.stdout
-    return folder
+    (folder / "built").touch()
 
 
 def config_variant(config: str, path: Path, **sections: dict) -> str:

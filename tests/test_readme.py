@@ -16,14 +16,20 @@ until they answer their health address, and stay up, one per port, for the comma
 call them (the `curl` lines). Commands run by another test are listed in NOT_HERE with
 that test; the test fails if a command is neither run nor listed, so nothing is skipped
 silently.
+
+The pages run in GROUPS, one test class each, so that the suite's workers (xdist,
+`--dist loadscope`) run groups side by side: each group is a user who starts from the
+smoke pipeline's store in a copy of the project of their own and reads its pages in order.
+A page whose commands need another's (the explanation `curl` needs the server that
+docs/serving.md starts) is in that page's group.
 """
 from __future__ import annotations
 
+import http.client
 import re
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -31,7 +37,7 @@ import pytest
 from conftest import SMOKE, child_env, copy_store, interrupt_group
 from PIL import Image
 
-from serve.ports import port_bindable
+from serve.ports import port_bindable, port_listening
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +45,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "docs/shift.md", "docs/serving.md", "docs/explanations.md",
         "docs/search.md", "docs/team.md", "docs/evaluation.md", "docs/studies.md",
         "docs/configuration.md")
+
+# Pages read in one session, in order: a test class each (below); together, every page once.
+GROUPS = {"TestReadmeAndStudies": ("README.md", "docs/studies.md", "docs/configuration.md"),
+          "TestShiftAndSearch": ("docs/shift.md", "docs/search.md"),
+          "TestServingAndExplanations": ("docs/serving.md", "docs/explanations.md"),
+          "TestTeamAndEvaluation": ("docs/team.md", "docs/evaluation.md")}
 
 # (documented text, what runs instead): applied to every command, in this order.
 SUBSTITUTIONS = (
@@ -72,13 +84,15 @@ WHOLE = {
                                                      "wavelet_baselines_quick.yaml",
 }
 
-# Long-running servers: (README text, health address). Started in the background.
+# Long-running servers: (README text, health address, binds with SO_REUSEADDR). Started in
+# the background. Serve binds without SO_REUSEADDR, so before one starts the port must be
+# out of TIME_WAIT too (serve/server.py); the MLflow UI only needs the last server gone.
 SERVERS = (
-    ("-e serve --env-manager local -P model_uri=", "http://127.0.0.1:8001/healthz"),
-    ("mlflow run . -e serve --env-manager local", "http://127.0.0.1:8000/healthz"),
-    ("python -m serve.server", "http://127.0.0.1:8080/healthz"),
-    ("serve run --address local serve/config.yaml", "http://127.0.0.1:8000/healthz"),
-    ("./dev.sh ui", "http://127.0.0.1:5000/health"),
+    ("-e serve --env-manager local -P model_uri=", "http://127.0.0.1:8001/healthz", False),
+    ("mlflow run . -e serve --env-manager local", "http://127.0.0.1:8000/healthz", False),
+    ("python -m serve.server", "http://127.0.0.1:8080/healthz", False),
+    ("serve run --address local serve/config.yaml", "http://127.0.0.1:8000/healthz", False),
+    ("./dev.sh ui", "http://127.0.0.1:5000/health", True),
 )
 
 # Commands run by another test instead, and why.
@@ -97,9 +111,9 @@ NOT_HERE = {
 }
 
 
-def readme_commands() -> list[tuple[str, str]]:
-    """Returns (section title, command) for every command of the DOCS' bash blocks."""
-    return [pair for doc in DOCS for pair in doc_commands(ROOT / doc)]
+def readme_commands(pages: tuple[str, ...] = DOCS) -> list[tuple[str, str]]:
+    """Returns (section title, command) for every command of the `pages`' bash blocks."""
+    return [pair for doc in pages for pair in doc_commands(ROOT / doc)]
 
 
 def doc_commands(path: Path) -> list[tuple[str, str]]:
@@ -152,7 +166,13 @@ def test_the_extraction_finds_every_block_and_joins_continuations():
     assert not any(c.endswith("\\") or c.startswith("#") for c in commands)
 
 
-@pytest.fixture(scope="module")
+def test_the_groups_read_every_page_once():
+    pages = [page for group in GROUPS.values() for page in group]
+    assert sorted(pages) == sorted(DOCS)
+    assert set(GROUPS) == {name for name in globals() if name.startswith("Test")}
+
+
+@pytest.fixture(scope="class")
 def workspace(tmp_path_factory, shared_data, pipeline_store) -> tuple[Path, dict[str, str]]:
     """Returns (a copy of the project, the user's environment): a copy of the session's
     pipeline store, the files the README names (patch.png, ...) and folders for the data
@@ -204,17 +224,36 @@ def latest_search(uri: str) -> str:
     return runs[0].info.run_id
 
 
-def wait_until_free(port: int, timeout: float = 90) -> None:
+def wait_until_free(port: int, reuses_address: bool, timeout: float = 90) -> None:
     """Returns once `port` can be bound again: a stopped server's Ray processes may still
-    be letting go of it, and connections the server closed stay in TIME_WAIT for 60 s,
-    which blocks Serve's sockets (serve/server.py, port_bindable). Fails after
-    `timeout` seconds."""
+    be letting go of it, and (unless the next server `reuses_address`) connections the
+    server closed stay in TIME_WAIT for 60 s, which blocks Serve's sockets (serve/server.py,
+    port_bindable). Fails after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if port_bindable("127.0.0.1", port):
+        if (not port_listening("127.0.0.1", port) if reuses_address
+                else port_bindable("127.0.0.1", port)):
             return
         time.sleep(0.5)
     raise AssertionError(f"port {port} still taken {timeout} s after its server was stopped")
+
+
+def answers(url: str) -> bool:
+    """Returns True if GET `url` answers 200. This side closes the connection first, so
+    that the TIME_WAIT it leaves is this client's, not on the server's port (urllib asks
+    the server to close: 60 s of TIME_WAIT there blocked the next server on that port)."""
+    address, path = url.split("/", 3)[2], "/" + url.split("/", 3)[3]
+    host, port = address.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        return response.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
 
 
 class Shell:
@@ -235,12 +274,13 @@ class Shell:
             self.env = dict(p.split("=", 1) for p in pairs if "=" in p)
         return result
 
-    def serve(self, command: str, health: str, timeout: float = 300) -> None:
+    def serve(self, command: str, health: str, reuses_address: bool,
+              timeout: float = 300) -> None:
         """Starts `command` in the background (stopping the server on its port first)
         and returns when `health` answers 200."""
         port = health.split(":")[2].split("/")[0]
         self.stop(port)
-        wait_until_free(int(port))
+        wait_until_free(int(port), reuses_address)
         server = subprocess.Popen(["bash", "-c", command], cwd=self.project,
                                   env=self.env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -248,12 +288,9 @@ class Shell:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert server.poll() is None, f"{command} exited:\n{server.stdout.read()[-3000:]}"
-            try:
-                with urllib.request.urlopen(health, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(1)
+            if answers(health):
+                return
+            time.sleep(1)
         raise AssertionError(f"{command}: no answer from {health} within {timeout} s")
 
     def stop(self, port: str | None = None) -> None:
@@ -298,28 +335,31 @@ def interrupted_search(shell: Shell) -> None:
 PREPARE = {"--resume true": (interrupted_search, "already finished, reused")}
 
 
-@pytest.mark.timeout(2400)  # ~30 commands, six of them searches on the smoke config
-def test_every_readme_command_runs_as_written(workspace):
+def run_pages(workspace, pages: tuple[str, ...]) -> None:
+    """Runs every command of `pages` in order as one user's session; fails on the first
+    that does not exit 0, and if a run is left RUNNING or FAILED."""
     project, env = workspace
+    env = dict(env)
     places = eval(env.pop("__places__"))  # noqa: S307 — our own repr of a dict of paths
     store = env["MLFLOW_TRACKING_URI"]
     shell, ran, listed = Shell(project, env), [], []
     try:
-        for section, command in readme_commands():
+        for section, command in readme_commands(pages):
             reason = next((why for key, why in NOT_HERE.items()
                            if key == section or key in command), None)
             if reason:
                 listed.append((command, reason))
                 continue
             actual = substituted(command, places, store)
-            health = next((h for key, h in SERVERS if key in command), None)
+            health, reuses = next(((h, r) for key, h, r in SERVERS if key in command),
+                                  (None, False))
             started = time.monotonic()
             prepare, expected = next((p for key, p in PREPARE.items() if key in command),
                                      (None, ""))
             if prepare:
                 prepare(shell)
             if health:
-                shell.serve(actual, health)
+                shell.serve(actual, health, reuses)
             else:
                 result = shell.run(actual)
                 assert result.returncode == 0, (
@@ -330,8 +370,45 @@ def test_every_readme_command_runs_as_written(workspace):
             print(f"{time.monotonic() - started:6.1f} s  {command}", flush=True)
     finally:
         shell.stop()
-    assert len(ran) + len(listed) == len(readme_commands())
+    assert len(ran) + len(listed) == len(readme_commands(pages))
+    assert not unfinished_runs(store)
+
+
+def unfinished_runs(store: str, timeout: float = 60) -> list[tuple[str, str]]:
+    """Returns (name, status) of the store's RUNNING or FAILED runs once none is left, or
+    after `timeout` seconds: a stopped `serve` run is FINISHED again only a moment after
+    its `mlflow run` has exited (serve/server.py, keep_finished_after)."""
     client = mlflow.MlflowClient(store)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert runs and not [(r.info.run_name, r.info.status) for r in runs
-                         if r.info.status in ("RUNNING", "FAILED")]
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert runs, "no run in the store"
+        left = [(r.info.run_name, r.info.status) for r in runs
+                if r.info.status in ("RUNNING", "FAILED")]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(1)
+
+
+class PageGroup:
+    """One group of pages (GROUPS, by the subclass's name) as one user's session."""
+
+    @pytest.mark.timeout(1200)
+    def test_every_command_runs_as_written(self, workspace):
+        run_pages(workspace, GROUPS[type(self).__name__])
+
+
+class TestReadmeAndStudies(PageGroup):
+    pass
+
+
+class TestShiftAndSearch(PageGroup):
+    pass
+
+
+class TestServingAndExplanations(PageGroup):
+    pass
+
+
+class TestTeamAndEvaluation(PageGroup):
+    pass

@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from conftest import SMOKE, free_port, runs_of, search_env, use_store
+from conftest import SMOKE, copy_store, free_port, runs_of, search_env, use_store
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
@@ -36,9 +36,11 @@ CHAMPION = f"models:/{NAME}@champion"
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def store(pipeline_store) -> Path:
-    return pipeline_store
+@pytest.fixture(scope="module")
+def store(pipeline_store, tmp_path_factory) -> Path:
+    """This module's copy of the session's pipeline store: its tests add versions and runs
+    to it on purpose (each building on the last), which no other module may see."""
+    return copy_store(pipeline_store, tmp_path_factory.mktemp("registry_store") / "store")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SMOKE, free_port, use_store
+from conftest import SMOKE, copy_store, free_port, use_store
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 from PIL import Image
 
@@ -44,12 +44,19 @@ LIMITS = dict(max_images_per_request=8, max_body_bytes=200_000)
 
 
 @pytest.fixture(scope="module")
-def service(pipeline_store):
+def store(pipeline_store, tmp_path_factory) -> Path:
+    """This module's copy of the session's pipeline store: it registers versions and moves
+    the alias."""
+    return copy_store(pipeline_store, tmp_path_factory.mktemp("serve_store") / "store")
+
+
+@pytest.fixture(scope="module")
+def service(store):
     """Yields (base URL, settings) of a running application; shuts Serve and Ray down after."""
     mp = pytest.MonkeyPatch()
-    use_store(pipeline_store, mp)
+    use_store(store, mp)
     port = free_port()
-    settings = ServeSettings(tracking_uri=f"sqlite:///{pipeline_store / 'mlflow.db'}",
+    settings = ServeSettings(tracking_uri=f"sqlite:///{store / 'mlflow.db'}",
                              port=port, **LIMITS)
     assert "direct ingress" in start_serving(settings)  # what `serve` runs by default
     deploy(settings)
@@ -108,13 +115,13 @@ def test_http_predictions_equal_pyfunc_predictions_in_every_input_format(service
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(pipeline_store):
+def mlflow_server(store):
     """Yields the base URL of `mlflow models serve` on the champion's version, or skips (with
     its last output) where it cannot start on this machine."""
     port = free_port()
-    uri = f"sqlite:///{pipeline_store / 'mlflow.db'}"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
     version = mlflow.MlflowClient(uri).get_model_version_by_alias(NAME, "champion").version
-    log = pipeline_store.parent / f"mlflow-models-serve-{port}.log"
+    log = store.parent / f"mlflow-models-serve-{port}.log"
     env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri,
                PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     with open(log, "wb") as out:

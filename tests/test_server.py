@@ -20,7 +20,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import free_port, search_env, wait_for_json
+from conftest import copy_store, free_port, search_env, wait_for_json
 
 from mammo_core.images import formats_of
 from serve.app import reading
@@ -30,6 +30,12 @@ from tune.project import UsageError
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store(pipeline_store, tmp_path_factory) -> Path:
+    """This module's copy of the session's pipeline store: each stop adds a serve run, and the tests read the latest."""
+    return copy_store(pipeline_store, tmp_path_factory.mktemp("server_store") / "store")
 
 
 def port_is_free(port: int) -> bool:
@@ -60,14 +66,14 @@ def run_status_becomes(client: mlflow.MlflowClient, timeout: float = 90) -> str:
                                           ("ctrl_c_to_the_group", "proxy"),
                                           ("sigterm_to_the_group", "direct"),
                                           ("sigterm_to_the_server", "direct")])
-def test_an_operator_stop_releases_the_port_and_finishes_the_run(pipeline_store, how, ingress):
+def test_an_operator_stop_releases_the_port_and_finishes_the_run(store, how, ingress):
     port = free_port()
     server = subprocess.Popen(
         ["mlflow", "run", ".", "--env-manager", "local", "-e", "serve", "-P", f"port={port}",
          "-P", f"ingress={ingress}"],
-        cwd=ROOT, env=search_env(pipeline_store), stdout=subprocess.PIPE,
+        cwd=ROOT, env=search_env(store), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    uri = f"sqlite:///{pipeline_store / 'mlflow.db'}"
+    uri = f"sqlite:///{store / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri, registry_uri=uri)
     try:
         health = wait_for_json(f"http://127.0.0.1:{port}/healthz", server)
