@@ -16,9 +16,10 @@ def usable_cpus(proc_cgroup: Path = Path("/proc/self/cgroup"),
     A container limited to 1 CPU on a 16-core host still sees 16 cores; TensorFlow sizing
     its thread pools to them would have 16 threads take turns on one CPU's time.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count()) or 1
     quota = cpu_quota(proc_cgroup, root)
-    return max(1, min(cores or 1, math.ceil(quota) if quota else cores or 1))
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
 
 
 def cpu_quota(proc_cgroup: Path = Path("/proc/self/cgroup"),

@@ -19,6 +19,7 @@ from filelock import FileLock
 from PIL import Image
 
 from mammo_core.config import DataConfig
+from serve.host import usable_cpus
 from serve.ports import free_port  # noqa: F401  (the tests' one way to find a port)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,8 @@ MAX_WORKERS = 4
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+    # the CPUs this process may use (a CI container's quota included), as Serve counts them
+    return min(usable_cpus(), MAX_WORKERS)
 
 
 def pytest_collection_modifyitems(items) -> None:
