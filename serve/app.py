@@ -15,7 +15,7 @@ import collections
 import hashlib
 import json
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import mlflow
 import numpy as np
@@ -26,11 +26,12 @@ from ray import serve
 from ray.serve import Application
 from starlette.exceptions import HTTPException
 
-from mammo_core.explanations import explain, overlay_png
+from mammo_core.explanations import overlay_png
 from mammo_core.metrics import side_by_side
 from mammo_core.patches import PatchError, as_unit_patches
 from mammo_core.predictor import table_columns
 from mammo_core.training import limit_tensorflow_threads
+from serve.explainer import Explainer
 from serve.host import usable_cpus
 from serve.model import load_model
 from serve import scoring
@@ -131,11 +132,10 @@ class PatchScorer:
         self.model = None
         if self.settings.model_uri:  # `serve run` configs name it in args; bind_app in user_config
             self.model = load_model(self.settings.model_uri, self.settings.tracking_uri)
-        # Explanations run on a pool of their own, one at a time: SHAP can take seconds,
-        # and on asyncio's default pool (which parses and scores) it would starve scoring.
-        # The slot is the running future, held until the work really ends, 504 or not.
-        self.explainer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="explain")
-        self.explaining: Future | None = None
+        # Explanations run one at a time in a child process at the lowest CPU priority
+        # (serve/explainer.py): SHAP takes seconds of CPU, and in this process it held the
+        # interpreter lock and TensorFlow's threads that scoring needs.
+        self.explainer = Explainer(self.threads)
         self.batch_sizes = collections.Counter()
         self.in_flight = 0  # /predict requests between arrival and answer
 
@@ -168,6 +168,9 @@ class PatchScorer:
             self.reload_error = (f"reload of {uri} failed, still serving version "
                                  f"{self.model.info['version']}: {type(err).__name__}: {err}")
             logger.error(self.reload_error)
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        self.explainer.close()
 
     def apply(self, settings: ServeSettings) -> None:
         self.settings = settings
@@ -304,19 +307,22 @@ class PatchScorer:
                                  model.predictor.bit_depth)
         if len(raw) != 1:
             raise BadRequest(422, f"/explain takes exactly one image, got {len(raw)}")
-        if self.explaining is not None and not self.explaining.done():
+        if self.explainer.busy():
             return error(503, "an explanation is already running on this replica; retry later")
-        self.explaining = self.explainer.submit(explain, model.predictor, raw, method, expert)
+        running = self.explainer.submit(*model.source, raw, method, expert)
         try:
             # shield: a timeout stops the wait, not the work, whose slot stays taken
-            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(
-                self.explaining)), self.settings.explain_timeout_s)
+            result = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(running)),
+                                            self.settings.explain_timeout_s)
         except asyncio.TimeoutError:
             return error(504, f"explanation took longer than {self.settings.explain_timeout_s} s; "
                               "it finishes in the background, and this replica takes no other "
                               "explanation until then")
         except ValueError as err:  # no stored background, expert out of range
             raise BadRequest(422, str(err)) from err
+        except BrokenProcessPool as err:  # the child died (memory) or could not load the model
+            self.explainer.close()  # the next request starts a new one
+            return error(503, f"the explanation process failed ({err}); retry later")
         return explanation_body(result, raw, model, ensemble=expert is None)
 
     @api.get("/healthz")

@@ -17,14 +17,17 @@ class LoadedModel:
 
     predictor: EnsemblePredictor
     info: dict
+    source: tuple[str, str] = ("", "")  # (version URI, tracking URI): what loads it again
 
 
 def load_model(model_uri: str, store: str = "") -> LoadedModel:
     """Loads `model_uri` (an alias is resolved to its version first); returns it with its info."""
-    mlflow.set_tracking_uri(store or tracking_uri(PROJECT_ROOT))
-    mlflow.set_registry_uri(store or tracking_uri(PROJECT_ROOT))
+    store = store or tracking_uri(PROJECT_ROOT)
+    mlflow.set_tracking_uri(store)
+    mlflow.set_registry_uri(store)
     info = registry_reference(model_uri) | {"model_uri": model_uri}
-    # Load the version the alias points at now, so /model reports what is really served.
+    # Load the version the alias points at now, so /model reports what is really served
+    # (and the explanation process loads the same one).
     resolved = f"models:/{info['name']}/{info['version']}" if info["name"] else model_uri
     predictor = mlflow.pyfunc.load_model(resolved).unwrap_python_model().predictor
     info.update(card_facts(info), image_size=list(predictor.experiment.data.image_size),
@@ -44,7 +47,7 @@ def load_model(model_uri: str, store: str = "") -> LoadedModel:
                        "integer_pixels": f"{predictor.bit_depth}-bit",
                        "float_pixels": "[0, 1]"},
                 intended_use="research only; not for diagnosis")
-    return LoadedModel(predictor, info)
+    return LoadedModel(predictor, info, (resolved, store))
 
 
 def card_facts(info: dict) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 from conftest import SMOKE, copy_store, free_port, use_store
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
@@ -572,6 +573,26 @@ def test_an_explanation_past_its_deadline_keeps_its_slot_while_scoring_goes_on(s
     while request(f"{url}/explain?method=gradcam", body)[0] == 503:  # the slot comes back
         assert time.monotonic() < deadline, "the explanation slot was never released"
         time.sleep(0.5)
+
+
+def test_explanations_run_in_a_child_of_the_replica_at_the_lowest_priority(service, files):
+    """SHAP's CPU must not be taken from scoring: the explaining process is the replica's
+    child, scheduled only when the CPU is idle (SCHED_IDLE, nice 19)."""
+    url, settings = service
+    deploy(settings)  # the default deadline again, after the tests above shortened it
+    body = json.dumps({"images": [base64.b64encode(files[0].read_bytes()).decode()]}).encode()
+    deadline = time.monotonic() + 120
+    while (status := request(f"{url}/explain?method=gradcam", body)[0]) == 503:
+        assert time.monotonic() < deadline, "an earlier test's explanation never ended"
+        time.sleep(0.5)  # an earlier test's timed-out explanation is still running
+    assert status == 200
+    replicas = [p for p in psutil.process_iter(["cmdline"])
+                if "ServeReplica" in " ".join(p.info["cmdline"] or [])]
+    children = [(replica, child) for replica in replicas for child in replica.children()]
+    idle = [child for _, child in children
+            if os.sched_getscheduler(child.pid) == os.SCHED_IDLE and child.nice() == 19]
+    assert len(idle) == 1, [(c.cmdline()[:3], c.nice()) for _, c in children]
+    assert all(os.sched_getscheduler(r.pid) == os.SCHED_OTHER for r in replicas)
 
 
 def test_overload_is_answered_with_503_at_once_not_queued(service, files):
