@@ -4,8 +4,8 @@ A Deep SHAP explanation takes seconds of CPU, most of it Python building and tra
 gradient graphs. In the replica's process it held the interpreter lock and shared
 TensorFlow's threads with scoring: on 2 cores `/predict`'s p99 rose to 2.7-4.5x its idle
 value while explanations ran (docs/benchmarks.md). Here they run in one child process,
-started on the first `/explain`, under Linux's SCHED_IDLE policy (and nice 19): the kernel
-gives it the CPU that scoring leaves. Nice alone is too weak a step: Ray already runs its
+started on the first `/explain`, that once its model is loaded runs under Linux's
+SCHED_IDLE policy (and nice 19): the kernel gives it the CPU that scoring leaves. Nice alone is too weak a step: Ray already runs its
 workers, the replica among them, at nice 15, four steps from the lowest.
 
 The child loads the same registered version as the replica (by version, not alias) and
@@ -70,10 +70,10 @@ class Explainer:
 
 
 def start_child(model_uri: str, tracking_uri: str, threads: int) -> None:
-    """Runs in the child: lowest priority, dies with its parent, loads the model."""
+    """Runs in the child: dies with its parent, loads the model, then drops to the lowest
+    priority (loading at the replica's own priority keeps a first `/explain` on a busy
+    host within its deadline; the explanations are what must give way to scoring)."""
     global _predictor
-    os.nice(LOWEST_PRIORITY)
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # any user may lower its own
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() == 1:  # the parent died before the line above took effect
@@ -86,6 +86,8 @@ def start_child(model_uri: str, tracking_uri: str, threads: int) -> None:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     _predictor = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().predictor
+    os.nice(LOWEST_PRIORITY)
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # any user may lower its own
 
 
 def explain_in_child(raw: np.ndarray, method: str, expert: int | None) -> Explanation:

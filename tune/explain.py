@@ -147,13 +147,21 @@ def log_explanation_figures(predictor: EnsemblePredictor, raw: np.ndarray, label
                             pairs=predictor.experiment.data.pairs)
     if units.ndim == 4:  # (baseline, abnormal) pairs: shown side by side, like their maps
         units = np.concatenate([units[:, 0], units[:, 1]], axis=2)
+    # One call per method for every pictured patch: an explainer traces its graphs once
+    # per call, which is most of its cost (docs/benchmarks.md, "Time per explanation").
+    shown = np.unique(np.concatenate(list(groups.values()))).astype(int)
+    if len(shown) == 0:
+        return
+    maps = {f"Grad-CAM, expert {best} (largest weight)":
+            (explain(predictor, raw[shown], "gradcam", expert=best).maps, False)}
+    if predictor.backgrounds:
+        maps["Deep SHAP, ensemble"] = (explain(predictor, raw[shown], "shap").maps, True)
+    row = {index: k for k, index in enumerate(shown)}
     for name, picked in groups.items():
         if len(picked) == 0:
             continue
-        columns = {f"Grad-CAM, expert {best} (largest weight)":
-                   (explain(predictor, raw[picked], "gradcam", expert=best).maps, False)}
-        if predictor.backgrounds:
-            columns["Deep SHAP, ensemble"] = (explain(predictor, raw[picked], "shap").maps, True)
+        rows = [row[i] for i in picked]
+        columns = {title: (values[rows], signed) for title, (values, signed) in maps.items()}
         captions = [f"y={labels[i]} p={probability[i]:.2f}" for i in picked]
         log_figure(metrics.explanation_figure(units[picked], columns, captions,
                                               f"Explanations: {name}"),
