@@ -12,6 +12,7 @@ reaches the model, so a bad request never costs a replica.
 import asyncio
 import base64
 import collections
+import contextlib
 import hashlib
 import json
 import logging
@@ -132,12 +133,12 @@ class PatchScorer:
         self.model = None
         if self.settings.model_uri:  # `serve run` configs name it in args; bind_app in user_config
             self.model = load_model(self.settings.model_uri, self.settings.tracking_uri)
-        # Explanations run one at a time in a child process at the lowest CPU priority
+        # Explanations run one at a time in a child process, stopped while scoring runs
         # (serve/explainer.py): SHAP takes seconds of CPU, and in this process it held the
         # interpreter lock and TensorFlow's threads that scoring needs.
         self.explainer = Explainer(self.threads)
         self.batch_sizes = collections.Counter()
-        self.in_flight = 0  # /predict requests between arrival and answer
+        self.in_flight = 0  # scoring requests (/predict, /invocations) between arrival and answer
 
     def reconfigure(self, user_config: dict) -> None:
         """Loads the model named by `model_uri` (else the settings'), resolving its alias
@@ -223,19 +224,30 @@ class PatchScorer:
         outputs = {k: np.concatenate([out[k] for out, _ in answers]) for k in answers[0][0]}
         return outputs, answers[-1][1]
 
+    @contextlib.contextmanager
+    def scoring_request(self):
+        """Counts a scoring request in flight; the explanation process is stopped from the
+        first one's arrival to the last one's answer (serve/explainer.py)."""
+        self.in_flight += 1
+        if self.in_flight == 1:
+            self.explainer.pause()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.explainer.resume()
+
     @api.post("/predict")
     async def predict(self, request: Request) -> dict:
         """Scores patches: JSON {"images": [base64]}, {"inputs": [[[...]]]} or multipart files."""
-        self.in_flight += 1
-        try:
+        with self.scoring_request():
             raw = await read_patches(request, reading(self.settings, self.model),
                                      self.model.info["image_size"],
                                      self.model.predictor.bit_depth)
             units = as_unit_patches(raw, tuple(self.model.info["image_size"]),
                                     self.model.predictor.bit_depth, pairs=self.model.info["pairs"])
             out, info = await self.score_all(units)
-        finally:
-            self.in_flight -= 1
         return {"predictions": answers(out, self.model.predictor.class_names),
                 "model": {"name": info["name"], "version": info["version"]}}
 
@@ -246,16 +258,14 @@ class PatchScorer:
         answers {"predictions": [one pyfunc row per image]}, errors as MLflow's
         {"error_code", "message"}. Same batching and limits as /predict."""
         model = self.model
-        self.in_flight += 1
         try:
-            raw = await self.invocation_patches(request, model)
-            units = as_unit_patches(raw, tuple(model.info["image_size"]),
-                                    model.predictor.bit_depth, pairs=model.info["pairs"])
-            out, _ = await self.score_all(units)
+            with self.scoring_request():
+                raw = await self.invocation_patches(request, model)
+                units = as_unit_patches(raw, tuple(model.info["image_size"]),
+                                        model.predictor.bit_depth, pairs=model.info["pairs"])
+                out, _ = await self.score_all(units)
         except (BadRequest, PatchError) as err:
             return scoring.refusal(err)
-        finally:
-            self.in_flight -= 1
         # the app's own code: a model registered earlier ships an older mammo_core
         return scoring.predictions_response(table_columns(out, model.predictor.class_names))
 

@@ -1,12 +1,15 @@
-"""Explanations in a process of their own, at the lowest CPU priority.
+"""Explanations in a process of their own, paused while the replica scores.
 
 A Deep SHAP explanation takes seconds of CPU, most of it Python building and tracing
 gradient graphs. In the replica's process it held the interpreter lock and shared
 TensorFlow's threads with scoring: on 2 cores `/predict`'s p99 rose to 2.7-4.5x its idle
 value while explanations ran (docs/benchmarks.md). Here they run in one child process,
-started on the first `/explain`, that once its model is loaded runs under Linux's
-SCHED_IDLE policy (and nice 19): the kernel gives it the CPU that scoring leaves. Nice alone is too weak a step: Ray already runs its
-workers, the replica among them, at nice 15, four steps from the lowest.
+started on the first `/explain`, which the replica stops (SIGSTOP) while any scoring
+request is in flight and continues (SIGCONT) when none is: scoring never shares the CPU
+with an explanation, under a CPU quota too, and an idle replica explains at full speed.
+(A lower priority alone was measured and not kept: SCHED_IDLE starved explanations
+whenever anything else ran on the host, and under a container's CPU quota the idle-class
+work still spent the quota that scoring then lacked, 3.1x p99.)
 
 The child loads the same registered version as the replica (by version, not alias) and
 dies with the replica (PR_SET_PDEATHSIG), so no explainer outlives its server.
@@ -23,7 +26,6 @@ import numpy as np
 
 from mammo_core.explanations import Explanation
 
-LOWEST_PRIORITY = 19
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 _predictor = None  # the child's model: a pool initializer can only hand it over this way
@@ -42,6 +44,29 @@ class Explainer:
         self.pool: ProcessPoolExecutor | None = None
         self.model_uri: str | None = None
         self.running: Future | None = None
+        self.paused = False
+
+    def pause(self) -> None:
+        """Stops the child (scoring has started); its work resumes with `resume`."""
+        self.paused = True
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Continues the child (no scoring in flight)."""
+        self.paused = False
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, signum: int) -> None:
+        for process in self.processes():
+            try:
+                os.kill(process.pid, signum)
+            except ProcessLookupError:
+                pass  # ended on its own; the pool notices
+
+    def processes(self) -> list:
+        """Returns the child processes (none before the first `submit`)."""
+        # the pool keeps them in a private dict: the only handle on their pids
+        return list((getattr(self.pool, "_processes", None) or {}).values())
 
     def busy(self) -> bool:
         """Returns True while an explanation is still running (timed out or not)."""
@@ -58,21 +83,21 @@ class Explainer:
                 initializer=start_child, initargs=(model_uri, tracking_uri, self.threads))
             self.model_uri = model_uri
         self.running = self.pool.submit(explain_in_child, raw, method, expert)
+        if self.paused:  # a child started while scoring runs waits for it too
+            self.pause()
         return self.running
 
     def close(self) -> None:
         """Ends the child process (its running explanation with it)."""
         if self.pool is not None:
-            for process in list(getattr(self.pool, "_processes", {}).values()):
+            for process in self.processes():
                 process.kill()  # a SHAP call in progress would otherwise be waited for
             self.pool.shutdown(wait=False, cancel_futures=True)
         self.pool, self.model_uri, self.running = None, None, None
 
 
 def start_child(model_uri: str, tracking_uri: str, threads: int) -> None:
-    """Runs in the child: dies with its parent, loads the model, then drops to the lowest
-    priority (loading at the replica's own priority keeps a first `/explain` on a busy
-    host within its deadline; the explanations are what must give way to scoring)."""
+    """Runs in the child: dies with its parent, loads the model."""
     global _predictor
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -86,8 +111,6 @@ def start_child(model_uri: str, tracking_uri: str, threads: int) -> None:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     _predictor = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().predictor
-    os.nice(LOWEST_PRIORITY)
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # any user may lower its own
 
 
 def explain_in_child(raw: np.ndarray, method: str, expert: int | None) -> Explanation:
