@@ -75,27 +75,28 @@ class ClassDensity:
 
     def log_density(self, points: np.ndarray) -> np.ndarray:
         """Returns the log density of points (..., F)."""
-        logs = []
-        for w, mu, cov in zip(self.weights, self.means, self.covariances):
-            inverse, (_, logdet) = np.linalg.inv(cov), np.linalg.slogdet(cov)
-            d = points - mu
-            maha = ((d @ inverse) * d).sum(axis=-1)  # 3x faster than the einsum
-            logs.append(np.log(w) - 0.5 * (maha + logdet + len(mu) * np.log(2 * np.pi)))
-        return logsumexp(np.stack(logs), axis=0)
+        return logsumexp(np.stack([constant - 0.5 * ((d @ inverse) * d).sum(axis=-1)
+                                   for constant, inverse, d in self._centred(points)]), axis=0)
 
     def shifted_log_density(self, points: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         """Returns the log density of `points` (n, F) moved back by each of `shifts`
         (G, F), as (G, n): log_density(points[None] - shifts[:, None]), with the quadratic
         form expanded so that no (G, n, F) array is built (the grid search's cost)."""
         logs = []
-        for w, mu, cov in zip(self.weights, self.means, self.covariances):
-            inverse, (_, logdet) = np.linalg.inv(cov), np.linalg.slogdet(cov)
-            d = points - mu
+        for constant, inverse, d in self._centred(points):
             maha = (((d @ inverse) * d).sum(axis=1)[None, :]
                     - 2 * (shifts @ inverse) @ d.T
                     + ((shifts @ inverse) * shifts).sum(axis=1)[:, None])
-            logs.append(np.log(w) - 0.5 * (maha + logdet + len(mu) * np.log(2 * np.pi)))
+            logs.append(constant - 0.5 * maha)
         return logsumexp(np.stack(logs), axis=0)
+
+    def _centred(self, points: np.ndarray):
+        """Yields per component (log weight and normalisation, inverse covariance, points
+        minus the mean)."""
+        for w, mu, cov in zip(self.weights, self.means, self.covariances):
+            (_, logdet) = np.linalg.slogdet(cov)
+            yield (np.log(w) - 0.5 * (logdet + len(mu) * np.log(2 * np.pi)),
+                   np.linalg.inv(cov), points - mu)
 
     def to_dict(self) -> dict:
         return {"weights": self.weights.tolist(), "means": self.means.tolist(),
