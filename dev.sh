@@ -31,7 +31,10 @@ case $task in
   # one worker per core (at most 4), a test file (or class) whole on one: tests/conftest.py
   test)  setup; python -m pytest -n auto --dist loadscope --no-loadscope-reorder "$@" ;;
   bench) setup; for b in benchmarks/*_bench.py; do python "$b" "$@"; done ;;
-  ui)    setup; mlflow ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port 5000 ;;
+  # one person's UI: one server process, not MLflow's 4; its job runner (GenAI jobs, which
+  # nothing here submits) is eight more processes: off unless set (tune/tracking_server.py)
+  ui)    setup; MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false} \
+           mlflow ui --backend-store-uri "$MLFLOW_TRACKING_URI" --host 127.0.0.1 --port 5000 --workers 1 ;;
   server) setup; python -m tune.tracking_server "$@" ;;
   *)     sed -n '2,8p' "$0"; exit 2 ;;
 esac

@@ -9,13 +9,12 @@ each command (`source`, `export`) is the next one's.
 
 The store they run against starts as a copy of the session's smoke pipeline
 (conftest.pipeline_store), which is the README's first command, `./dev.sh run`, on the
-smoke config: that command is not run twice. A `--resume` command resumes something
-real: an interrupted search of the same config is left behind just before it (PREPARE),
-and the command must reuse its finished fold. Servers (SERVERS) run in the background
-until they answer their health address, and stay up, one per port, for the commands that
-call them (the `curl` lines). Commands run by another test are listed in NOT_HERE with
-that test; the test fails if a command is neither run nor listed, so nothing is skipped
-silently.
+smoke config: that command is not run twice, and no other is either. A command another
+test runs and checks more closely (the `--resume` line: test_search interrupts a search
+and resumes it with it) is listed in NOT_HERE with that test, which must exist; the test
+fails if a command is neither run nor listed, so nothing is skipped silently. Servers
+(SERVERS) run in the background until they answer their health address, and stay up, one
+per port, for the commands that call them (the `curl` lines).
 
 The pages run in GROUPS, one test class each, so that the suite's workers (xdist,
 `--dist loadscope`) run groups side by side: each group is a user who starts from the
@@ -88,25 +87,50 @@ WHOLE = {
 # the background. Serve binds without SO_REUSEADDR, so before one starts the port must be
 # out of TIME_WAIT too (serve/server.py); the MLflow UI only needs the last server gone.
 SERVERS = (
-    ("-e serve --env-manager local -P model_uri=", "http://127.0.0.1:8001/healthz", False),
-    ("mlflow run . -e serve --env-manager local", "http://127.0.0.1:8000/healthz", False),
     ("python -m serve.server", "http://127.0.0.1:8080/healthz", False),
     ("serve run --address local serve/config.yaml", "http://127.0.0.1:8000/healthz", False),
     ("./dev.sh ui", "http://127.0.0.1:5000/health", True),
 )
 
-# Commands run by another test instead, and why.
+# Commands run by another test instead, and why: each runs once in the suite, where it is
+# checked most (the same command after SUBSTITUTIONS, with a free port or an experiment name
+# of the test's own). Each reason names that test; test_every_reason_names_a_test checks it.
 NOT_HERE = {
-    "./dev.sh run": "conftest.pipeline_store runs it (on the smoke config) once per session; "
-                    "this test's store starts as a copy of that store",
-    "Studies": "tests/test_studies.py runs every study's quick pipeline (these commands "
+    "./dev.sh run": "tests/conftest.py::build_pipeline_store runs it (on the smoke config) "
+                    "once per session; this test's store starts as a copy of that store",
+    "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 mlflow run .":
+        "tests/test_tracking_server.py::test_two_users_pipelines_at_once_each_keep_their_own_"
+        "run_tree runs this smoke pipeline against a team server it starts, for two users "
+        "at once, and checks both run trees",
+    "--resume true": "tests/test_search.py::test_sigterm_then_resume_loses_and_duplicates_"
+                     "nothing interrupts a smoke search with SIGTERM, runs this command on it "
+                     "and checks that the finished fold was reused, not recomputed",
+    "-e serve --env-manager local -P model_uri=models:/mammo-microcal@site-":
+        "tests/test_recalibrate.py::test_the_site_alias_is_served_by_the_serve_entry_point "
+        "serves a site alias with this command and checks the version it loaded",
+    "mlflow run . -e serve --env-manager local": "tests/test_server.py::test_an_operator_stop_"
+                                                 "releases_the_port_and_finishes_the_run starts "
+                                                 "this server (on a free port), scores through "
+                                                 "it and stops it four ways",
+    "mlflow run . -e train --env-manager local": "tests/test_train_entry.py::test_mlflow_run_"
+                                                 "train_finishes_with_metrics_figures_and_model "
+                                                 "runs this command on the quick config itself",
+    "mlflow run . -e evaluate --env-manager local -P data_dir=":
+        "tests/test_registry.py::test_evaluate_and_explain_through_mlflow_run_with_the_default_"
+        "model_uri runs this command on a labelled folder and checks its run",
+    "Studies": "tests/test_studies.py::test_each_study_registers_a_model_under_its_task_name "
+               "runs every study's quick pipeline (these commands "
                "among them) on fixtures written in each collection's original layout",
-    "mlflow run . -e baselines --env-manager local": "tests/test_baselines_entry.py runs "
-                                                     "this command on the smoke search",
-    "On a Ray cluster": "tests/test_two_nodes.py: the same head / worker / tracking-server "
+    "mlflow run . -e baselines --env-manager local": "tests/test_baselines_entry.py::test_"
+                                                     "every_classifier_is_one_finished_child_of_"
+                                                     "one_parent runs this command on the smoke "
+                                                     "search",
+    "On a Ray cluster": "tests/test_two_nodes.py::test_quick_search_runs_trials_on_both_nodes_"
+                        "and_logs_to_the_server: the same head / worker / tracking-server "
                         "commands on two hosts made of network namespaces (the README's "
                         "10.0.0.1 is a real cluster's address, which tests must not reach)",
-    "families_quick.yaml": "tests/test_families_search.py runs this search (every family, "
+    "families_quick.yaml": "tests/test_families_search.py::test_every_trial_fold_and_register_"
+                           "run_names_its_family runs this search (every family, "
                            "ImageNet backbones included) and checks its run tree",
 }
 
@@ -171,6 +195,16 @@ def test_the_groups_read_every_page_once():
     assert sorted(pages) == sorted(DOCS)
     assert set(GROUPS) == {name for name in globals() if name.startswith("Test")}
 
+
+
+def test_every_reason_names_a_test_that_exists():
+    """A NOT_HERE command is skipped here only because the test its reason names runs it:
+    that test (or fixture) must exist, and every key must still match a command."""
+    commands = readme_commands()
+    for key, reason in NOT_HERE.items():
+        assert any(key == section or key in c for section, c in commands), key
+        path, name = re.match(r"(tests/\w+\.py)::(\w+)", reason).groups()
+        assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), reason
 
 @pytest.fixture(scope="class")
 def workspace(tmp_path_factory, shared_data, pipeline_store) -> tuple[Path, dict[str, str]]:
@@ -302,39 +336,6 @@ class Shell:
             interrupt_group(server)
 
 
-def interrupted_search(shell: Shell) -> None:
-    """Leaves a smoke search with its first fold finished and its second interrupted
-    (SIGTERM, as a user's Ctrl-C or a lost session would), for a `--resume` to continue.
-
-    The signal goes as soon as the second fold's run is open, while its trial starts: the
-    status line "fold 2/2" comes only once that fold's one epoch has reported, so a signal
-    sent then raced with the trial's end and the fold's own finish (seen in CI: the fold
-    ended FAILED, not KILLED)."""
-    client = mlflow.MlflowClient(shell.env["MLFLOW_TRACKING_URI"])
-    log = shell.project.parent / "interrupted_search.log"
-    with open(log, "w") as out:
-        search = subprocess.Popen(["python", "-m", "tune.search", "--config", SMOKE],
-                                  cwd=shell.project, env=shell.env, stdout=out,
-                                  stderr=subprocess.STDOUT, text=True)
-    began, deadline = int(time.time() * 1000), time.monotonic() + 600
-    while search.poll() is None and time.monotonic() < deadline:
-        opened = client.search_runs(
-            [e.experiment_id for e in client.search_experiments()],
-            f"attributes.run_name = 'fold1' and attributes.status = 'RUNNING' and "
-            f"attributes.start_time >= {began}", max_results=1)
-        if opened:
-            break
-        time.sleep(0.2)
-    search.terminate()
-    search.wait(timeout=180)
-    assert search.returncode == 130, log.read_text()[-2000:]
-
-
-# Commands that continue an unfinished search: what must come before them, and what they
-# must print once they ran.
-PREPARE = {"--resume true": (interrupted_search, "already finished, reused")}
-
-
 def run_pages(workspace, pages: tuple[str, ...]) -> None:
     """Runs every command of `pages` in order as one user's session; fails on the first
     that does not exit 0, and if a run is left RUNNING or FAILED."""
@@ -354,10 +355,6 @@ def run_pages(workspace, pages: tuple[str, ...]) -> None:
             health, reuses = next(((h, r) for key, h, r in SERVERS if key in command),
                                   (None, False))
             started = time.monotonic()
-            prepare, expected = next((p for key, p in PREPARE.items() if key in command),
-                                     (None, ""))
-            if prepare:
-                prepare(shell)
             if health:
                 shell.serve(actual, health, reuses)
             else:
@@ -365,7 +362,6 @@ def run_pages(workspace, pages: tuple[str, ...]) -> None:
                 assert result.returncode == 0, (
                     f"README command failed ({section}): {command}\nran: {actual}\n"
                     f"{(result.stdout + result.stderr)[-3000:]}")
-                assert expected in result.stdout, (command, result.stdout[-3000:])
             ran.append(command)
             print(f"{time.monotonic() - started:6.1f} s  {command}", flush=True)
     finally:

@@ -17,9 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 
 from conftest import SMOKE, child_env, free_port, interrupt_group, wait_for_json
+from serve.host import usable_cpus
+from tune.tracking_server import default_workers
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,6 +131,17 @@ def test_predict_explain_and_baselines_run_against_the_server(team, shared_data,
         run = next(r for r in runs if r.data.tags.get("mammo.kind") == kind)
         assert run.info.status == "FINISHED", kind
         assert client.list_artifacts(run.info.run_id), f"{kind}: no artifacts on the server"
+
+
+def test_the_server_runs_a_worker_per_cpu_and_no_job_runner(team):
+    """MLflow's job runner (eight processes polling for GenAI jobs) stays off, and the
+    server has one worker per usable CPU (at most 4), not MLflow's fixed 4."""
+    data, _, _ = team
+    server_process = psutil.Process(int((data / "server.pid").read_text()))
+    commands = [" ".join(p.cmdline()) for p in server_process.children(recursive=True)]
+    assert not [c for c in commands if "huey" in c or "_job_runner" in c], commands
+    workers = [c for c in commands if "multiprocessing.spawn" in c]
+    assert len(workers) == default_workers() == min(usable_cpus(), 4), commands
 
 
 def test_the_data_survive_a_restart(team):
