@@ -59,8 +59,6 @@ SUBSTITUTIONS = (
     ("experiments/microcal_quick.yaml", SMOKE),
     ("experiments/wavelet_baselines.yaml", "experiments/wavelet_baselines_quick.yaml"),
     ("--experiment-name mammo-microcal", f"--experiment-name mammo-microcal -P config={SMOKE}"),
-    ("-e baselines -P search_run=none", "-e baselines -P search_run=none "
-                                        "-P config=experiments/wavelet_baselines_quick.yaml"),
     # `curl -s` exits 0 on an HTTP error too: -f makes an error answer fail the command.
     ("curl -s ", "curl -sf "),
     # This test is part of the suite `./dev.sh test` runs: here it only collects.
@@ -71,7 +69,6 @@ SUBSTITUTIONS = (
     ("/data/patches", "{patches}"), ("/data/site_a", "{site}"), ("/data/site_b", "{site}"),
     ("/data/cbis-ddsm-npy", "{cbis}"), ("/data/all-mias", "{mias}"),
     ("models:/mammo-microcal/3", "models:/mammo-microcal/1"),
-    ("server migrate mlflow.db", "server migrate {store_file}"),  # the store of this test
 )
 
 # Whole commands that take the default config implicitly: the same with the quick one.
@@ -115,6 +112,12 @@ NOT_HERE = {
     "mlflow run . -e train --env-manager local": "tests/test_train_entry.py::test_mlflow_run_"
                                                  "train_finishes_with_metrics_figures_and_model "
                                                  "runs this command on the quick config itself",
+    "server migrate mlflow.db": "tests/test_tracking_server.py::test_migrate_resumes_runs_"
+                                "twice_and_the_migrated_champion_is_served runs this command "
+                                "(killed mid-way, then again) and serves what it copied",
+    "-e baselines -P search_run=none": "tests/test_tracking_server.py::test_predict_explain_"
+                                       "and_baselines_run_against_the_server runs this command "
+                                       "(on the quick baselines config) against a team server",
     "mlflow run . -e evaluate --env-manager local -P data_dir=":
         "tests/test_registry.py::test_evaluate_and_explain_through_mlflow_run_with_the_default_"
         "model_uri runs this command on a labelled folder and checks its run",
@@ -235,7 +238,6 @@ def workspace(tmp_path_factory, shared_data, pipeline_store) -> tuple[Path, dict
     env = child_env(f"sqlite:///{store / 'mlflow.db'}", drop=("VIRTUAL_ENV",),
                     MAMMO_RAY_STORAGE=str(store / "ray_results"))
     places = {k: str(data / k) for k in ("labelled", "patches", "site")}
-    places["store_file"] = str(store / "mlflow.db")
     return project, env | {"__places__": repr(places)}
 
 
