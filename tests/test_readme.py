@@ -58,7 +58,6 @@ SUBSTITUTIONS = (
     ("experiments/microcal.yaml", SMOKE),
     ("experiments/microcal_quick.yaml", SMOKE),
     ("experiments/wavelet_baselines.yaml", "experiments/wavelet_baselines_quick.yaml"),
-    ("--experiment-name mammo-microcal", f"--experiment-name mammo-microcal -P config={SMOKE}"),
     # `curl -s` exits 0 on an HTTP error too: -f makes an error answer fail the command.
     ("curl -s ", "curl -sf "),
     # This test is part of the suite `./dev.sh test` runs: here it only collects.
@@ -95,6 +94,10 @@ SERVERS = (
 NOT_HERE = {
     "./dev.sh run": "tests/conftest.py::build_pipeline_store runs it (on the smoke config) "
                     "once per session; this test's store starts as a copy of that store",
+    "mlflow run . --env-manager local --experiment-name mammo-microcal":
+        "tests/test_tracking_server.py::test_two_users_pipelines_at_once_each_keep_their_own_"
+        "run_tree runs this pipeline (on the smoke config, each user with an experiment name "
+        "of their own) and checks its run tree",
     "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 mlflow run .":
         "tests/test_tracking_server.py::test_two_users_pipelines_at_once_each_keep_their_own_"
         "run_tree runs this smoke pipeline against a team server it starts, for two users "
