@@ -28,7 +28,7 @@ task=${1:-help}; shift || true
 case $task in
   setup) setup ;;
   run)   setup; mlflow run . --env-manager local "$@" ;;
-  # one worker per core (at most 4), a test file (or class) whole on one: tests/conftest.py
+  # one worker per core plus one (at most 4), a test file (or class) whole on one: tests/conftest.py
   test)  setup; python -m pytest -n auto --dist loadscope --no-loadscope-reorder "$@" ;;
   bench) setup; for b in benchmarks/*_bench.py; do python "$b" "$@"; done ;;
   # one person's UI: one server process, not MLflow's 4; its job runner (GenAI jobs, which

@@ -45,8 +45,11 @@ MAX_WORKERS = 4
 
 
 def pytest_xdist_auto_num_workers(config) -> int:
-    # the CPUs this process may use (a CI container's quota included), as Serve counts them
-    return min(usable_cpus(), MAX_WORKERS)
+    # One more than the CPUs this process may use (a CI container's quota included, as Serve
+    # counts them): much of a test's time is waiting on a server's start or a subprocess's
+    # imports, which the extra worker fills. On 2 cores: 21 min 02 s with 2 workers, 18 min
+    # 47 s with 3 (docs/benchmarks.md, "The suite: each command once").
+    return min(usable_cpus() + 1, MAX_WORKERS)
 
 
 def pytest_collection_modifyitems(items) -> None:
