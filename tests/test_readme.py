@@ -202,7 +202,6 @@ def test_the_groups_read_every_page_once():
     assert set(GROUPS) == {name for name in globals() if name.startswith("Test")}
 
 
-
 def test_every_reason_names_a_test_that_exists():
     """A NOT_HERE command is skipped here only because the test its reason names runs it:
     that test (or fixture) must exist, and every key must still match a command."""
@@ -211,6 +210,7 @@ def test_every_reason_names_a_test_that_exists():
         assert any(key == section or key in c for section, c in commands), key
         path, name = re.match(r"(tests/\w+\.py)::(\w+)", reason).groups()
         assert re.search(rf"^def {name}\(", (ROOT / path).read_text(), re.M), reason
+
 
 @pytest.fixture(scope="class")
 def workspace(tmp_path_factory, shared_data, pipeline_store) -> tuple[Path, dict[str, str]]:
