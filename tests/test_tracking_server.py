@@ -244,6 +244,13 @@ def test_a_network_host_without_auth_is_refused_before_anything_starts(tmp_path,
     assert not (tmp_path / "team").exists()
 
 
+@pytest.mark.parametrize("workers", ["0", "-2"])
+def test_no_worker_is_refused_before_anything_starts(tmp_path, workers):
+    refused = server("start", tmp_path / "team", free_port(), "--workers", workers)
+    assert refused.returncode == 2 and f"--workers {workers}" in refused.stderr, refused.stderr
+    assert not (tmp_path / "team").exists()
+
+
 def status_as(url: str, user: str | None = None, password: str = "") -> int:
     """Returns the HTTP status of an experiments search, with basic credentials if given."""
     request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1")

@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                              "required for any --host other than loopback")
     args = parser.parse_args(argv)
     data, url = args.data.resolve(), f"http://127.0.0.1:{args.port}"
+    if args.workers is not None and args.workers < 1:
+        parser.error(f"--workers {args.workers}: the server needs at least one worker")
     if args.command == "start" and not loopback(args.host) and not args.auth:
         parser.error(f"--host {args.host} would let anyone on the network register models and "
                      "move @champion, whose code Serve then runs: add --auth (MLflow's "
