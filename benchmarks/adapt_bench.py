@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import mlflow
 import numpy as np
@@ -31,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mammo_core import ensemble as ens  # noqa: E402
 from mammo_core import metrics  # noqa: E402
 from mammo_core.adaptation import AdaptationError, estimate_map  # noqa: E402
+from mammo_core.config import Experiment  # noqa: E402
+from mammo_core.predictor import EnsemblePredictor  # noqa: E402
 from mammo_core.shift import Shift, combined  # noqa: E402
 from mammo_core.tracking import registry_reference, tracked_run, use_tracking_store  # noqa: E402
 from tune.project import PROJECT_ROOT, load_config, load_data, load_ensemble, load_fold_plan  # noqa: E402
@@ -79,11 +82,46 @@ def recalibrated(predictor, units: np.ndarray, labels: np.ndarray, registry,
     return replace(predictor, ensemble=refit)
 
 
+class Holdout(NamedTuple):
+    """A registered model and its hold-out: [0, 1] patches, labels and cases."""
+    experiment: Experiment
+    uri: str
+    version: str
+    predictor: EnsemblePredictor
+    raw: np.ndarray
+    labels: np.ndarray
+    cases: np.ndarray
+
+
+def load_holdout(config: str, model_uri: str) -> Holdout:
+    """Returns the model at `model_uri` ("" for the config's champion) with the hold-out
+    of the search it was registered from; exits if it keeps no intensity reference."""
+    experiment, _ = load_config(config)
+    use_tracking_store(PROJECT_ROOT)
+    uri = model_uri or f"models:/{experiment.tracking.registered_model_name}@champion"
+    ref = registry_reference(uri)
+    version = mlflow.MlflowClient().get_model_version(ref["name"], ref["version"])
+    predictor = load_ensemble(uri)
+    if predictor.reference is None:
+        sys.exit(f"{uri} keeps no intensity reference: register it with this version first")
+    dataset, _ = load_data(experiment, "")
+    holdout = load_fold_plan(version.tags["mammo.search_run"], dataset).holdout
+    return Holdout(experiment, uri, ref["version"], predictor,
+                   predictor.unit_patches(dataset.images[holdout]), dataset.labels[holdout],
+                   dataset.cases[holdout])
+
+
+def batch_pool(cases: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Returns a mask of the patches whose cases form the batch pool: half the cases, at
+    random; the others are scored."""
+    order = rng.permutation(np.unique(cases))
+    return np.isin(cases, order[: len(order) // 2])
+
+
 def one_repeat(predictor, raw, labels, cases, repeat: int, bootstrap: int, registry) -> list[dict]:
     """Returns the rows of one case split: every shift, batch size and prevalence."""
     rng = np.random.default_rng(repeat)
-    order = rng.permutation(np.unique(cases))
-    in_pool = np.isin(cases, order[: len(order) // 2])
+    in_pool = batch_pool(cases, rng)
     rows = []
     for name, shifts in SHIFTS:
         shifted = combined(raw, shifts, seed=repeat) if shifts else raw
@@ -146,18 +184,8 @@ def main() -> None:
                         help="a subset of the shifts, by name (default: all)")
     args = parser.parse_args()
     SHIFTS[:] = [s for s in SHIFTS if s[0] in args.shifts]
-    experiment, _ = load_config(args.config)
-    use_tracking_store(PROJECT_ROOT)
-    uri = args.model_uri or f"models:/{experiment.tracking.registered_model_name}@champion"
-    ref = registry_reference(uri)
-    version = mlflow.MlflowClient().get_model_version(ref["name"], ref["version"])
-    predictor = load_ensemble(uri)
-    if predictor.reference is None:
-        sys.exit(f"{uri} keeps no intensity reference: register it with this version first")
-    dataset, _ = load_data(experiment, "")
-    holdout = load_fold_plan(version.tags["mammo.search_run"], dataset).holdout
-    raw = predictor.unit_patches(dataset.images[holdout])
-    labels, cases = dataset.labels[holdout], dataset.cases[holdout]
+    experiment, uri, version, predictor, raw, labels, cases = load_holdout(args.config,
+                                                                           args.model_uri)
     start, rows = time.perf_counter(), []
     for repeat in range(args.repeats):
         rows += one_repeat(predictor, raw, labels, cases, repeat, args.bootstrap,
@@ -166,13 +194,13 @@ def main() -> None:
               flush=True)
     frame = pd.DataFrame(rows)
     summary = tables(frame)
-    with tracked_run(experiment.tracking.experiment_name, f"adapt-bench-v{ref['version']}",
+    with tracked_run(experiment.tracking.experiment_name, f"adapt-bench-v{version}",
                      tags={"mammo.kind": "adapt_bench", "mammo.model_uri": uri}):
-        mlflow.log_params({"model_version": ref["version"], "holdout_images": len(holdout),
+        mlflow.log_params({"model_version": version, "holdout_images": len(labels),
                            "repeats": args.repeats, "bootstrap": args.bootstrap})
         mlflow.log_text(frame.to_csv(index=False), "adapt/table.csv")
         mlflow.log_text(summary, "adapt/summary.md")
-    print(f"\n{uri} = v{ref['version']}: hold-out {len(holdout)} images in "
+    print(f"\n{uri} = v{version}: hold-out {len(labels)} images in "
           f"{len(np.unique(cases))} cases, threshold {predictor.ensemble.threshold:.4f}, "
           f"{time.perf_counter() - start:.0f} s\n")
     print(summary)

@@ -1,7 +1,7 @@
 """How far `fit_shift`'s estimate moves between unlabelled batches of a registered model's
 hold-out, against the between-case spread its intensity reference stores.
 
-    python benchmarks/adapt_spread.py [--model-uri models:/mammo-microcal/3] [--draws 40]
+    python benchmarks/adapt_spread.py [--model-uri models:/mammo-microcal/3 (default: the champion)] [--draws 40]
 
 Each draw splits the hold-out's cases in two as `adapt_bench.py` does, draws a batch of
 `--size` patches at `--prevalence` from one half, shifts it, and fits (log gain, offset)
@@ -16,45 +16,34 @@ import argparse
 import sys
 from pathlib import Path
 
-import mlflow
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapt_bench import SHIFTS, draw  # noqa: E402
+from adapt_bench import SHIFTS, batch_pool, draw, load_holdout  # noqa: E402
 from mammo_core.adaptation import fit_shift, patch_features  # noqa: E402
 from mammo_core.shift import combined  # noqa: E402
-from mammo_core.tracking import registry_reference, use_tracking_store  # noqa: E402
-from tune.project import PROJECT_ROOT, load_config, load_data, load_ensemble, load_fold_plan  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="experiments/microcal.yaml")
-    parser.add_argument("--model-uri", default="models:/mammo-microcal@champion")
+    parser.add_argument("--model-uri", default="",
+                        help="default: the config's champion")
     parser.add_argument("--draws", type=int, default=40)
     parser.add_argument("--size", type=int, default=50)
     parser.add_argument("--prevalence", type=float, default=0.2)
     args = parser.parse_args()
-    experiment, _ = load_config(args.config)
-    use_tracking_store(PROJECT_ROOT)
-    ref = registry_reference(args.model_uri)
-    version = mlflow.MlflowClient().get_model_version(ref["name"], ref["version"])
-    predictor = load_ensemble(args.model_uri)
-    dataset, _ = load_data(experiment, "")
-    holdout = load_fold_plan(version.tags["mammo.search_run"], dataset).holdout
-    raw = predictor.unit_patches(dataset.images[holdout])
-    labels, cases = dataset.labels[holdout], dataset.cases[holdout]
+    _, uri, version, predictor, raw, labels, cases = load_holdout(args.config, args.model_uri)
     spread = predictor.reference.case_spread
-    print(f"{args.model_uri} = v{ref['version']}: {len(np.unique(cases))} hold-out cases; "
+    print(f"{uri} = v{version}: {len(np.unique(cases))} hold-out cases; "
           f"stored case_spread: log gain {spread[0]:.3f}, offset {spread[1]:.4f}\n")
     print("| shift | draws | log gain: mean ± std | offset: mean ± std |\n|---|---:|---|---|")
     for name, shifts in SHIFTS:
         estimates = []
         for seed in range(args.draws):
             rng = np.random.default_rng(seed)
-            order = rng.permutation(np.unique(cases))
-            pool = np.isin(cases, order[: len(order) // 2])
+            pool = batch_pool(cases, rng)
             if len(np.unique(labels[pool])) < 2:  # a half without one class: no batch
                 continue
             shifted = combined(raw, shifts, seed=seed) if shifts else raw
