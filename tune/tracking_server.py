@@ -119,15 +119,17 @@ def server_environment() -> dict[str, str]:
     """Returns what `mlflow server` gets on top of this environment: MLflow's job runner
     off unless the user turned it on. It runs GenAI jobs (scorers, prompt optimisation)
     that no entry point here submits, and it is a runner plus seven huey consumers: on
-    2 cores it doubled the server's start-up CPU (21 s against 11 s) and kept 0.22 of a
-    core busy while idle (0.008 without it)."""
+    2 cores it doubled the server's start-up CPU (20.6 CPU-s against 10.4 with 4 workers)
+    and kept 0.23 of a core busy while idle (0.008 without it;
+    benchmarks/server_start_bench.py)."""
     return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION":
             os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
 
 
 def default_workers() -> int:
     """Returns the server's worker processes: one per usable CPU, at most MLflow's default
-    of 4 (each is a full copy of the server: about 1.5 CPU-s to start and 150 MB)."""
+    of 4 (each is a full copy of the server: about 2 CPU-s to start,
+    benchmarks/server_start_bench.py)."""
     return max(1, min(usable_cpus(), MLFLOW_DEFAULT_WORKERS))
 
 
