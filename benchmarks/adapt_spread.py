@@ -47,7 +47,8 @@ def main() -> None:
             if len(np.unique(labels[pool])) < 2:  # a half without one class: no batch
                 continue
             shifted = combined(raw, shifts, seed=seed) if shifts else raw
-            batch = draw(shifted[pool], labels[pool], args.size, args.prevalence, rng)
+            batch, _ = draw(shifted[pool], labels[pool], cases[pool], args.size,
+                            args.prevalence, rng)
             estimates.append(fit_shift(patch_features(batch), predictor.reference)[:2])
         e = np.array(estimates)
         print(f"| {name} | {len(e)} | {e[:, 0].mean():+.3f} ± {e[:, 0].std():.3f} "

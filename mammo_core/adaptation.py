@@ -10,7 +10,9 @@ class (`IntensityReference`: a small Gaussian mixture per class), and a site's b
 explained as that reference shifted by a contrast gain g (log IQR + log g) and an offset
 b (mean + b) under an unknown class mix, fitted together by maximum likelihood (the mix
 by EM at each shift). The class mix is estimated, not assumed, which is what keeps the
-gain from following the prevalence. A bootstrap over the batch gives the interval; a
+gain from following the prevalence. A bootstrap over the batch gives the interval (over
+whole cases when the patches' cases are known: a batch's patches of one case share its
+anatomy, and a batch of few cases moves the estimate as much as its cases differ); a
 component whose interval holds the identity is left at the identity, so an unshifted
 site maps to itself.
 
@@ -213,6 +215,7 @@ class IntensityMap:
     patches: int = 0
     class_shares: tuple[float, ...] = ()
     estimate: tuple[float, float] = (1.0, 0.0)  # the point estimate before snapping
+    cases: int = 0  # distinct cases the bootstrap drew from (0: unknown, patches drawn)
 
     @property
     def identity(self) -> bool:
@@ -233,19 +236,23 @@ class IntensityMap:
         return (f"contrast gain {self.gain:.3f} (95 % interval {self.gain_interval[0]:.3f}-"
                 f"{self.gain_interval[1]:.3f}), offset {self.offset:+.4f} "
                 f"({self.offset_interval[0]:+.4f} to {self.offset_interval[1]:+.4f}) from "
-                f"{self.patches} patches; estimated class shares {shares}"
+                f"{self.patches} patches"
+                + (f" of {self.cases} cases" if self.cases else " (cases unknown)")
+                + f"; estimated class shares {shares}"
                 + (" (identity: the data show no shift)" if self.identity else ""))
 
     def to_dict(self) -> dict:
         return {"gain": self.gain, "offset": self.offset, "gain_interval": list(self.gain_interval),
                 "offset_interval": list(self.offset_interval), "patches": self.patches,
-                "class_shares": list(self.class_shares), "estimate": list(self.estimate)}
+                "class_shares": list(self.class_shares), "estimate": list(self.estimate),
+                "cases": self.cases}
 
     @classmethod
     def from_dict(cls, raw: dict) -> IntensityMap:
         return cls(float(raw["gain"]), float(raw["offset"]), tuple(raw["gain_interval"]),
                    tuple(raw["offset_interval"]), int(raw["patches"]),
-                   tuple(raw["class_shares"]), tuple(raw.get("estimate", (1.0, 0.0))))
+                   tuple(raw["class_shares"]), tuple(raw.get("estimate", (1.0, 0.0))),
+                   int(raw.get("cases", 0)))
 
 
 def fit_shift(features: np.ndarray, reference: IntensityReference
@@ -282,22 +289,26 @@ def _profile(features: np.ndarray, shifts: np.ndarray, reference: IntensityRefer
 
 def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap: int = 200,
                  level: float = 0.95, min_patches: int = 16, max_gain_ratio: float = 1.6,
-                 seed: int = 0) -> IntensityMap:
+                 cases: np.ndarray | None = None, seed: int = 0) -> IntensityMap:
     """Returns the site's IntensityMap from its unlabelled [0, 1] patches.
 
-    The interval joins the bootstrap over the batch's patches and the reference's
-    between-case spread (two sets of cases of one scanner differ too); a component whose
-    interval holds the identity stays at the identity. Raises AdaptationError for fewer than `min_patches` patches, or a gain
-    interval wider than `max_gain_ratio` (upper / lower): too uncertain to help.
+    The interval joins the bootstrap over the batch and the reference's between-case
+    spread (two sets of cases of one scanner differ too); a component whose interval holds
+    the identity stays at the identity. With the patches' `cases` (one id per patch, e.g.
+    from their file names) the bootstrap draws whole cases: patches of one case share its
+    anatomy, so a batch of few cases is as uncertain as its cases are few. Raises
+    AdaptationError for fewer than `min_patches` patches, or a gain interval wider than
+    `max_gain_ratio` (upper / lower): too uncertain to help.
     """
     features = patch_features(units)
     if len(features) < min_patches:
         raise AdaptationError(f"{len(features)} patches are too few to estimate a site's "
                               f"intensity scale; at least {min_patches} are needed")
+    if cases is not None and len(cases) != len(units):
+        raise ValueError(f"{len(cases)} case ids for {len(units)} patches")
     log_gain, offset, shares = fit_shift(features, reference)
-    rng = np.random.default_rng(seed)
-    draws = np.array([fit_shift(features[rng.integers(0, len(features), len(features))],
-                                reference)[:2] for _ in range(bootstrap)])
+    draws = np.array([fit_shift(features[rows], reference)[:2]
+                      for rows in _resamples(len(features), cases, bootstrap, seed)])
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
     if np.exp(high[0] - low[0]) > max_gain_ratio:
@@ -311,7 +322,28 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
     shift = 0.0 if b_lo <= 0.0 <= b_hi else float(offset)
     return IntensityMap(gain, shift, (float(np.exp(s_lo)), float(np.exp(s_hi))),
                         (float(b_lo), float(b_hi)), len(features),
-                        tuple(float(s) for s in shares), (float(np.exp(log_gain)), float(offset)))
+                        tuple(float(s) for s in shares), (float(np.exp(log_gain)), float(offset)),
+                        _case_count(cases))
+
+
+def _resamples(n: int, cases: np.ndarray | None, draws: int, seed: int):
+    """Yields `draws` bootstrap row sets of n feature rows: rows at random, or with `cases`
+    (per patch; a pair's two images share theirs) whole cases at random."""
+    rng = np.random.default_rng(seed)
+    if cases is None or len(np.unique(cases)) < 2:
+        for _ in range(draws):
+            yield rng.integers(0, n, n)
+        return
+    per_row = np.repeat(np.asarray(cases), n // len(cases))
+    names, index = np.unique(per_row, return_inverse=True)
+    members = [np.flatnonzero(index == k) for k in range(len(names))]
+    for _ in range(draws):
+        yield np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))])
+
+
+def _case_count(cases: np.ndarray | None) -> int:
+    """Returns how many distinct cases the bootstrap drew from; 0 when it drew patches."""
+    return 0 if cases is None or len(np.unique(cases)) < 2 else len(np.unique(cases))
 
 
 def _with_case_spread(estimate, low, high, spread, level: float):

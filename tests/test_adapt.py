@@ -31,18 +31,20 @@ pytestmark = pytest.mark.slow
 
 
 def site_patches(shared_data: Path, normal: int = 40, abnormal: int = 10):
-    """Returns (8-bit patches, labels): the last files of each class, 20 % abnormal."""
+    """Returns (8-bit patches, labels, file names): the last files of each class, 20 %
+    abnormal (6 cases)."""
     files = (sorted((shared_data / "0").glob("*.png"))[-normal:]
              + sorted((shared_data / "1").glob("*.png"))[-abnormal:])
     pixels = np.stack([np.asarray(Image.open(f)) for f in files])
-    return pixels, np.array([0] * normal + [1] * abnormal)
+    return pixels, np.array([0] * normal + [1] * abnormal), [f.name for f in files]
 
 
-def write_flat(folder: Path, pixels: np.ndarray) -> Path:
-    """Writes patches into one folder, no class folders and other names: a site's batch."""
+def write_flat(folder: Path, pixels: np.ndarray, names: list[str] | None = None) -> Path:
+    """Writes patches into one folder, no class folders: a site's batch, under `names`
+    (the study's, which give each patch's case) or names that give none."""
     folder.mkdir(parents=True)
     for k, image in enumerate(pixels):
-        Image.fromarray(image).save(folder / f"scan_{k:03d}.png")
+        Image.fromarray(image).save(folder / (names[k] if names else f"scan_{k:03d}.png"))
     return folder
 
 
@@ -54,10 +56,11 @@ def run_adapt(store: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def adapted(pipeline_store, shared_data, tmp_path_factory):
     """A copy of the smoke store after `mlflow run . -e adapt` on a contrast x1.5 site and
-    `python -m tune.adapt` on an unshifted one; returns (store, pixels, labels, shifted)."""
+    `python -m tune.adapt` on an unshifted one under the study's file names (which give
+    their cases); returns (store, pixels, labels, shifted)."""
     store = tmp_path_factory.mktemp("adapt") / "store"
     copy_store(pipeline_store, store)
-    pixels, labels = site_patches(shared_data)
+    pixels, labels, names = site_patches(shared_data)
     shifted = quantize(combined(pixels / np.float32(255), (Shift("contrast", 1.5),)), 8)
     result = subprocess.run(
         ["mlflow", "run", ".", "--env-manager", "local", "-e", "adapt", "-P",
@@ -66,10 +69,11 @@ def adapted(pipeline_store, shared_data, tmp_path_factory):
         cwd=ROOT, env=search_env(store), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "registered mammo-microcal v2 -> @site-clinic" in result.stdout
-    same = run_adapt(store, "--data-dir", str(write_flat(store.parent / "same", pixels)),
+    same = run_adapt(store, "--data-dir", str(write_flat(store.parent / "same", pixels, names)),
                      "--site", "same", "--bootstrap", "60")
     assert same.returncode == 0, (same.stdout + same.stderr)[-3000:]
     assert "identity: the data show no shift" in same.stdout
+    assert "6 cases by their file names" in same.stdout and "of 6 cases" in same.stdout
     return store, pixels, labels, shifted
 
 
@@ -111,6 +115,9 @@ def test_the_run_logs_the_mapping_and_ends_finished(adapted):
     assert 1.3 < clinic.data.metrics["gain_estimate"] < 1.7
     assert clinic.data.metrics["gain_low"] < clinic.data.metrics["gain_high"]
     assert {"estimated_share_0", "estimated_share_1"} <= set(clinic.data.metrics)
+    same = next(r for r in runs if r.data.tags["mammo.site"] == "same")
+    # the bootstrap drew whole cases where file names gave them, patches where not
+    assert (clinic.data.params["adapt.cases"], same.data.params["adapt.cases"]) == ("unknown", "6")
 
 
 def test_a_handful_of_patches_is_refused_and_no_run_is_left_running(adapted, tmp_path):

@@ -18,12 +18,13 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def split(shared_data):
-    """(reference of 80 training cases, site images of the other cases, their labels)."""
+    """(reference of 80 training cases, site images of the other cases, their labels, their
+    cases)."""
     data = load_dataset(shared_data, load_experiment(ROOT / "experiments/microcal.yaml").data)
     cases = np.unique(data.cases)
     site = np.isin(data.cases, np.random.default_rng(0).permutation(cases)[:25])
     reference = fit_reference(data.images[~site], data.labels[~site], data.cases[~site])
-    return reference, data.images[site], data.labels[site]
+    return reference, data.images[site], data.labels[site], data.cases[site]
 
 
 def batch(images, labels, n: int, prevalence: float, seed: int) -> np.ndarray:
@@ -57,7 +58,7 @@ def test_features_ignore_gain_and_offset_except_where_meant(split):
 
 @pytest.mark.parametrize("prevalence", [0.05, 0.2, 0.5])
 def test_the_gain_does_not_follow_the_class_mix(split, prevalence):
-    reference, images, labels = split
+    reference, images, labels, _ = split
     shifted = combined(batch(images, labels, 50, prevalence, seed=1), (Shift("contrast", 2.0),))
     log_gain, _, shares = fit_shift(patch_features(shifted), reference)
     assert np.exp(log_gain) == pytest.approx(2.0, rel=0.12)
@@ -65,7 +66,7 @@ def test_the_gain_does_not_follow_the_class_mix(split, prevalence):
 
 
 def test_an_unshifted_site_maps_to_the_identity(split):
-    reference, images, labels = split
+    reference, images, labels, _ = split
     mapping = estimate_map(batch(images, labels, 50, 0.2, seed=2), reference, bootstrap=60)
     assert mapping.identity and mapping.gain_interval[0] <= 1.0 <= mapping.gain_interval[1]
     assert abs(mapping.estimate[0] - 1.0) < 0.08
@@ -74,7 +75,7 @@ def test_an_unshifted_site_maps_to_the_identity(split):
 
 
 def test_a_contrast_site_is_mapped_back(split):
-    reference, images, labels = split
+    reference, images, labels, _ = split
     site = batch(images, labels, 50, 0.2, seed=3)
     shifted = combined(site, (Shift("contrast", 1.5),))
     mapping = estimate_map(shifted, reference, bootstrap=60)
@@ -87,7 +88,7 @@ def test_a_contrast_site_is_mapped_back(split):
 
 
 def test_a_few_bright_artefacts_do_not_move_the_gain(split):
-    reference, images, labels = split
+    reference, images, labels, _ = split
     shifted = combined(batch(images, labels, 50, 0.2, seed=4), (Shift("contrast", 1.5),))
     clean = np.exp(fit_shift(patch_features(shifted), reference)[0])
     spoiled = shifted.copy()
@@ -96,15 +97,31 @@ def test_a_few_bright_artefacts_do_not_move_the_gain(split):
 
 
 def test_too_small_a_sample_is_refused(split):
-    reference, images, _ = split
+    reference, images, _, _ = split
     with pytest.raises(AdaptationError, match="5 patches are too few"):
         estimate_map(images[:5], reference)
 
 
 def test_too_uncertain_an_estimate_is_refused(split):
-    reference, images, _ = split
+    reference, images, _, _ = split
     rng = np.random.default_rng(0)  # each patch stretched by its own random gain
     wild = np.stack([combined(p[None], (Shift("contrast", g),))[0]
                      for p, g in zip(images[:20], np.exp(rng.normal(0, 0.8, 20)))])
     with pytest.raises(AdaptationError, match="too uncertain"):
         estimate_map(wild, reference, bootstrap=60)
+
+
+def test_a_batch_of_few_cases_is_as_uncertain_as_its_cases_are_few(split):
+    reference, images, _, cases = split
+    few = np.isin(cases, np.unique(cases)[:5])  # patches of one case share its anatomy
+    site = combined(images[few], (Shift("contrast", 1.5),))
+    by_patch = estimate_map(site, reference, bootstrap=60, max_gain_ratio=99)
+    by_case = estimate_map(site, reference, bootstrap=60, max_gain_ratio=99, cases=cases[few])
+    assert by_case.estimate == by_patch.estimate  # the same fit; only the interval differs
+    width = [np.log(m.gain_interval[1] / m.gain_interval[0]) for m in (by_patch, by_case)]
+    assert width[1] > 1.2 * width[0], width
+    assert (by_case.cases, by_patch.cases) == (5, 0)
+    assert "of 5 cases" in by_case.describe() and "cases unknown" in by_patch.describe()
+    assert IntensityMap.from_dict(json.loads(json.dumps(by_case.to_dict()))).cases == 5
+    with pytest.raises(ValueError, match="3 case ids for"):
+        estimate_map(site, reference, cases=cases[few][:3])

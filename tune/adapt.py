@@ -32,6 +32,7 @@ from mammo_core.adaptation import AdaptationError, IntensityMap, estimate_map, p
 from mammo_core.config import Experiment  # noqa: E402
 from mammo_core.patches import as_unit_patches  # noqa: E402
 from mammo_core.predictor import EnsemblePredictor  # noqa: E402
+from mammo_core.readers.folders import cases_of  # noqa: E402
 from mammo_core.splits import leakage_groups  # noqa: E402
 from mammo_core.tracking import log_figure, registry_reference, tracked_run, use_tracking_store  # noqa: E402
 from tune.predict import image_files, read_images  # noqa: E402
@@ -80,7 +81,7 @@ def adapt(experiment: Experiment, data_dir: str, model_uri: str = "", site: str 
                          "intensities (no intensity_reference.json): register its search "
                          "again (mlflow run . -e register) to adapt it to a site")
     experiment = as_trained(experiment, predictor, uri)
-    raw, dataset = site_images(experiment, predictor, data_dir, labels)
+    raw, dataset, cases = site_images(experiment, predictor, data_dir, labels)
     units = as_unit_patches(raw, predictor.experiment.data.image_size, predictor.bit_depth,
                             pairs=predictor.experiment.data.pairs)
     with tracked_run(experiment.tracking.experiment_name, f"adapt-{site}",
@@ -89,7 +90,8 @@ def adapt(experiment: Experiment, data_dir: str, model_uri: str = "", site: str 
         mlflow.log_params({"resolved_model_uri": uri, "site": site, "images": len(raw),
                            "labels_used": labels, "data_root": str(data_dir)})
         try:
-            mapping = estimate_map(units, predictor.reference, bootstrap=bootstrap)
+            mapping = estimate_map(units, predictor.reference, bootstrap=bootstrap,
+                                   cases=cases)
         except AdaptationError as err:
             raise UsageError(f"cannot adapt to site `{site}`: {err}") from err
         print(f"site `{site}`: {mapping.describe()}", flush=True)
@@ -111,24 +113,33 @@ def adapt(experiment: Experiment, data_dir: str, model_uri: str = "", site: str 
 
 def site_images(experiment: Experiment, predictor: EnsemblePredictor, data_dir: str,
                 labels: bool):
-    """Returns (raw images, the labelled Dataset or None): every image under the folder
-    when unlabelled, the study's class folders when labelled."""
+    """Returns (raw images, the labelled Dataset or None, each image's case or None):
+    every image under the folder when unlabelled, the study's class folders when
+    labelled. Cases come from the file names by the study's `data.filename_pattern`
+    when every name matches it; they let the interval draw whole cases."""
     if labels:
         dataset, _ = load_data(experiment, data_dir, any_file_names=True)
-        return dataset.images, dataset
+        cases = cases_of([Path(p).name for p in dataset.paths],
+                         experiment.data.filename_pattern)
+        return dataset.images, dataset, cases
     root = Path(data_dir)
     if not root.is_dir():
         raise UsageError(f"no folder {root}")
     files = image_files(root)
-    print(f"site images: {len(files)} files under {root} (labels not read)", flush=True)
+    cases = cases_of([f.name for f in files], experiment.data.filename_pattern)
+    print(f"site images: {len(files)} files under {root} (labels not read); "
+          + (f"{len(np.unique(cases))} cases by their file names" if cases is not None else
+             "file names do not give their cases (data.filename_pattern): the interval "
+             "treats every image as its own case"), flush=True)
     return read_images(files, experiment.data.image_size, experiment.data.resizes,
-                       predictor.bit_depth), None
+                       predictor.bit_depth), None, cases
 
 
 def log_mapping(mapping: IntensityMap, units: np.ndarray, predictor: EnsemblePredictor) -> None:
     """Logs the mapping's params and metrics and figures/site_intensities.png."""
     mlflow.log_params({"adapt.gain": f"{mapping.gain:.4f}", "adapt.offset": f"{mapping.offset:.5f}",
-                       "adapt.identity": mapping.identity})
+                       "adapt.identity": mapping.identity,
+                       "adapt.cases": mapping.cases or "unknown"})
     mlflow.log_metrics({"gain_estimate": mapping.estimate[0], "offset_estimate": mapping.estimate[1],
                         "gain_low": mapping.gain_interval[0], "gain_high": mapping.gain_interval[1],
                         "offset_low": mapping.offset_interval[0],

@@ -72,6 +72,17 @@ def _class_files(base: Path, partition: str, config: DataConfig) -> list[tuple[P
     return entries
 
 
+def cases_of(names: list[str], pattern: str | None) -> np.ndarray | None:
+    """Returns each file name's case by the study's `pattern`, or None when there is no
+    pattern or a name does not match it (the files' cases are then unknown)."""
+    if pattern is None:
+        return None
+    matches = [re.compile(pattern).match(name) for name in names]
+    if not matches or any(m is None for m in matches):
+        return None
+    return np.array([m.group("case") for m in matches])
+
+
 def _group_keys(names: list[str], entries: list, pattern: str | None) -> tuple[np.ndarray, np.ndarray]:
     if pattern is None:
         keys = np.array([str(path) for path, _, _ in entries])
