@@ -5,8 +5,9 @@ hold-out, against the between-case spread its intensity reference stores.
 
 Each draw splits the hold-out's cases in two as `adapt_bench.py` does, draws a batch of
 `--size` patches at `--prevalence` from one half, shifts it, and fits (log gain, offset)
-without a bootstrap. Prints the mean and std of the estimates per shift beside the
-reference's `case_spread` (the std the interval assumes): a std above it means the
+without a bootstrap (`--per-pool` batches from each half). Prints the mean and std of
+the estimates per shift, within a pool and between pools, beside the reference's
+`case_spread` (the std the interval assumes): a std above it means the
 interval is too narrow for batches of this many cases; a mean away from the shift's true
 log gain is a bias.
 """
@@ -33,27 +34,31 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=40)
     parser.add_argument("--size", type=int, default=50)
     parser.add_argument("--prevalence", type=float, default=0.2)
+    parser.add_argument("--per-pool", type=int, default=1,
+                        help="batches per pool of cases: splits the spread into the part "
+                             "within a pool (which patches) and between pools (which cases)")
     args = parser.parse_args()
     _, uri, version, predictor, raw, labels, cases = load_holdout(args.config, args.model_uri)
     spread = predictor.reference.case_spread
     print(f"{uri} = v{version}: {len(np.unique(cases))} hold-out cases; "
           f"stored case_spread: log gain {spread[0]:.3f}, offset {spread[1]:.4f}\n")
-    print("| shift | draws | log gain: mean ± std | offset: mean ± std |\n|---|---:|---|---|")
+    print("| shift | batches (pools) | log gain: mean ± std | offset: mean ± std "
+          "| log gain std within a pool | between pools |\n|---|---:|---|---|---|---|")
     for name, shifts in SHIFTS:
-        estimates = []
+        per_pool = []  # one list of (log gain, offset) per pool of cases
         for seed in range(args.draws):
             rng = np.random.default_rng(seed)
             pool = batch_pool(cases, rng)
             if len(np.unique(labels[pool])) < 2:  # a half without one class: no batch
                 continue
             shifted = combined(raw, shifts, seed=seed) if shifts else raw
-            batch, _ = draw(shifted[pool], labels[pool], cases[pool], args.size,
-                            args.prevalence, rng)
-            estimates.append(fit_shift(patch_features(batch), predictor.reference)[:2])
-        e = np.array(estimates)
-        print(f"| {name} | {len(e)} | {e[:, 0].mean():+.3f} ± {e[:, 0].std():.3f} "
-              f"| {e[:, 1].mean():+.4f} ± {e[:, 1].std():.4f} |")
-
+            per_pool.append([fit_shift(patch_features(draw(
+                shifted[pool], labels[pool], cases[pool], args.size, args.prevalence, rng)[0]),
+                predictor.reference)[:2] for _ in range(args.per_pool)])
+        e, pools = np.concatenate(per_pool), np.array(per_pool)
+        print(f"| {name} | {len(e)} ({len(pools)}) | {e[:, 0].mean():+.3f} ± {e[:, 0].std():.3f} "
+              f"| {e[:, 1].mean():+.4f} ± {e[:, 1].std():.4f} "
+              f"| {pools[:, :, 0].std(axis=1).mean():.3f} | {pools[:, :, 0].mean(axis=1).std():.3f} |")
 
 if __name__ == "__main__":
     main()

@@ -288,7 +288,7 @@ def _profile(features: np.ndarray, shifts: np.ndarray, reference: IntensityRefer
 
 
 def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap: int = 200,
-                 level: float = 0.95, min_patches: int = 16, max_gain_ratio: float = 1.6,
+                 level: float = 0.95, min_patches: int = 16, max_gain_ratio: float = 2.0,
                  cases: np.ndarray | None = None, seed: int = 0) -> IntensityMap:
     """Returns the site's IntensityMap from its unlabelled [0, 1] patches.
 
@@ -298,7 +298,8 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
     from their file names) the bootstrap draws whole cases: patches of one case share its
     anatomy, so a batch of few cases is as uncertain as its cases are few. Raises
     AdaptationError for fewer than `min_patches` patches, or a gain interval wider than
-    `max_gain_ratio` (upper / lower): too uncertain to help.
+    `max_gain_ratio` (upper / lower; 2: it cannot tell a gain from its double): too
+    uncertain to help.
     """
     features = patch_features(units)
     if len(features) < min_patches:
@@ -312,10 +313,11 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
     if np.exp(high[0] - low[0]) > max_gain_ratio:
+        of_cases = f" of {_case_count(cases)} cases" if _case_count(cases) else ""
         raise AdaptationError(
             f"the site's contrast gain is too uncertain to help: {np.exp(log_gain):.2f} with a "
             f"{level:.0%} interval {np.exp(low[0]):.2f}-{np.exp(high[0]):.2f} from "
-            f"{len(features)} patches; add patches of the site")
+            f"{len(features)} patches{of_cases}; add patches of the site (of more cases)")
     (s_lo, b_lo), (s_hi, b_hi) = _with_case_spread((log_gain, offset), low, high,
                                                    reference.case_spread, level)
     gain = 1.0 if s_lo <= 0.0 <= s_hi else float(np.exp(log_gain))
