@@ -17,13 +17,17 @@ import argparse
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pywt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapt_bench import SHIFTS, batch_pool, draw, load_holdout  # noqa: E402
 from mammo_core.adaptation import fit_shift, patch_features  # noqa: E402
 from mammo_core.shift import combined  # noqa: E402
+from mammo_core.tracking import registry_reference  # noqa: E402
+from tune.project import load_data, load_fold_plan  # noqa: E402
 
 
 def main() -> None:
@@ -34,6 +38,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=40)
     parser.add_argument("--size", type=int, default=50)
     parser.add_argument("--prevalence", type=float, default=0.2)
+    parser.add_argument("--statistics", action="store_true",
+                        help="also: how far single intensity statistics move between "
+                             "pools of 3 cases' normal tissue, hold-out and training")
     parser.add_argument("--per-pool", type=int, default=1,
                         help="batches per pool of cases: splits the spread into the part "
                              "within a pool (which patches) and between pools (which cases)")
@@ -59,6 +66,46 @@ def main() -> None:
         print(f"| {name} | {len(e)} ({len(pools)}) | {e[:, 0].mean():+.3f} ± {e[:, 0].std():.3f} "
               f"| {e[:, 1].mean():+.4f} ± {e[:, 1].std():.4f} "
               f"| {pools[:, :, 0].std(axis=1).mean():.3f} | {pools[:, :, 0].mean(axis=1).std():.3f} |")
+    if args.statistics:
+        single_statistics(uri, predictor)
+
+
+def statistic_values(units: np.ndarray) -> dict[str, np.ndarray]:
+    """Returns per patch the log of statistics a contrast gain g moves by log g."""
+    flat = units.reshape(len(units), -1).astype(np.float64)
+    q05, q25, q75, q95 = np.percentile(flat, [5, 25, 75, 95], axis=1)
+    bands = pywt.wavedec2(units.astype(np.float64), "haar", level=2, axes=(1, 2))
+    mad = {level: np.median(np.concatenate([np.abs(b).reshape(len(units), -1)
+                                            for b in bands[-level]], axis=1), axis=1)
+           for level in (1, 2)}
+    return {"IQR": np.log(q75 - q25), "5-95 % range": np.log(q95 - q05),
+            "std": np.log(flat.std(axis=1)), "wavelet level-1 MAD": np.log(mad[1] + 1e-9),
+            "wavelet level-2 MAD": np.log(mad[2] + 1e-9)}
+
+
+def single_statistics(uri: str, predictor, pools: int = 300, per_pool: int = 3) -> None:
+    """Prints, per statistic, the median over the normal patches of `per_pool` random
+    cases minus the training normals' median: mean ± std over pools, hold-out and
+    training (a batch at 20 % prevalence holds about 3 normal cases of the hold-out)."""
+    dataset, _ = load_data(predictor.experiment, "")
+    ref = registry_reference(uri)
+    version = mlflow.MlflowClient().get_model_version(ref["name"], ref["version"])
+    held = np.zeros(len(dataset.labels), dtype=bool)
+    held[load_fold_plan(version.tags["mammo.search_run"], dataset).holdout] = True
+    values = statistic_values(predictor.unit_patches(dataset.images))
+    normal, rng = dataset.labels == 0, np.random.default_rng(0)
+    print(f"\n| statistic (log) | hold-out: pools of {per_pool} normal cases | training |"
+          "\n|---|---|---|")
+    for name, v in values.items():
+        centre = np.median(v[normal & ~held])
+        cells = []
+        for part in (held, ~held):
+            names = np.unique(dataset.cases[normal & part])
+            moved = [np.median(v[normal & part & np.isin(dataset.cases, rng.choice(
+                names, per_pool, replace=False))]) - centre for _ in range(pools)]
+            cells.append(f"{np.mean(moved):+.3f} ± {np.std(moved):.3f}")
+        print(f"| {name} | {cells[0]} | {cells[1]} |")
+
 
 if __name__ == "__main__":
     main()
