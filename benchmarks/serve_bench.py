@@ -36,6 +36,7 @@ from ray import serve  # noqa: E402
 
 import tune  # noqa: E402,F401  (loopback Ray environment before ray starts)
 from mammo_core.images import quantize, read_image  # noqa: E402
+from mammo_core.tracking import registry_reference  # noqa: E402
 from serve.server import APP_NAME, deploy, shutdown, start_serving  # noqa: E402
 from serve.settings import ServeSettings  # noqa: E402
 
@@ -215,9 +216,11 @@ def main() -> None:
     args.tracking_uri = f"sqlite:///{Path(args.store).resolve()}"
     mlflow.set_tracking_uri(args.tracking_uri)
     mlflow.set_registry_uri(args.tracking_uri)
-    name, alias = args.model_uri[len("models:/"):].split("@")
-    version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
-    uri = f"models:/{name}/{version}"
+    ref = registry_reference(args.model_uri)  # an alias or a version
+    if not ref["version"]:
+        sys.exit(f"--model-uri must be models:/<name>@<alias> or models:/<name>/<version>, "
+                 f"got {args.model_uri}")
+    uri = f"models:/{ref['name']}/{ref['version']}"
     # the stored 8-bit integers, as a client holding the PNG's pixels would send them
     patch = quantize(read_image(sorted((ROOT.parent / "shared/data/microcal/1").glob("*.png"))[0],
                                 (60, 60)), 8)
