@@ -1,14 +1,15 @@
 """Adapting a model to a new site's intensity scale from a batch of its unlabelled patches.
 
 A single patch does not carry its scanner's gain, but a batch does. Each patch is
-described by two robust statistics: the log of its interquartile range (its contrast:
-a few bright calcification pixels barely move it) and its mean intensity (its
-brightness: a contrast stretch around the mean leaves it). Both differ between the
-classes (abnormal patches are brighter and busier), so a plain ratio of medians would
-depend on the batch's class mix. Instead the training patches' statistics are kept per
-class (`IntensityReference`: a small Gaussian mixture per class), and a site's batch is
-explained as that reference shifted by a contrast gain g (log IQR + log g) and an offset
-b (mean + b) under an unknown class mix, fitted together by maximum likelihood (the mix
+described by robust statistics (`patch_features`): the logs of its interquartile range
+and of its fine texture's scale (its contrast: a few bright calcification pixels barely
+move either), its mean intensity (its brightness: a contrast stretch around the mean
+leaves it) and a scale-free texture peak. They differ between the classes (abnormal
+patches are brighter and busier), so a plain ratio of medians would depend on the
+batch's class mix. Instead the training patches' statistics are kept per class
+(`IntensityReference`: a small Gaussian mixture per class), and a site's batch is
+explained as that reference shifted by a contrast gain g (both log scales + log g) and
+an offset b (mean + b) under an unknown class mix, fitted together by maximum likelihood (the mix
 by EM at each shift). The class mix is estimated, not assumed, which is what keeps the
 gain from following the prevalence. A bootstrap over the batch gives the interval (over
 whole cases when the patches' cases are known: a batch's patches of one case share its
@@ -26,7 +27,10 @@ import numpy as np
 import pywt
 from scipy.special import logsumexp
 
-FEATURES = ("log_iqr", "mean", "log_detail_peak")
+FEATURES = ("log_iqr", "mean", "log_detail_peak", "log_detail_scale")
+# what a contrast gain g (by log g) and an offset b (by b) move each feature by
+_MOVED_BY = {"log_iqr": (1.0, 0.0), "mean": (0.0, 1.0), "log_detail_peak": (0.0, 0.0),
+             "log_detail_scale": (1.0, 0.0)}
 _FLOOR_IQR = 1e-4  # a flat patch (all one value) still has a finite log IQR
 # an outlier's density floor (per unit of feature space, on the standardised scale): a few
 # artefact patches cannot drag the fit to explain them
@@ -44,13 +48,15 @@ class AdaptationError(ValueError):
 
 
 def patch_features(units: np.ndarray) -> np.ndarray:
-    """Returns (N, 3) FEATURES of [0, 1] patches (N, H, W); pairs (N, 2, H, W) count each
+    """Returns (N, 4) FEATURES of [0, 1] patches (N, H, W); pairs (N, 2, H, W) count each
     patch of a pair.
 
     log_iqr moves by log g under a contrast gain g, mean by b under an offset b, and
     log_detail_peak (the 99th percentile of the level-2 wavelet details' magnitude over
     their median: how far the sharpest structures stand out of the texture) by neither,
-    which is what tells the classes apart whatever the site's scale.
+    which is what tells the classes apart whatever the site's scale. log_detail_scale
+    (the log of that median) moves by log g too: fine texture varies less between
+    patients than the IQR does (adapt_spread.py --statistics), so it steadies the gain.
     """
     images = np.asarray(units, dtype=np.float64).reshape(-1, *units.shape[-2:])
     flat = images.reshape(len(images), -1)
@@ -58,9 +64,11 @@ def patch_features(units: np.ndarray) -> np.ndarray:
     bands = pywt.wavedec2(images, "sym3", level=min(2, _levels(images.shape[1:])),
                           axes=(1, 2))[1]  # the coarsest detail level kept: level 2
     details = np.concatenate([np.abs(b).reshape(len(images), -1) for b in bands], axis=1)
-    peak = np.percentile(details, 99, axis=1) / np.maximum(np.median(details, axis=1), 1e-9)
+    scale = np.maximum(np.median(details, axis=1), 1e-9)
+    peak = np.percentile(details, 99, axis=1) / scale
     return np.stack([np.log(np.maximum(q75 - q25, _FLOOR_IQR)), flat.mean(axis=1),
-                     np.log(np.maximum(peak, 1.0))], axis=1)
+                     np.log(np.maximum(peak, 1.0)), np.log(np.maximum(scale, _FLOOR_IQR))],
+                    axis=1)
 
 
 def _levels(shape: tuple[int, int]) -> int:
@@ -120,15 +128,28 @@ class IntensityReference:
     # std of (log gain, offset) estimated from sets of training cases: same scanner, other
     # anatomy; a site's shift inside this spread is not evidence of another scanner
     case_spread: tuple[float, float] = (0.0, 0.0)
+    # the FEATURES the densities are over: models registered before log_detail_scale
+    # keep the first three
+    features: tuple[str, ...] = FEATURES
+
+    def columns(self, features: np.ndarray) -> np.ndarray:
+        """Returns this reference's columns of patch_features' (N, len(FEATURES)) output."""
+        return features[:, [FEATURES.index(name) for name in self.features]]
+
+    def moves(self) -> np.ndarray:
+        """Returns (2, F): what a log gain (row 0) and an offset (row 1) move each feature by."""
+        return np.array([_MOVED_BY[name] for name in self.features]).T
 
     def to_dict(self) -> dict:
-        return {"features": list(FEATURES), "densities": [d.to_dict() for d in self.densities],
+        return {"features": list(self.features),
+                "densities": [d.to_dict() for d in self.densities],
                 "summary": self.summary, "case_spread": list(self.case_spread)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> IntensityReference:
         return cls(tuple(ClassDensity.from_dict(d) for d in raw["densities"]), raw["summary"],
-                   tuple(raw.get("case_spread", (0.0, 0.0))))
+                   tuple(raw.get("case_spread", (0.0, 0.0))),
+                   tuple(raw.get("features", FEATURES[:3])))
 
 
 def fit_reference(units: np.ndarray, labels: np.ndarray, cases: np.ndarray | None = None,
@@ -258,7 +279,9 @@ class IntensityMap:
 def fit_shift(features: np.ndarray, reference: IntensityReference
               ) -> tuple[float, float, np.ndarray]:
     """Returns the maximum-likelihood (log gain, offset, class shares) of a site's patch
-    features under the reference: a coarse grid, then a fine one around its best point."""
+    features (patch_features' output) under the reference: a coarse grid, then a fine one
+    around its best point."""
+    features = reference.columns(features)
     best = (0.0, 0.0)
     for grid, centre in ((_COARSE, (0.0, 0.0)), (_FINE, None)):
         centre = centre or best
@@ -273,7 +296,7 @@ def fit_shift(features: np.ndarray, reference: IntensityReference
 def _profile(features: np.ndarray, shifts: np.ndarray, reference: IntensityReference
              ) -> tuple[np.ndarray, np.ndarray]:
     """Returns per shift the log-likelihood with the class mix fitted by EM, and that mix."""
-    full = np.concatenate([shifts, np.zeros((len(shifts), features.shape[1] - 2))], axis=1)
+    full = shifts @ reference.moves()  # (G, F): each feature moved by its share
     log_d = np.stack([d.shifted_log_density(features, full)  # (K, G, n)
                       for d in reference.densities])
     density = np.exp(log_d)
