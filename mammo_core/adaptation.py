@@ -9,9 +9,9 @@ patches are brighter and busier), so a plain ratio of medians would depend on th
 batch's class mix. Instead the training patches' statistics are kept per class
 (`IntensityReference`: a small Gaussian mixture per class), and a site's batch is
 explained as that reference shifted by a contrast gain g (both log scales + log g) and
-an offset b (mean + b) under an unknown class mix, fitted together by maximum likelihood (the mix
-by EM at each shift). The class mix is estimated, not assumed, which is what keeps the
-gain from following the prevalence. A bootstrap over the batch gives the interval (over
+an offset b (mean + b) under an unknown class mix, fitted together by maximum likelihood
+(the mix by EM at each shift). The class mix is estimated, not assumed, which is what
+keeps the gain from following the prevalence. A bootstrap over the batch gives the interval (over
 whole cases when the patches' cases are known: a batch's patches of one case share its
 anatomy, and a batch of few cases moves the estimate as much as its cases differ); a
 component whose interval holds the identity is left at the identity, so an unshifted
