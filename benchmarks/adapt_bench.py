@@ -35,6 +35,7 @@ from mammo_core import ensemble as ens  # noqa: E402
 from mammo_core import metrics  # noqa: E402
 from mammo_core.adaptation import AdaptationError, IntensityMap, estimate_map  # noqa: E402
 from mammo_core.config import Experiment  # noqa: E402
+from mammo_core.dataset import Dataset  # noqa: E402
 from mammo_core.predictor import EnsemblePredictor  # noqa: E402
 from mammo_core.shift import Shift, combined  # noqa: E402
 from mammo_core.tracking import registry_reference, tracked_run, use_tracking_store  # noqa: E402
@@ -91,7 +92,8 @@ def recalibrated(predictor, units: np.ndarray, labels: np.ndarray, registry,
 
 
 class Holdout(NamedTuple):
-    """A registered model and its hold-out: [0, 1] patches, labels and cases."""
+    """A registered model and its hold-out: [0, 1] patches, labels and cases; with the
+    whole data set and a mask of the hold-out in it."""
     experiment: Experiment
     uri: str
     version: str
@@ -99,6 +101,8 @@ class Holdout(NamedTuple):
     raw: np.ndarray
     labels: np.ndarray
     cases: np.ndarray
+    dataset: Dataset
+    held: np.ndarray
 
 
 def load_holdout(config: str, model_uri: str) -> Holdout:
@@ -114,9 +118,11 @@ def load_holdout(config: str, model_uri: str) -> Holdout:
         sys.exit(f"{uri} keeps no intensity reference: register it with this version first")
     dataset, _ = load_data(experiment, "")
     holdout = load_fold_plan(version.tags["mammo.search_run"], dataset).holdout
+    held = np.zeros(len(dataset.labels), dtype=bool)
+    held[holdout] = True
     return Holdout(experiment, uri, ref["version"], predictor,
                    predictor.unit_patches(dataset.images[holdout]), dataset.labels[holdout],
-                   dataset.cases[holdout])
+                   dataset.cases[holdout], dataset, held)
 
 
 def batch_pool(cases: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -204,7 +210,7 @@ def tables(frame: pd.DataFrame) -> str:
             *(cell(at[(n, 0.2)]["balanced_accuracy"]) for n in SIZES),
             cell(at[(50, 0.05)]["balanced_accuracy"]), cell(at[(50, 0.5)]["balanced_accuracy"]),
             cell(patches["balanced_accuracy"]),
-            cell(f[f["method"] == "true mapping"]["balanced_accuracy"]) if truth.any() else "—",
+            cell(f[truth]["balanced_accuracy"]) if truth.any() else "—",
             cell(at[(50, 0.2)]["gain"]),
             f"{registered['auc'].mean():.3f} → {at[(50, 0.2)]['auc'].mean():.3f} |"]))
     refused = frame.get("refused", pd.Series(dtype=float)).fillna(0)
@@ -225,8 +231,8 @@ def main() -> None:
                         help="a subset of the shifts, by name (default: all)")
     args = parser.parse_args()
     SHIFTS[:] = [s for s in SHIFTS if s[0] in args.shifts]
-    experiment, uri, version, predictor, raw, labels, cases = load_holdout(args.config,
-                                                                           args.model_uri)
+    experiment, uri, version, predictor, raw, labels, cases, *_ = load_holdout(args.config,
+                                                                               args.model_uri)
     start, rows = time.perf_counter(), []
     for repeat in range(args.repeats):
         rows += one_repeat(predictor, raw, labels, cases, repeat, args.bootstrap,

@@ -17,7 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pywt
 
@@ -26,8 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapt_bench import SHIFTS, batch_pool, draw, load_holdout  # noqa: E402
 from mammo_core.adaptation import fit_shift, patch_features  # noqa: E402
 from mammo_core.shift import combined  # noqa: E402
-from mammo_core.tracking import registry_reference  # noqa: E402
-from tune.project import load_data, load_fold_plan  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +42,8 @@ def main() -> None:
                         help="batches per pool of cases: splits the spread into the part "
                              "within a pool (which patches) and between pools (which cases)")
     args = parser.parse_args()
-    _, uri, version, predictor, raw, labels, cases = load_holdout(args.config, args.model_uri)
+    holdout = load_holdout(args.config, args.model_uri)
+    _, uri, version, predictor, raw, labels, cases, *_ = holdout
     spread = predictor.reference.case_spread
     print(f"{uri} = v{version}: {len(np.unique(cases))} hold-out cases; "
           f"stored case_spread: log gain {spread[0]:.3f}, offset {spread[1]:.4f}\n")
@@ -67,7 +65,7 @@ def main() -> None:
               f"| {e[:, 1].mean():+.4f} ± {e[:, 1].std():.4f} "
               f"| {pools[:, :, 0].std(axis=1).mean():.3f} | {pools[:, :, 0].mean(axis=1).std():.3f} |")
     if args.statistics:
-        single_statistics(uri, predictor)
+        single_statistics(holdout)
 
 
 def statistic_values(units: np.ndarray) -> dict[str, np.ndarray]:
@@ -83,16 +81,12 @@ def statistic_values(units: np.ndarray) -> dict[str, np.ndarray]:
             "wavelet level-2 MAD": np.log(mad[2] + 1e-9)}
 
 
-def single_statistics(uri: str, predictor, pools: int = 300, per_pool: int = 3) -> None:
+def single_statistics(holdout, pools: int = 300, per_pool: int = 3) -> None:
     """Prints, per statistic, the median over the normal patches of `per_pool` random
     cases minus the training normals' median: mean ± std over pools, hold-out and
     training (a batch at 20 % prevalence holds about 3 normal cases of the hold-out)."""
-    dataset, _ = load_data(predictor.experiment, "")
-    ref = registry_reference(uri)
-    version = mlflow.MlflowClient().get_model_version(ref["name"], ref["version"])
-    held = np.zeros(len(dataset.labels), dtype=bool)
-    held[load_fold_plan(version.tags["mammo.search_run"], dataset).holdout] = True
-    values = statistic_values(predictor.unit_patches(dataset.images))
+    dataset, held = holdout.dataset, holdout.held
+    values = statistic_values(holdout.predictor.unit_patches(dataset.images))
     normal, rng = dataset.labels == 0, np.random.default_rng(0)
     print(f"\n| statistic (log) | hold-out: pools of {per_pool} normal cases | training |"
           "\n|---|---|---|")

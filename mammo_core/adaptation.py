@@ -330,13 +330,15 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
                               f"intensity scale; at least {min_patches} are needed")
     if cases is not None and len(cases) != len(units):
         raise ValueError(f"{len(cases)} case ids for {len(units)} patches")
+    distinct = 0 if cases is None else len(np.unique(cases))
+    n_cases = distinct if distinct >= 2 else 0  # one case: nothing to draw but its patches
     log_gain, offset, shares = fit_shift(features, reference)
-    draws = np.array([fit_shift(features[rows], reference)[:2]
-                      for rows in _resamples(len(features), cases, bootstrap, seed)])
+    draws = np.array([fit_shift(features[rows], reference)[:2] for rows in _resamples(
+        len(features), cases if n_cases else None, bootstrap, seed)])
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
     if np.exp(high[0] - low[0]) > max_gain_ratio:
-        of_cases = f" of {_case_count(cases)} cases" if _case_count(cases) else ""
+        of_cases = f" of {n_cases} cases" if n_cases else ""
         raise AdaptationError(
             f"the site's contrast gain is too uncertain to help: {np.exp(log_gain):.2f} with a "
             f"{level:.0%} interval {np.exp(low[0]):.2f}-{np.exp(high[0]):.2f} from "
@@ -348,14 +350,14 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
     return IntensityMap(gain, shift, (float(np.exp(s_lo)), float(np.exp(s_hi))),
                         (float(b_lo), float(b_hi)), len(features),
                         tuple(float(s) for s in shares), (float(np.exp(log_gain)), float(offset)),
-                        _case_count(cases))
+                        n_cases)
 
 
 def _resamples(n: int, cases: np.ndarray | None, draws: int, seed: int):
     """Yields `draws` bootstrap row sets of n feature rows: rows at random, or with `cases`
     (per patch; a pair's two images share theirs) whole cases at random."""
     rng = np.random.default_rng(seed)
-    if cases is None or len(np.unique(cases)) < 2:
+    if cases is None:
         for _ in range(draws):
             yield rng.integers(0, n, n)
         return
@@ -364,11 +366,6 @@ def _resamples(n: int, cases: np.ndarray | None, draws: int, seed: int):
     members = [np.flatnonzero(index == k) for k in range(len(names))]
     for _ in range(draws):
         yield np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))])
-
-
-def _case_count(cases: np.ndarray | None) -> int:
-    """Returns how many distinct cases the bootstrap drew from; 0 when it drew patches."""
-    return 0 if cases is None or len(np.unique(cases)) < 2 else len(np.unique(cases))
 
 
 def _with_case_spread(estimate, low, high, spread, level: float):

@@ -75,22 +75,24 @@ def _class_files(base: Path, partition: str, config: DataConfig) -> list[tuple[P
 def cases_of(names: list[str], pattern: str | None) -> np.ndarray | None:
     """Returns each file name's case by the study's `pattern`, or None when there is no
     pattern or a name does not match it (the files' cases are then unknown)."""
-    if pattern is None:
-        return None
-    matches = [re.compile(pattern).match(name) for name in names]
+    matches = _matches(names, pattern) if pattern is not None else []
     if not matches or any(m is None for m in matches):
         return None
     return np.array([m.group("case") for m in matches])
+
+
+def _matches(names: list[str], pattern: str) -> list[re.Match | None]:
+    """Returns the study's file-name pattern matched at the start of each name."""
+    regex = re.compile(pattern)
+    return [regex.match(name) for name in names]
 
 
 def _group_keys(names: list[str], entries: list, pattern: str | None) -> tuple[np.ndarray, np.ndarray]:
     if pattern is None:
         keys = np.array([str(path) for path, _, _ in entries])
         return keys, keys
-    regex = re.compile(pattern)
     cases, rois = [], []
-    for (path, _, _), name in zip(entries, names):
-        match = regex.match(name)
+    for (path, _, _), match in zip(entries, _matches(names, pattern)):
         if match is None:
             raise FileNameError(f"file name {path} does not match data.filename_pattern "
                                 f"{pattern!r}; set the pattern, or null to group per file")
