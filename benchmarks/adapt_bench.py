@@ -46,7 +46,8 @@ SHIFTS = [("none", ()), ("contrast 0.8", (Shift("contrast", 0.8),)),
           ("contrast 1.5 + brightness +0.05", (Shift("contrast", 1.5), Shift("brightness", 0.05))),
           ("gamma 0.8", (Shift("gamma", 0.8),)), ("gamma 1.25", (Shift("gamma", 1.25),)),
           ("noise 0.01", (Shift("noise", 0.01),)), ("noise 0.02", (Shift("noise", 0.02),))]
-SIZES, PREVALENCES = (20, 50, 200), (0.05, 0.2, 0.5)
+ALL_SIZES, PREVALENCES = (20, 50, 200), (0.05, 0.2, 0.5)
+SIZES = list(ALL_SIZES)  # the batch sizes this run draws (--sizes)
 # the batch also adapted with the bootstrap over patches (how adapt drew before it knew
 # cases, and still does when file names do not give them): the baseline of the same run
 BEFORE = (50, 0.2)
@@ -188,31 +189,32 @@ def adapted(predictor, batch: np.ndarray, cases: np.ndarray | None, scored, boot
 def tables(frame: pd.DataFrame) -> str:
     """Returns the markdown summary: per shift, balanced accuracy mean ± std."""
     def cell(values: pd.Series) -> str:
-        return f"{values.mean():.3f} ± {values.std(ddof=0):.3f}"
+        return f"{values.mean():.3f} ± {values.std(ddof=0):.3f}" if len(values) else "—"
 
     out = ["Balanced accuracy on the scoring half (mean ± std over repeats); adapt at "
            "prevalence 20 % by batch size, and at 50 patches by prevalence:", "",
            "| shift | as registered | recalibrate, 20 labelled | adapt 20 | adapt 50 | adapt 200 "
            "| 50 @ 5 % | 50 @ 50 % | 50, patch bootstrap | true mapping | gain (50 @ 20 %) "
-           "| AUC before → after (50 @ 20 %) |",
-           "|---" * 12 + "|"]
+           "| AUC before → after (50 @ 20 %) | refused: 50 @ 5 / 20 / 50 % |",
+           "|---" * 13 + "|"]
     for name, _ in SHIFTS:
         f = frame[frame["shift"] == name]
         adapt = f[f["method"].str.fullmatch(r"adapt, \d+ unlabelled")]
         patches = f[f["method"] == "adapt, patch bootstrap"]
         at = {(n, p): adapt[(adapt["n"] == n) & (adapt["prevalence"] == p)]
-              for n in SIZES for p in PREVALENCES}
+              for n in ALL_SIZES for p in PREVALENCES}
         registered = f[f["method"] == "as registered"]
         truth = f["method"] == "true mapping"
         out.append(" | ".join([
             f"| {name}", cell(registered["balanced_accuracy"]),
             cell(f[f["method"] == "recalibrate, 20 labelled"]["balanced_accuracy"]),
-            *(cell(at[(n, 0.2)]["balanced_accuracy"]) for n in SIZES),
+            *(cell(at[(n, 0.2)]["balanced_accuracy"]) for n in ALL_SIZES),
             cell(at[(50, 0.05)]["balanced_accuracy"]), cell(at[(50, 0.5)]["balanced_accuracy"]),
             cell(patches["balanced_accuracy"]),
             cell(f[truth]["balanced_accuracy"]) if truth.any() else "—",
             cell(at[(50, 0.2)]["gain"]),
-            f"{registered['auc'].mean():.3f} → {at[(50, 0.2)]['auc'].mean():.3f} |"]))
+            f"{registered['auc'].mean():.3f} → {at[(50, 0.2)]['auc'].mean():.3f}",
+            " / ".join(f"{int(at[(50, p)]['refused'].sum())}" for p in PREVALENCES) + " |"]))
     refused = frame.get("refused", pd.Series(dtype=float)).fillna(0)
     by_patch = frame["method"] == "adapt, patch bootstrap"
     out += ["", f"Refused estimates (scored as registered): {int(refused[~by_patch].sum())} "
@@ -229,8 +231,11 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=100)
     parser.add_argument("--shifts", nargs="*", default=[n for n, _ in SHIFTS],
                         help="a subset of the shifts, by name (default: all)")
+    parser.add_argument("--sizes", nargs="*", type=int, default=list(ALL_SIZES),
+                        choices=ALL_SIZES, help="a subset of the batch sizes (default: all)")
     args = parser.parse_args()
     SHIFTS[:] = [s for s in SHIFTS if s[0] in args.shifts]
+    SIZES[:] = [n for n in ALL_SIZES if n in args.sizes]
     experiment, uri, version, predictor, raw, labels, cases, *_ = load_holdout(args.config,
                                                                                args.model_uri)
     start, rows = time.perf_counter(), []

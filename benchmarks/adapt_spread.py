@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,11 @@ import pywt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapt_bench import SHIFTS, batch_pool, draw, load_holdout  # noqa: E402
-from mammo_core.adaptation import fit_shift, patch_features  # noqa: E402
+from mammo_core.adaptation import (IntensityReference, _densities, fit_shift,  # noqa: E402
+                                   patch_features)
 from mammo_core.shift import combined  # noqa: E402
+
+POOL_CASES = 9  # a batch pool of the hold-out's: half its 19 cases
 
 
 def main() -> None:
@@ -41,31 +45,57 @@ def main() -> None:
     parser.add_argument("--per-pool", type=int, default=1,
                         help="batches per pool of cases: splits the spread into the part "
                              "within a pool (which patches) and between pools (which cases)")
+    parser.add_argument("--training", action="store_true",
+                        help="draw each pool from 9 training cases instead, left out of "
+                             "a reference refitted without it: the estimator's own bias, "
+                             "apart from the hold-out's anatomy")
     args = parser.parse_args()
     holdout = load_holdout(args.config, args.model_uri)
     _, uri, version, predictor, raw, labels, cases, *_ = holdout
     spread = predictor.reference.case_spread
     print(f"{uri} = v{version}: {len(np.unique(cases))} hold-out cases; "
           f"stored case_spread: log gain {spread[0]:.3f}, offset {spread[1]:.4f}\n")
+    if args.training:
+        raw, labels, cases = training_part(holdout)
+        features = patch_features(raw)
+        print(f"training cases instead: each pool of {POOL_CASES} of the "
+              f"{len(np.unique(cases))} is left out of a reference refitted on the others\n")
     print("| shift | batches (pools) | log gain: mean ± std | offset: mean ± std "
           "| log gain std within a pool | between pools |\n|---|---:|---|---|---|---|")
     for name, shifts in SHIFTS:
         per_pool = []  # one list of (log gain, offset) per pool of cases
         for seed in range(args.draws):
             rng = np.random.default_rng(seed)
-            pool = batch_pool(cases, rng)
+            pool = (np.isin(cases, rng.choice(np.unique(cases), POOL_CASES, replace=False))
+                    if args.training else batch_pool(cases, rng))
             if len(np.unique(labels[pool])) < 2:  # a half without one class: no batch
                 continue
+            reference = (refitted(predictor.reference, features[~pool], labels[~pool])
+                         if args.training else predictor.reference)
             shifted = combined(raw, shifts, seed=seed) if shifts else raw
             per_pool.append([fit_shift(patch_features(draw(
                 shifted[pool], labels[pool], cases[pool], args.size, args.prevalence, rng)[0]),
-                predictor.reference)[:2] for _ in range(args.per_pool)])
+                reference)[:2] for _ in range(args.per_pool)])
         e, pools = np.concatenate(per_pool), np.array(per_pool)
         print(f"| {name} | {len(e)} ({len(pools)}) | {e[:, 0].mean():+.3f} ± {e[:, 0].std():.3f} "
               f"| {e[:, 1].mean():+.4f} ± {e[:, 1].std():.4f} "
               f"| {pools[:, :, 0].std(axis=1).mean():.3f} | {pools[:, :, 0].mean(axis=1).std():.3f} |")
     if args.statistics:
         single_statistics(holdout)
+
+
+def training_part(holdout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns the [0, 1] patches, labels and cases the experts trained on (the reference's)."""
+    dataset, trained = holdout.dataset, ~holdout.held
+    return (holdout.predictor.unit_patches(dataset.images[trained]), dataset.labels[trained],
+            dataset.cases[trained])
+
+
+def refitted(reference: IntensityReference, features: np.ndarray, labels: np.ndarray
+             ) -> IntensityReference:
+    """Returns `reference` refitted on other patches' features (as registration fits it)."""
+    columns = reference.columns(features)
+    return replace(reference, densities=_densities(columns, labels, 2, 0, reference.densities))
 
 
 def statistic_values(units: np.ndarray) -> dict[str, np.ndarray]:

@@ -96,7 +96,8 @@ def bench_ray_serve(args, ingress: str, bodies: dict[str, bytes],
     batch histograms)."""
     settings = ServeSettings(tracking_uri=args.tracking_uri, port=args.port, ingress=ingress,
                              num_replicas=args.replicas, tf_threads=args.tf_threads,
-                             batch_wait_timeout_s=args.batch_wait, max_batch_size=args.max_batch)
+                             batch_wait_timeout_s=args.batch_wait, max_batch_size=args.max_batch,
+                             expert_calls=args.expert_calls)
     print(start_serving(settings), flush=True)
     try:
         deploy(settings)
@@ -104,6 +105,7 @@ def bench_ray_serve(args, ingress: str, bodies: dict[str, bytes],
             wait_ready(args.port, path, body)
             load(args.port, path, body, 8, 3)  # warm-up
         handle = serve.get_app_handle(APP_NAME)
+        print(f"replica: experts {handle.status.remote().result()['expert_calls']}", flush=True)
         handle.batch_histogram.remote(reset=True).result()
         scoring, histograms = {path: [] for path in bodies}, {}
         for path, body in bodies.items():
@@ -209,6 +211,9 @@ def main() -> None:
                         help="a number, or auto: the CPUs the replica may use")
     parser.add_argument("--batch-wait", type=float, default=defaults.batch_wait_timeout_s)
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch_size)
+    parser.add_argument("--expert-calls", default=defaults.expert_calls,
+                        choices=["auto", "concurrent", "sequential"],
+                        help="the replica's experts at once or in turn; auto: measured at start")
     parser.add_argument("--mlflow-workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--ingress", nargs="+", default=["direct", "proxy"],
                         choices=["direct", "proxy"], help="Ray Serve modes to measure")
@@ -235,7 +240,8 @@ def main() -> None:
         scoring, floor, many, counts = bench_ray_serve(args, ingress, bodies, multi)
         for path, levels in scoring.items():
             rows[f"Ray Serve, {ingress} ingress, POST {path} ({args.replicas} replica, "
-                 f"{args.tf_threads} TF thread, wait {args.batch_wait * 1000:g} ms)"] = levels
+                 f"{args.tf_threads} TF thread, wait {args.batch_wait * 1000:g} ms, "
+                 f"experts {args.expert_calls})"] = levels
         rows[f"Ray Serve, {ingress} ingress, GET /healthz (no model: HTTP path only)"] = floor
         multis[ingress] = many
         histograms.update({f"{ingress}, {level}": c for level, c in counts.items()})

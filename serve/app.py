@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import mlflow
@@ -33,13 +34,14 @@ from mammo_core.patches import PatchError, as_unit_patches
 from mammo_core.predictor import table_columns
 from mammo_core.training import limit_tensorflow_threads
 from serve.explainer import Explainer
-from serve.host import usable_cpus
+from serve.host import concurrent_is_faster, takes_executor, usable_cpus
 from serve.model import load_model
 from serve import scoring
 from serve.payload import BadRequest, read_body, read_patches
 from serve.settings import ServeSettings
 
 logger = logging.getLogger("ray.serve")
+EXPERT_THREADS = 8  # experts of one call at once, at most; a larger ensemble's others queue
 api = FastAPI(title="mammogram patch scoring",
               description="Scores mammogram images with a registered ensemble of fold experts; "
                           "GET /model names the study, its classes and image size. MLflow's "
@@ -131,8 +133,11 @@ class PatchScorer:
         limit_tensorflow_threads(self.threads)
         self.reload_token, self.reload_error, self.configured = None, None, False
         self.model = None
+        # threads for one model call's experts, if they score faster at once (serve/host.py)
+        self.expert_threads = ThreadPoolExecutor(EXPERT_THREADS, thread_name_prefix="expert")
+        self.concurrent, self.expert_calls = False, "not chosen yet (no model)"
         if self.settings.model_uri:  # `serve run` configs name it in args; bind_app in user_config
-            self.model = load_model(self.settings.model_uri, self.settings.tracking_uri)
+            self.first_model(load_model(self.settings.model_uri, self.settings.tracking_uri))
         # Explanations run one at a time in a child process, stopped while scoring runs
         # (serve/explainer.py): SHAP takes seconds of CPU, and in this process it held the
         # interpreter lock and TensorFlow's threads that scoring needs.
@@ -155,10 +160,24 @@ class PatchScorer:
         token = user_config.get("reload_token")
         if self.model is None or (not self.configured and uri != self.model.info["model_uri"]):
             # a starting replica has nothing to fall back to: a failure here is its own
-            self.model = load_model(uri, self.settings.tracking_uri)
+            self.first_model(load_model(uri, self.settings.tracking_uri))
         elif self.configured and (token, uri) != (self.reload_token, self.model.info["model_uri"]):
             self.reload(uri)
         self.reload_token, self.configured = token, True
+
+    def first_model(self, model) -> None:
+        """Takes the replica's first model and chooses, on it, how its experts are called:
+        the setting, or with `auto` what measures faster here (logged, and in /model)."""
+        self.model = model
+        choice = self.settings.expert_calls
+        if not takes_executor(model.predictor):
+            self.concurrent, why = False, "the model's own code calls them in turn"
+        elif choice != "auto" or len(model.predictor.experts) < 2:
+            self.concurrent, why = choice == "concurrent", "set" if choice != "auto" else "one expert"
+        else:
+            self.concurrent, why = concurrent_is_faster(model.predictor, self.expert_threads)
+        self.expert_calls = f"{'at once' if self.concurrent else 'one after the other'} ({why})"
+        logger.info("experts are called %s", self.expert_calls)
 
     def reload(self, uri: str) -> None:
         """Swaps in the model at `uri`; on failure keeps the current one and records why."""
@@ -172,6 +191,7 @@ class PatchScorer:
 
     def __del__(self) -> None:  # Serve calls it when the replica shuts down
         self.explainer.close()
+        self.expert_threads.shutdown(wait=False)
 
     def apply(self, settings: ServeSettings) -> None:
         self.settings = settings
@@ -191,7 +211,8 @@ class PatchScorer:
         the TensorFlow threads chosen at start-up (for the server's log)."""
         return {key: self.model.info.get(key, "") for key in ("name", "version", "run_id",
                                                               "source")} | {
-            "reload_error": self.reload_error, "tf_threads": self.threads}
+            "reload_error": self.reload_error, "tf_threads": self.threads,
+            "expert_calls": self.expert_calls}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02,
                  batch_size_fn=lambda batches: sum(len(b) for b in batches))
@@ -204,9 +225,16 @@ class PatchScorer:
         model = self.model
         sizes = np.cumsum([len(b) for b in batches])[:-1]
         self.batch_sizes[int(sum(len(b) for b in batches))] += 1
-        out = await asyncio.to_thread(model.predictor.predict, np.concatenate(batches))
+        out = await asyncio.to_thread(self.run_experts, model.predictor, np.concatenate(batches))
         parts = {k: np.split(v, sizes) for k, v in out.items()}
         return [({k: parts[k][i] for k in parts}, model.info) for i in range(len(batches))]
+
+    def run_experts(self, predictor, units: np.ndarray) -> dict[str, np.ndarray]:
+        """Returns the predictor's output, its experts at once where that was chosen and
+        the model (a reloaded one too) can."""
+        if self.concurrent and takes_executor(predictor):
+            return predictor.predict(units, executor=self.expert_threads)
+        return predictor.predict(units)
 
     async def score_all(self, units: np.ndarray) -> tuple[dict, dict]:
         """Scores a request of any size in chunks of at most `max_batch_size` images.
@@ -348,7 +376,7 @@ class PatchScorer:
 
 
 # What a replica's constructor gets from bind_app: the rest arrives in user_config.
-STARTUP_SETTINGS = {"model_uri", "tracking_uri", "tf_threads"}
+STARTUP_SETTINGS = {"model_uri", "tracking_uri", "tf_threads", "expert_calls"}
 
 
 def build_app(settings: ServeSettings | dict) -> Application:

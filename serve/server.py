@@ -311,7 +311,8 @@ def loaded(model_uri: str) -> str:
     the version's run and source. An alias can move; `models:/name/N` pins one version."""
     status = replica_status()
     return (f"{model_uri} = version {status['version']} (run {status['run_id'] or '-'}, "
-            f"source {status['source'] or '-'}; {status['tf_threads']} TensorFlow threads)")
+            f"source {status['source'] or '-'}; {status['tf_threads']} TensorFlow threads; "
+            f"experts {status['expert_calls']})")
 
 
 def shutdown() -> None:

@@ -3,9 +3,18 @@ written here as the kernel lays them out)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from serve.host import cpu_quota, usable_cpus
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from mammo_core.config import load_experiment
+from mammo_core.ensemble import Ensemble
+from mammo_core.hypermodel import build_model
+from mammo_core.predictor import EnsemblePredictor
+from serve.host import concurrent_is_faster, cpu_quota, takes_executor, usable_cpus
 from serve.settings import ServeSettings
 from serve.app import tf_threads
 
@@ -61,3 +70,22 @@ def test_tf_threads_auto_is_measured_and_a_number_is_kept():
     assert tf_threads(ServeSettings()) == usable_cpus() >= 1
     assert tf_threads(ServeSettings(tf_threads=3)) == 3
     assert ServeSettings(tf_threads="2").tf_threads == 2  # from the command line
+
+
+def test_the_expert_calls_are_measured_both_ways_on_both_sizes():
+    quick = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "microcal_quick.yaml")
+    experts = [build_model(quick.hyperparameters, (60, 60, 1), quick.model, seed=s) for s in (0, 1)]
+    predictor = EnsemblePredictor(experts, Ensemble(np.array([0.5, 0.5]), 0.5), quick, 8)
+    assert takes_executor(predictor)
+    with ThreadPoolExecutor(2) as threads:
+        faster, line = concurrent_is_faster(predictor, threads, repeats=2)
+    assert isinstance(faster, bool)
+    assert re.fullmatch(r"measured at once vs in turn: 1 image [\d.]+ vs [\d.]+ ms, "
+                        r"32 images [\d.]+ vs [\d.]+ ms", line), line
+
+
+def test_a_predictor_of_older_code_is_called_in_turn():
+    class Older:  # what a model registered before ships in its own mammo_core
+        def expert_probabilities(self, images):
+            return images
+    assert not takes_executor(Older())

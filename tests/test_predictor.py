@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 from pathlib import Path
 
@@ -36,6 +37,17 @@ def test_predict_combines_experts_on_preprocessed_patches(predictor):
     np.testing.assert_allclose(out["experts"], by_hand, atol=1e-5)
     np.testing.assert_allclose(out["probability"], by_hand @ [0.3, 0.7], atol=1e-5)
     np.testing.assert_array_equal(out["label"], (out["probability"] >= 0.5).astype(int))
+
+
+def test_experts_at_once_on_an_executor_give_the_same_columns_in_order(predictor):
+    # the columns must stay in expert order whichever thread finishes first
+    reversed_weights = dataclasses.replace(predictor, experts=predictor.experts[::-1])
+    with ThreadPoolExecutor(2) as threads:
+        for model in (predictor, reversed_weights):
+            at_once = model.predict(patches(), executor=threads)
+            np.testing.assert_array_equal(at_once["experts"], model.predict(patches())["experts"])
+    np.testing.assert_array_equal(at_once["experts"],
+                                  predictor.predict(patches())["experts"][:, ::-1])
 
 
 def test_bundle_round_trip_reproduces_predictions(predictor, tmp_path):

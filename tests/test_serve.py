@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from PIL import Image
 from mammo_core.config import load_experiment
 from serve.client import ServiceError, score_files
 from serve.app import PatchScorer
-from serve.server import deploy, reload, shutdown, start_serving
+from serve.server import deploy, reload, replica_status, shutdown, start_serving
 from serve.settings import ServeSettings
 from tune.register import register_search
 
@@ -307,6 +308,14 @@ def test_bad_input_gets_a_4xx_json_error_and_the_service_keeps_answering(service
     assert status == 200
     with pytest.raises(ServiceError, match="HTTP 400"):
         score_files([Path(__file__)], url)
+
+
+def test_the_replica_measured_how_to_call_its_experts(service):
+    # a host where threads overlap one expert's dispatch with another's compute calls
+    # them at once; under a tight CPU quota in turn: either way, measured at start-up
+    assert re.fullmatch(r"(at once|one after the other) \(measured at once vs in turn: 1 image "
+                        r"[\d.]+ vs [\d.]+ ms, 32 images [\d.]+ vs [\d.]+ ms\)",
+                        replica_status()["expert_calls"])
 
 
 def test_model_endpoint_and_openapi_docs(service):
