@@ -167,7 +167,8 @@ class PatchScorer:
 
     def first_model(self, model) -> None:
         """Takes the replica's first model and chooses, on it, how its experts are called:
-        the setting, or with `auto` what measures faster here (logged, and in /model)."""
+        the setting, or with `auto` what measures faster here (logged; the start line says
+        which, through `status`)."""
         self.model = model
         choice = self.settings.expert_calls
         if not takes_executor(model.predictor):
@@ -208,7 +209,8 @@ class PatchScorer:
 
     def status(self) -> dict:
         """Returns the served name, version, its run and source, the last reload error and
-        the TensorFlow threads chosen at start-up (for the server's log)."""
+        the TensorFlow threads and the way of calling the experts chosen at start-up (for
+        the server's start line)."""
         return {key: self.model.info.get(key, "") for key in ("name", "version", "run_id",
                                                               "source")} | {
             "reload_error": self.reload_error, "tf_threads": self.threads,
