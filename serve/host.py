@@ -79,15 +79,16 @@ def takes_executor(predictor) -> bool:
     return "executor" in inspect.signature(predictor.expert_probabilities).parameters
 
 
-def concurrent_is_faster(predictor, executor: Executor, repeats: int = 7
+def concurrent_is_faster(predictor, executor: Executor, repeats: int = 5
                          ) -> tuple[bool, str]:
     """Returns whether the experts score a 1-image and a 32-image batch faster at once on
     `executor` than one after the other, on this host now, and a line with the medians.
 
     Synthetic patches, the two ways interleaved, compiled steps warmed first. Concurrent
-    wins when its time over sequential's, averaged over the two sizes, is under 1: on a
-    2-vCPU host it was 0.6-0.9 for one image (threads overlap one expert's dispatch with
-    another's compute), but a host under a CPU quota may have no gap to fill.
+    wins when its time over sequential's, averaged over the two sizes, is under 1: 0.68
+    for one image and 0.87 for 32 on a 2-vCPU host (threads overlap one expert's dispatch
+    with another's arithmetic), 1.38 and 1.17 under a 0.67-CPU quota, which leaves no idle
+    core to overlap with (docs/benchmarks.md#expert-calls).
     """
     data = predictor.experiment.data
     shape = (2, *data.image_size) if data.pairs else tuple(data.image_size)
