@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,7 @@ import pywt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapt_bench import SHIFTS, batch_pool, draw, load_holdout  # noqa: E402
-from mammo_core.adaptation import (IntensityReference, _densities, fit_shift,  # noqa: E402
-                                   patch_features)
+from mammo_core.adaptation import fit_shift, patch_features  # noqa: E402
 from mammo_core.shift import combined  # noqa: E402
 
 POOL_CASES = 9  # a batch pool of the hold-out's: half its 19 cases
@@ -70,7 +68,7 @@ def main() -> None:
                     if args.training else batch_pool(cases, rng))
             if len(np.unique(labels[pool])) < 2:  # a half without one class: no batch
                 continue
-            reference = (refitted(predictor.reference, features[~pool], labels[~pool])
+            reference = (predictor.reference.refitted(features[~pool], labels[~pool])
                          if args.training else predictor.reference)
             shifted = combined(raw, shifts, seed=seed) if shifts else raw
             per_pool.append([fit_shift(patch_features(draw(
@@ -89,13 +87,6 @@ def training_part(holdout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dataset, trained = holdout.dataset, ~holdout.held
     return (holdout.predictor.unit_patches(dataset.images[trained]), dataset.labels[trained],
             dataset.cases[trained])
-
-
-def refitted(reference: IntensityReference, features: np.ndarray, labels: np.ndarray
-             ) -> IntensityReference:
-    """Returns `reference` refitted on other patches' features (as registration fits it)."""
-    columns = reference.columns(features)
-    return replace(reference, densities=_densities(columns, labels, 2, 0, reference.densities))
 
 
 def statistic_values(units: np.ndarray) -> dict[str, np.ndarray]:

@@ -140,6 +140,14 @@ class IntensityReference:
         """Returns (2, F): what a log gain (row 0) and an offset (row 1) move each feature by."""
         return np.array([_MOVED_BY[name] for name in self.features]).T
 
+    def refitted(self, features: np.ndarray, labels: np.ndarray, components: int = 2,
+                 seed: int = 0) -> IntensityReference:
+        """Returns this reference with its densities fitted again on other patches'
+        features (patch_features' output) and labels, starting from its own; the summary
+        and case spread are kept (benchmarks/adapt_spread.py --training)."""
+        return replace(self, densities=_densities(self.columns(features), labels, components,
+                                                  seed, self.densities))
+
     def to_dict(self) -> dict:
         return {"features": list(self.features),
                 "densities": [d.to_dict() for d in self.densities],

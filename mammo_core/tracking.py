@@ -162,7 +162,29 @@ def log_data_input(images: np.ndarray, labels: np.ndarray, source: str, name: st
                                 .tobytes()).hexdigest()[:16]
     dataset = mlflow.data.from_numpy(images, targets=labels, source=local_source(source),
                                      name=name, digest=digest)
-    mlflow.log_input(dataset, context=context)
+    retry_duplicate(lambda: mlflow.log_input(dataset, context=context))
+
+
+# what a tracking store's database says when a row's key is already taken
+_DUPLICATE_KEY = ("UniqueViolation", "duplicate key", "UNIQUE constraint failed",
+                  "Duplicate entry")
+
+
+def retry_duplicate(call: Callable[[], None], attempts: int = 3) -> None:
+    """Runs `call`, again when the store refuses it for a duplicate key.
+
+    Two runs of one experiment that log a dataset the store has not seen yet, at the same
+    moment (two users' pipelines, two trials), both find it missing and both insert it:
+    MLflow's get-or-create is not atomic, and the loser's request fails with the
+    database's unique-key error (measured: PostgreSQL `dataset_pk`, a team server). On the
+    next attempt the dataset exists and is only linked to the run.
+    """
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as err:
+            if attempt == attempts - 1 or not any(key in str(err) for key in _DUPLICATE_KEY):
+                raise
 
 
 def log_figure(figure: Figure, artifact_file: str) -> None:

@@ -72,6 +72,16 @@ def test_a_reference_of_three_features_still_fits(split):
     assert np.exp(fit_shift(patch_features(shifted), older)[0]) == pytest.approx(2.0, rel=0.15)
 
 
+def test_a_reference_refitted_on_contrast_stretched_patches_reads_them_unshifted(split):
+    """refitted (adapt_spread --training) fits the densities again and keeps the rest."""
+    reference, images, labels, _ = split
+    stretched = patch_features(combined(images, (Shift("contrast", 2.0),)))
+    again = reference.refitted(stretched, labels)
+    assert again.case_spread == reference.case_spread and again.features == reference.features
+    assert np.exp(fit_shift(stretched, reference)[0]) == pytest.approx(2.0, rel=0.15)
+    assert np.exp(fit_shift(stretched, again)[0]) == pytest.approx(1.0, abs=0.05)
+
+
 @pytest.mark.parametrize("prevalence", [0.05, 0.2, 0.5])
 def test_the_gain_does_not_follow_the_class_mix(split, prevalence):
     reference, images, labels, _ = split

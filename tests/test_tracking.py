@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine
 
 from mammo_core.config import load_experiment
 from mammo_core.tracking import (STORE_MODULES, EpochLogger, Terminated, ensure_experiment,
-                                 log_experiment_config, log_keras_model, runtime_requirements,
-                                 tracked_run, tracking_uri)
+                                 log_data_input, log_experiment_config, log_keras_model,
+                                 runtime_requirements, tracked_run, tracking_uri)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,6 +86,29 @@ def test_a_signal_inside_a_store_call_lands_after_it(tracking_store, signum, err
     with tracked_run("exp", "after") as later:  # the store is not locked
         mlflow.log_metric("y", 2.0)
     assert status_of(later.info.run_id) == "FINISHED"
+
+
+def test_a_dataset_another_run_inserts_first_is_linked_not_fatal(tracking_store):
+    # Two runs logging a new dataset at once both insert it (measured on a team server:
+    # PostgreSQL's dataset_pk). Here the other run's row goes in on the same statement's
+    # cursor just before ours, and the store refuses ours for the unique key.
+    raced = []
+
+    def insert_first(conn, cursor, statement, parameters, context, executemany):
+        if not raced and statement.lstrip().startswith("INSERT INTO datasets"):
+            raced.append(statement)
+            cursor.execute(statement, ("0" * 32, *parameters[1:]))
+
+    images, labels = np.zeros((4, 6, 6), np.float32), np.array([0, 1, 0, 1])
+    with tracked_run("exp", "racing") as run:
+        event.listen(Engine, "before_cursor_execute", insert_first)
+        try:
+            log_data_input(images, labels, str(ROOT), "patches", "f" * 16, "train")
+        finally:
+            event.remove(Engine, "before_cursor_execute", insert_first)
+    assert raced  # the race happened, and the call survived it
+    inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("patches", "f" * 16)]
 
 
 def test_existing_run_is_reopened(tracking_store):
