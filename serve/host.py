@@ -2,6 +2,7 @@
 whether its experts score faster at once or one after the other."""
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -76,7 +77,13 @@ def read_v1(folder: Path) -> float | None:
 def takes_executor(predictor) -> bool:
     """Returns whether the predictor can run its experts on an executor: a model
     registered before that ships an older mammo_core (its `code_paths`) cannot."""
-    return "executor" in inspect.signature(predictor.expert_probabilities).parameters
+    return _class_takes_executor(type(predictor))
+
+
+@functools.cache
+def _class_takes_executor(cls: type) -> bool:
+    # asked on every model call: the signature is read once per predictor class
+    return "executor" in inspect.signature(cls.expert_probabilities).parameters
 
 
 def concurrent_is_faster(predictor, executor: Executor, repeats: int = 5
