@@ -17,26 +17,47 @@ anatomy, and a batch of few cases moves the estimate as much as its cases differ
 component whose interval holds the identity is left at the identity, so an unshifted
 site maps to itself.
 
-`IntensityMap.apply` undoes the shift per patch: x -> mean + (x - mean) / g - b.
+A noisier scanner raises every scale feature, which a gain alone would explain by
+stretching the contrast, and compressing a noisy site's contrast hides calcifications.
+So the reference also keeps the densities of the training patches with each of
+NOISE_LEVELS of white noise added, and the fit searches the noise level beside the gain
+and offset: the gap between the level-2 and level-1 texture scales moves with noise, not
+with a gain. A noise whose bootstrap interval clears zero is shrunk out of the site's
+patches (`wavelet.denoised`) before the gain is undone.
+
+`IntensityMap.apply` undoes the shift per patch: denoise at the site's noise, then
+x -> mean + (x - mean) / g - b.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 import pywt
 from scipy.special import logsumexp
 
-FEATURES = ("log_iqr", "mean", "log_detail_peak", "log_detail_scale")
+from mammo_core.wavelet import denoised
+
+FEATURES = ("log_iqr", "mean", "log_detail_peak", "log_detail_scale", "log_fine_scale")
 # what a contrast gain g (by log g) and an offset b (by b) move each feature by
 _MOVED_BY = {"log_iqr": (1.0, 0.0), "mean": (0.0, 1.0), "log_detail_peak": (0.0, 0.0),
-             "log_detail_scale": (1.0, 0.0)}
+             "log_detail_scale": (1.0, 0.0), "log_fine_scale": (1.0, 0.0)}
+# Noise sigmas (share of full scale, on the training scale) added to the training patches
+# at registration to measure the features of a noisier scanner: a site's noise is found
+# among them, as its gain and offset are on a grid
+NOISE_LEVELS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04)
+# How much better (log-likelihood) a noise level must explain a batch than none. Measured
+# on batches of 50 of a split's site (/tmp scratch, docs/benchmarks.md#adapt-noise): five
+# cases' finer texture gained 5; added noise of sigma 0.005 gained 25-32, 0.01 115-131.
+_NOISE_EVIDENCE = 10.0
 _FLOOR_IQR = 1e-4  # a flat patch (all one value) still has a finite log IQR
 # an outlier's density floor (per unit of feature space, on the standardised scale): a few
 # artefact patches cannot drag the fit to explain them
 _OUTLIER_SHARE, _OUTLIER_DENSITY = 0.02, 1e-3
 _COARSE = (np.arange(-1.1, 1.1001, 0.05), np.arange(-0.25, 0.2501, 0.02))
 _FINE = (np.arange(-0.05, 0.0501, 0.005), np.arange(-0.02, 0.0201, 0.002))
+_LOCAL = (0.3, 0.08)  # a bootstrap draw's coarse window around the batch's (log gain, offset)
 _EM_STEPS = 25
 # Sets of cases drawn from the training patches to measure how far the estimate moves
 # between two sets of cases of the same scanner (anatomy, not acquisition).
@@ -61,14 +82,20 @@ def patch_features(units: np.ndarray) -> np.ndarray:
     images = np.asarray(units, dtype=np.float64).reshape(-1, *units.shape[-2:])
     flat = images.reshape(len(images), -1)
     q25, q75 = np.percentile(flat, [25, 75], axis=1)
-    bands = pywt.wavedec2(images, "sym3", level=min(2, _levels(images.shape[1:])),
-                          axes=(1, 2))[1]  # the coarsest detail level kept: level 2
-    details = np.concatenate([np.abs(b).reshape(len(images), -1) for b in bands], axis=1)
+    coefficients = pywt.wavedec2(images, "sym3", level=min(2, _levels(images.shape[1:])),
+                                 axes=(1, 2))
+    details = _magnitudes(coefficients[1])  # the coarsest detail level kept: level 2
     scale = np.maximum(np.median(details, axis=1), 1e-9)
     peak = np.percentile(details, 99, axis=1) / scale
+    fine = np.median(_magnitudes(coefficients[-1]), axis=1)  # level 1
     return np.stack([np.log(np.maximum(q75 - q25, _FLOOR_IQR)), flat.mean(axis=1),
-                     np.log(np.maximum(peak, 1.0)), np.log(np.maximum(scale, _FLOOR_IQR))],
-                    axis=1)
+                     np.log(np.maximum(peak, 1.0)), np.log(np.maximum(scale, _FLOOR_IQR)),
+                     np.log(np.maximum(fine, _FLOOR_IQR))], axis=1)
+
+
+def _magnitudes(bands) -> np.ndarray:
+    """Returns (N, coefficients): the |details| of one level's three bands, per image."""
+    return np.concatenate([np.abs(b).reshape(len(b), -1) for b in bands], axis=1)
 
 
 def _levels(shape: tuple[int, int]) -> int:
@@ -131,6 +158,16 @@ class IntensityReference:
     # the FEATURES the densities are over: models registered before log_detail_scale
     # keep the first three
     features: tuple[str, ...] = FEATURES
+    # per NOISE_LEVELS sigma, the densities of the training patches with that noise added;
+    # empty for models registered before noise was searched (their sites get none)
+    noisy: tuple[tuple[float, tuple[ClassDensity, ...]], ...] = ()
+
+    def levels(self):
+        """Yields (noise sigma on the training scale, this reference with the densities of
+        the training patches at that noise): 0 (itself) first."""
+        yield 0.0, self
+        for sigma, densities in self.noisy:
+            yield sigma, replace(self, densities=densities, noisy=())
 
     def columns(self, features: np.ndarray) -> np.ndarray:
         """Returns this reference's columns of patch_features' (N, len(FEATURES)) output."""
@@ -144,30 +181,44 @@ class IntensityReference:
                  seed: int = 0) -> IntensityReference:
         """Returns this reference with its densities fitted again on other patches'
         features (patch_features' output) and labels, starting from its own; the summary
-        and case spread are kept (benchmarks/adapt_spread.py --training)."""
+        and case spread are kept, the noisy densities dropped: it searches no noise
+        (benchmarks/adapt_spread.py --training)."""
         return replace(self, densities=_densities(self.columns(features), labels, components,
-                                                  seed, self.densities))
+                                                  seed, self.densities), noisy=())
 
     def to_dict(self) -> dict:
         return {"features": list(self.features),
                 "densities": [d.to_dict() for d in self.densities],
-                "summary": self.summary, "case_spread": list(self.case_spread)}
+                "summary": self.summary, "case_spread": list(self.case_spread),
+                "noisy": [{"sigma": sigma, "densities": [d.to_dict() for d in densities]}
+                          for sigma, densities in self.noisy]}
 
     @classmethod
     def from_dict(cls, raw: dict) -> IntensityReference:
-        return cls(tuple(ClassDensity.from_dict(d) for d in raw["densities"]), raw["summary"],
+        def densities(block: list) -> tuple[ClassDensity, ...]:
+            return tuple(ClassDensity.from_dict(d) for d in block)
+
+        return cls(densities(raw["densities"]), raw["summary"],
                    tuple(raw.get("case_spread", (0.0, 0.0))),
-                   tuple(raw.get("features", FEATURES[:3])))
+                   tuple(raw.get("features", FEATURES[:3])),
+                   tuple((float(level["sigma"]), densities(level["densities"]))
+                         for level in raw.get("noisy", ())))
 
 
 def fit_reference(units: np.ndarray, labels: np.ndarray, cases: np.ndarray | None = None,
                   components: int = 2, seed: int = 0) -> IntensityReference:
-    """Returns the reference of training patches (N, H, W) or pairs, with their labels;
-    with their `cases`, also the estimate's spread between sets of cases (`case_spread`)."""
+    """Returns the reference of training patches (N, H, W) or pairs, with their labels:
+    the densities of their features, and of their features with each of NOISE_LEVELS of
+    white noise added (seeded); with their `cases`, also the estimate's spread between
+    sets of cases (`case_spread`, measured without noise)."""
     features = patch_features(units)
     per_image = np.repeat(labels, len(features) // len(labels))
-    reference = IntensityReference(_densities(features, per_image, components, seed),
-                                   summarize(features, per_image))
+    densities = _densities(features, per_image, components, seed)
+    rng = np.random.default_rng(seed)
+    noisy = tuple((sigma, _densities(patch_features(units + rng.normal(0.0, sigma, units.shape)),
+                                     per_image, components, seed, densities))
+                  for sigma in NOISE_LEVELS)
+    reference = IntensityReference(densities, summarize(features, per_image), noisy=noisy)
     if cases is None or len(np.unique(cases)) < 2 * _CASES_PER_SET:
         return reference
     per_case = np.repeat(cases, len(features) // len(cases))
@@ -245,16 +296,23 @@ class IntensityMap:
     class_shares: tuple[float, ...] = ()
     estimate: tuple[float, float] = (1.0, 0.0)  # the point estimate before snapping
     cases: int = 0  # distinct cases the bootstrap drew from (0: unknown, patches drawn)
+    # std of the site's white noise beyond the training patches' (0: none shrunk out)
+    noise: float = 0.0
+    noise_interval: tuple[float, float] = (0.0, 0.0)
 
     @property
     def identity(self) -> bool:
-        return self.gain == 1.0 and self.offset == 0.0
+        return self.gain == 1.0 and self.offset == 0.0 and self.noise == 0.0
 
     def apply(self, units: np.ndarray) -> np.ndarray:
-        """Returns [0, 1] patches (N, H, W) or pairs mapped onto the training scale."""
+        """Returns [0, 1] patches (N, H, W) or pairs mapped onto the training scale: the
+        site's extra noise shrunk out first (it was added after the gain), then the gain
+        and offset undone."""
         if self.identity:
             return units
         units = np.asarray(units, dtype=np.float32)
+        if self.noise > 0.0:
+            units = denoised(units, self.noise)
         mean = units.mean(axis=(-2, -1), keepdims=True)
         mapped = mean + (units - mean) / np.float32(self.gain) - np.float32(self.offset)
         return np.clip(mapped, 0.0, 1.0).astype(np.float32)
@@ -267,6 +325,8 @@ class IntensityMap:
                 f"({self.offset_interval[0]:+.4f} to {self.offset_interval[1]:+.4f}) from "
                 f"{self.patches} patches"
                 + (f" of {self.cases} cases" if self.cases else " (cases unknown)")
+                + (f"; white noise sigma {self.noise:.4f} ({self.noise_interval[0]:.4f}-"
+                   f"{self.noise_interval[1]:.4f}) shrunk out" if self.noise else "")
                 + f"; estimated class shares {shares}"
                 + (" (identity: the data show no shift)" if self.identity else ""))
 
@@ -274,31 +334,79 @@ class IntensityMap:
         return {"gain": self.gain, "offset": self.offset, "gain_interval": list(self.gain_interval),
                 "offset_interval": list(self.offset_interval), "patches": self.patches,
                 "class_shares": list(self.class_shares), "estimate": list(self.estimate),
-                "cases": self.cases}
+                "cases": self.cases, "noise": self.noise,
+                "noise_interval": list(self.noise_interval)}
 
     @classmethod
     def from_dict(cls, raw: dict) -> IntensityMap:
         return cls(float(raw["gain"]), float(raw["offset"]), tuple(raw["gain_interval"]),
                    tuple(raw["offset_interval"]), int(raw["patches"]),
                    tuple(raw["class_shares"]), tuple(raw.get("estimate", (1.0, 0.0))),
-                   int(raw.get("cases", 0)))
+                   int(raw.get("cases", 0)), float(raw.get("noise", 0.0)),
+                   tuple(raw.get("noise_interval", (0.0, 0.0))))
 
 
-def fit_shift(features: np.ndarray, reference: IntensityReference
-              ) -> tuple[float, float, np.ndarray]:
-    """Returns the maximum-likelihood (log gain, offset, class shares) of a site's patch
-    features (patch_features' output) under the reference: a coarse grid, then a fine one
-    around its best point."""
-    features = reference.columns(features)
-    best = (0.0, 0.0)
-    for grid, centre in ((_COARSE, (0.0, 0.0)), (_FINE, None)):
-        centre = centre or best
-        s, b = np.meshgrid(grid[0] + centre[0], grid[1] + centre[1], indexing="ij")
-        shifts = np.stack([s.ravel(), b.ravel()], axis=1)
-        loglik, shares = _profile(features, shifts, reference)
-        i = int(np.argmax(loglik))
-        best = (float(shifts[i, 0]), float(shifts[i, 1]))
-    return best[0], best[1], shares[i]
+class SiteShift(NamedTuple):
+    """A site's fitted shift against the reference."""
+
+    log_gain: float
+    offset: float
+    shares: np.ndarray  # the class mix
+    noise: float = 0.0  # sigma of the site's white noise beyond the training patches'
+
+
+def fit_shift(features: np.ndarray, reference: IntensityReference,
+              near: SiteShift | None = None) -> SiteShift:
+    """Returns the maximum-likelihood SiteShift of a site's patch features (patch_features'
+    output) under the reference: (log gain, offset) on a coarse grid under each of the
+    reference's noise levels (the training patches' densities with that noise added), then
+    a fine grid around the best point at its level. A noise level must beat none by
+    _NOISE_EVIDENCE in log-likelihood: a few cases' finer texture reads as a little noise.
+
+    With `near` (the whole batch's fit, for a bootstrap draw of it) only the coarse points
+    within _LOCAL of it, at its noise level and the two beside, are searched; a best point
+    on that window's edge is searched again on the whole grid, so the window never clips
+    a draw."""
+    levels = list(reference.levels())
+    grid, picked = _COARSE, levels
+    if near is not None:
+        grid, picked = _window(near, levels)
+    fits = [(_best_on(features, at, grid, (0.0, 0.0)), sigma, at) for sigma, at in picked]
+    (loglik, coarse), sigma, at = max(fits, key=lambda fit: fit[0][0])
+    if sigma > 0.0 and fits[0][1] == 0.0 and loglik - fits[0][0][0] < _NOISE_EVIDENCE:
+        (_, coarse), sigma, at = fits[0]  # noise barely explains it better: none
+    if near is not None and _on_edge(coarse, grid):
+        return fit_shift(features, reference)
+    _, best = _best_on(features, at, _FINE, (coarse.log_gain, coarse.offset))
+    # the site's noise on its own scale: the training scale's sigma times its gain
+    return best._replace(noise=float(sigma * np.exp(best.log_gain)))
+
+
+def _window(near: SiteShift, levels: list) -> tuple[tuple[np.ndarray, np.ndarray], list]:
+    """Returns the coarse grid's points within _LOCAL of `near`, and the noise levels at and
+    beside its own."""
+    grid = tuple(axis[np.abs(axis - centre) <= reach + 1e-9]
+                 for axis, centre, reach in zip(_COARSE, (near.log_gain, near.offset), _LOCAL))
+    own = near.noise / np.exp(near.log_gain)
+    i = int(np.argmin([abs(sigma - own) for sigma, _ in levels]))
+    return grid, levels[max(0, i - 1): i + 2]
+
+
+def _on_edge(fit: SiteShift, grid: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Whether `fit` lies on an edge of a window of the coarse grid that is not its edge."""
+    return any(value in (axis[0], axis[-1]) and value not in (full[0], full[-1])
+               for value, axis, full in zip((fit.log_gain, fit.offset), grid, _COARSE))
+
+
+def _best_on(features: np.ndarray, reference: IntensityReference, grid, centre
+             ) -> tuple[float, SiteShift]:
+    """Returns the log-likelihood and SiteShift of the best (log gain, offset) of `grid`
+    around `centre`."""
+    s, b = np.meshgrid(grid[0] + centre[0], grid[1] + centre[1], indexing="ij")
+    shifts = np.stack([s.ravel(), b.ravel()], axis=1)
+    loglik, shares = _profile(reference.columns(features), shifts, reference)
+    i = int(np.argmax(loglik))
+    return float(loglik[i]), SiteShift(float(shifts[i, 0]), float(shifts[i, 1]), shares[i])
 
 
 def _profile(features: np.ndarray, shifts: np.ndarray, reference: IntensityReference
@@ -325,7 +433,9 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
 
     The interval joins the bootstrap over the batch and the reference's between-case
     spread (two sets of cases of one scanner differ too); a component whose interval holds
-    the identity stays at the identity. With the patches' `cases` (one id per patch, e.g.
+    the identity stays at the identity. The extra noise's interval is the bootstrap's
+    alone (anatomy adds no noise); it is shrunk out where that interval clears zero.
+    With the patches' `cases` (one id per patch, e.g.
     from their file names) the bootstrap draws whole cases: patches of one case share its
     anatomy, so a batch of few cases is as uncertain as its cases are few. Raises
     AdaptationError for fewer than `min_patches` patches, or a gain interval wider than
@@ -340,9 +450,11 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
         raise ValueError(f"{len(cases)} case ids for {len(units)} patches")
     distinct = 0 if cases is None else len(np.unique(cases))
     n_cases = distinct if distinct >= 2 else 0  # one case: nothing to draw but its patches
-    log_gain, offset, shares = fit_shift(features, reference)
-    draws = np.array([fit_shift(features[rows], reference)[:2] for rows in _resamples(
-        len(features), cases if n_cases else None, bootstrap, seed)])
+    whole = fit_shift(features, reference)
+    log_gain, offset, shares, noise = whole
+    draws = np.array([(f.log_gain, f.offset, f.noise) for f in (
+        fit_shift(features[rows], reference, near=whole) for rows in _resamples(
+            len(features), cases if n_cases else None, bootstrap, seed))])
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
     if np.exp(high[0] - low[0]) > max_gain_ratio:
@@ -351,14 +463,16 @@ def estimate_map(units: np.ndarray, reference: IntensityReference, *, bootstrap:
             f"the site's contrast gain is too uncertain to help: {np.exp(log_gain):.2f} with a "
             f"{level:.0%} interval {np.exp(low[0]):.2f}-{np.exp(high[0]):.2f} from "
             f"{len(features)} patches{of_cases}; add patches of the site (of more cases)")
-    (s_lo, b_lo), (s_hi, b_hi) = _with_case_spread((log_gain, offset), low, high,
+    (s_lo, b_lo), (s_hi, b_hi) = _with_case_spread((log_gain, offset), low[:2], high[:2],
                                                    reference.case_spread, level)
     gain = 1.0 if s_lo <= 0.0 <= s_hi else float(np.exp(log_gain))
     shift = 0.0 if b_lo <= 0.0 <= b_hi else float(offset)
+    # a scanner's noise is no matter of anatomy: its bootstrap interval alone decides
     return IntensityMap(gain, shift, (float(np.exp(s_lo)), float(np.exp(s_hi))),
                         (float(b_lo), float(b_hi)), len(features),
                         tuple(float(s) for s in shares), (float(np.exp(log_gain)), float(offset)),
-                        n_cases)
+                        n_cases, noise if low[2] > 0.0 else 0.0,
+                        (float(low[2]), float(high[2])))
 
 
 def _resamples(n: int, cases: np.ndarray | None, draws: int, seed: int):

@@ -3,6 +3,7 @@
 The representation of the earlier study (`db5`, level 4, details of levels 2-4) for the
 classic classifiers. Computing it learns nothing from the data, so it is done once for
 all images; any scaling that does learn (standardisation) belongs inside the folds.
+`denoised` shrinks a noisier site's white noise out of its patches (adaptation.py).
 """
 from __future__ import annotations
 
@@ -41,3 +42,25 @@ def _kept_bands(images: np.ndarray, config: WaveletFeaturesConfig) -> list[np.nd
         if config.level - index + 1 in config.keep_levels:
             bands += list(coeffs[index])
     return bands
+
+
+def denoised(images: np.ndarray, sigma: float, levels: int = 2,
+             wavelet: str = "sym3") -> np.ndarray:
+    """Returns [0, 1] images (..., H, W) with white noise of std `sigma` shrunk out of
+    their finest `levels` wavelet levels (BayesShrink: each band soft-thresholded at
+    sigma^2 over its signal's std, so busy bands keep their structure and flat ones lose
+    the noise), as float32."""
+    coefficients = pywt.wavedec2(np.asarray(images, dtype=np.float64), wavelet,
+                                 level=levels, axes=(-2, -1))
+    shrunk = [coefficients[0]] + [tuple(_soft(band, sigma) for band in bands)
+                                  for bands in coefficients[1:]]
+    out = pywt.waverec2(shrunk, wavelet, axes=(-2, -1))[..., :images.shape[-2], :images.shape[-1]]
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _soft(band: np.ndarray, sigma: float) -> np.ndarray:
+    """Returns one band soft-thresholded at BayesShrink's per-image threshold."""
+    signal = np.sqrt(np.maximum((band ** 2).mean(axis=(-2, -1), keepdims=True) - sigma ** 2,
+                                1e-12))
+    threshold = sigma ** 2 / signal
+    return np.sign(band) * np.maximum(np.abs(band) - threshold, 0.0)

@@ -3,7 +3,7 @@ import pytest
 import pywt
 
 from mammo_core.config import WaveletFeaturesConfig
-from mammo_core.wavelet import wavelet_features
+from mammo_core.wavelet import denoised, wavelet_features
 
 
 def patches(n=3, size=(60, 60)):
@@ -58,3 +58,16 @@ def test_magnitude_option_is_the_absolute_value_of_the_same_coefficients():
         family="haar", level=2, keep_levels=(1, 2), magnitude=True))
     np.testing.assert_array_equal(magnitude, np.abs(signed))
     assert (signed < 0).any()
+
+
+def test_denoised_shrinks_white_noise_and_keeps_the_structure():
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:60, :60] / 60.0
+    clean = np.stack([0.4 + 0.2 * np.sin(6 * x + k) * np.cos(4 * y) for k in range(8)])
+    clean[:, 28:32, 28:32] += 0.3  # a bright speck, as a calcification
+    noisy = clean + rng.normal(0.0, 0.02, clean.shape)
+    out = denoised(noisy, 0.02)
+    assert out.dtype == np.float32 and out.shape == clean.shape
+    assert np.abs(out - clean).mean() < 0.6 * np.abs(noisy - clean).mean()
+    assert out[:, 28:32, 28:32].mean() - out[:, :10, :10].mean() > 0.2  # the speck stays
+    np.testing.assert_allclose(denoised(clean, 1e-6), clean, atol=1e-4)  # no noise: as is

@@ -6,8 +6,9 @@ unlabelled patches, and register the model with that mapping for the site.
 
 A single patch does not carry its scanner's gain; a batch does. The registered model
 keeps its training patches' intensity statistics (`intensity_reference.json`, since
-models kept them); this step estimates the site's contrast gain and offset against them
-from every image under `--data-dir` (no labels read), with a bootstrap interval, and
+models kept them); this step estimates the site's contrast gain, offset and extra white
+noise against them from every image under `--data-dir` (no labels read), with bootstrap
+intervals, and
 refuses when the batch is too small or the estimate too uncertain to help
 (`mammo_core/adaptation.py` says how, and why the class mix does not drive it). It then
 registers a version with the same experts whose pyfunc maps each patch onto the training
@@ -138,12 +139,15 @@ def site_images(experiment: Experiment, predictor: EnsemblePredictor, data_dir: 
 def log_mapping(mapping: IntensityMap, units: np.ndarray, predictor: EnsemblePredictor) -> None:
     """Logs the mapping's params and metrics and figures/site_intensities.png."""
     mlflow.log_params({"adapt.gain": f"{mapping.gain:.4f}", "adapt.offset": f"{mapping.offset:.5f}",
+                       "adapt.noise": f"{mapping.noise:.5f}",
                        "adapt.identity": mapping.identity,
                        "adapt.cases": mapping.cases or "unknown"})
     mlflow.log_metrics({"gain_estimate": mapping.estimate[0], "offset_estimate": mapping.estimate[1],
                         "gain_low": mapping.gain_interval[0], "gain_high": mapping.gain_interval[1],
                         "offset_low": mapping.offset_interval[0],
-                        "offset_high": mapping.offset_interval[1]}
+                        "offset_high": mapping.offset_interval[1],
+                        "noise_low": mapping.noise_interval[0],
+                        "noise_high": mapping.noise_interval[1]}
                        | {f"estimated_share_{k}": s for k, s in enumerate(mapping.class_shares)})
     mlflow.log_dict(mapping.to_dict(), "intensity_map.json")
     log_figure(intensities_figure(units, mapping, predictor), "figures/site_intensities.png")
@@ -175,7 +179,8 @@ def site_card(name: str, uri: str, site: str, mapping: IntensityMap, images: int
     return (f"# {name} v{{version}}: adapted to site `{site}`\n\n"
             f"The experts, weights{'' if labelled else ', calibration'} and threshold of "
             f"`{uri}` (v{source['version']}). Each patch is mapped onto the training "
-            f"intensity scale before the experts (x -> mean + (x - mean) / gain - offset): "
+            f"intensity scale before the experts (a noisier site's noise shrunk out by "
+            f"wavelet shrinkage, then x -> mean + (x - mean) / gain - offset): "
             f"{mapping.describe()}, estimated from {images} "
             f"{'labelled' if labelled else 'unlabelled'} images of site `{site}` "
             f"(adapt run `{mlflow.active_run().info.run_id}`)"
