@@ -23,7 +23,8 @@ import pywt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from adapt_bench import SHIFTS, batch_pool, draw, load_holdout  # noqa: E402
-from mammo_core.adaptation import fit_shift, patch_features  # noqa: E402
+from mammo_core.adaptation import (NOISE_EVIDENCE, fit_shift, noise_evidence,  # noqa: E402
+                                   patch_features)
 from mammo_core.shift import combined  # noqa: E402
 
 POOL_CASES = 9  # a batch pool of the hold-out's: half its 19 cases
@@ -47,8 +48,14 @@ def main() -> None:
                         help="draw each pool from 9 training cases instead, left out of "
                              "a reference refitted without it: the estimator's own bias, "
                              "apart from the hold-out's anatomy")
+    parser.add_argument("--evidence", action="store_true",
+                        help="instead: per shift, how much better the best added-noise level "
+                             "explains a batch than none (log-likelihood), against the "
+                             "threshold fit_shift requires, and the noise it then reads")
     args = parser.parse_args()
     holdout = load_holdout(args.config, args.model_uri)
+    if args.evidence:
+        return evidence_table(holdout, args)
     _, uri, version, predictor, raw, labels, cases, *_ = holdout
     spread = predictor.reference.case_spread
     print(f"{uri} = v{version}: {len(np.unique(cases))} hold-out cases; "
@@ -80,6 +87,31 @@ def main() -> None:
               f"| {pools[:, :, 0].std(axis=1).mean():.3f} | {pools[:, :, 0].mean(axis=1).std():.3f} |")
     if args.statistics:
         single_statistics(holdout)
+
+
+def evidence_table(holdout, args) -> None:
+    """Prints per shift the noise evidence of `--draws` batches (min / median / max), the
+    share above the threshold, and the noise sigma fit_shift reads (mean ± std)."""
+    predictor, raw, labels, cases = (holdout.predictor, holdout.raw, holdout.labels,
+                                     holdout.cases)
+    if not predictor.reference.noisy:
+        sys.exit(f"{holdout.uri} keeps no noisy densities: register it with this version")
+    print(f"threshold: {NOISE_EVIDENCE:g}\n\n| shift | evidence: min / median / max "
+          "| above the threshold | noise sigma read |\n|---|---|---|---|")
+    for name, shifts in SHIFTS:
+        evidence, sigma = [], []
+        for seed in range(args.draws):
+            rng = np.random.default_rng(seed)
+            pool = batch_pool(cases, rng)
+            shifted = combined(raw, shifts, seed=seed) if shifts else raw
+            features = patch_features(draw(shifted[pool], labels[pool], cases[pool],
+                                           args.size, args.prevalence, rng)[0])
+            evidence.append(noise_evidence(features, predictor.reference))
+            sigma.append(fit_shift(features, predictor.reference).noise)
+        e = np.array(evidence)
+        print(f"| {name} | {e.min():+.1f} / {np.median(e):+.1f} / {e.max():+.1f} "
+              f"| {np.mean(e >= NOISE_EVIDENCE):.0%} "
+              f"| {np.mean(sigma):.4f} ± {np.std(sigma):.4f} |")
 
 
 def training_part(holdout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -47,10 +47,10 @@ _MOVED_BY = {"log_iqr": (1.0, 0.0), "mean": (0.0, 1.0), "log_detail_peak": (0.0,
 # at registration to measure the features of a noisier scanner: a site's noise is found
 # among them, as its gain and offset are on a grid
 NOISE_LEVELS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04)
-# How much better (log-likelihood) a noise level must explain a batch than none. Measured
-# on batches of 50 of a split's site (/tmp scratch, docs/benchmarks.md#adapt-noise): five
-# cases' finer texture gained 5; added noise of sigma 0.005 gained 25-32, 0.01 115-131.
-_NOISE_EVIDENCE = 10.0
+# How much better (log-likelihood) a noise level must explain a batch than none: a few
+# cases' finer texture reads as a little noise. `benchmarks/adapt_spread.py --evidence`
+# measures it per shift (docs/benchmarks.md#adapt-noise).
+NOISE_EVIDENCE = 20.0
 _FLOOR_IQR = 1e-4  # a flat patch (all one value) still has a finite log IQR
 # an outlier's density floor (per unit of feature space, on the standardised scale): a few
 # artefact patches cannot drag the fit to explain them
@@ -361,7 +361,7 @@ def fit_shift(features: np.ndarray, reference: IntensityReference,
     output) under the reference: (log gain, offset) on a coarse grid under each of the
     reference's noise levels (the training patches' densities with that noise added), then
     a fine grid around the best point at its level. A noise level must beat none by
-    _NOISE_EVIDENCE in log-likelihood: a few cases' finer texture reads as a little noise.
+    NOISE_EVIDENCE in log-likelihood: a few cases' finer texture reads as a little noise.
 
     With `near` (the whole batch's fit, for a bootstrap draw of it) only the coarse points
     within _LOCAL of it, at its noise level and the two beside, are searched; a best point
@@ -371,15 +371,29 @@ def fit_shift(features: np.ndarray, reference: IntensityReference,
     grid, picked = _COARSE, levels
     if near is not None:
         grid, picked = _window(near, levels)
-    fits = [(_best_on(features, at, grid, (0.0, 0.0)), sigma, at) for sigma, at in picked]
+    fits = _coarse_fits(features, picked, grid)
     (loglik, coarse), sigma, at = max(fits, key=lambda fit: fit[0][0])
-    if sigma > 0.0 and fits[0][1] == 0.0 and loglik - fits[0][0][0] < _NOISE_EVIDENCE:
+    if sigma > 0.0 and fits[0][1] == 0.0 and loglik - fits[0][0][0] < NOISE_EVIDENCE:
         (_, coarse), sigma, at = fits[0]  # noise barely explains it better: none
     if near is not None and _on_edge(coarse, grid):
         return fit_shift(features, reference)
     _, best = _best_on(features, at, _FINE, (coarse.log_gain, coarse.offset))
     # the site's noise on its own scale: the training scale's sigma times its gain
     return best._replace(noise=float(sigma * np.exp(best.log_gain)))
+
+
+def noise_evidence(features: np.ndarray, reference: IntensityReference) -> float:
+    """Returns how much better (log-likelihood, coarse grid) the reference's best noise
+    level explains a batch's features than none: what fit_shift weighs against
+    NOISE_EVIDENCE (benchmarks/adapt_spread.py --evidence)."""
+    fits = _coarse_fits(features, list(reference.levels()), _COARSE)
+    return max(fit[0][0] for fit in fits[1:]) - fits[0][0][0] if len(fits) > 1 else 0.0
+
+
+def _coarse_fits(features: np.ndarray, levels: list, grid) -> list:
+    """Returns per (sigma, reference at that noise) of `levels`: ((log-likelihood, best
+    SiteShift on `grid`), sigma, that reference)."""
+    return [(_best_on(features, at, grid, (0.0, 0.0)), sigma, at) for sigma, at in levels]
 
 
 def _window(near: SiteShift, levels: list) -> tuple[tuple[np.ndarray, np.ndarray], list]:

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from mammo_core.adaptation import (FEATURES, AdaptationError, IntensityMap,
+from mammo_core.adaptation import (FEATURES, NOISE_EVIDENCE, AdaptationError, IntensityMap,
                                    IntensityReference, estimate_map, fit_reference, fit_shift,
-                                   patch_features)
+                                   noise_evidence, patch_features)
 from mammo_core.config import load_experiment
 from mammo_core.data import load_dataset
 from mammo_core.shift import Shift, combined
@@ -103,6 +103,7 @@ def test_a_noisier_site_reads_as_noise_not_as_a_gain(split, sigma):
     reference, images, labels, _ = split
     noisy = combined(batch(images, labels, 50, 0.2, seed=5), (Shift("noise", sigma),), seed=5)
     fit = fit_shift(patch_features(noisy), reference)
+    assert noise_evidence(patch_features(noisy), reference) > 2 * NOISE_EVIDENCE
     assert np.exp(fit.log_gain) == pytest.approx(1.0, abs=0.12)
     assert fit.noise == pytest.approx(sigma, rel=0.3)
 
@@ -132,8 +133,10 @@ def test_a_noisier_site_is_mapped_with_its_noise_shrunk_out(split):
 
 def test_an_unshifted_site_maps_to_the_identity(split):
     reference, images, labels, _ = split
-    mapping = estimate_map(batch(images, labels, 50, 0.2, seed=2), reference, bootstrap=60)
-    assert mapping.identity and mapping.gain_interval[0] <= 1.0 <= mapping.gain_interval[1]
+    site = batch(images, labels, 50, 0.2, seed=2)
+    assert noise_evidence(patch_features(site), reference) < NOISE_EVIDENCE
+    mapping = estimate_map(site, reference, bootstrap=60)
+    assert mapping.noise == 0.0 and mapping.identity and mapping.gain_interval[0] <= 1.0 <= mapping.gain_interval[1]
     assert abs(mapping.estimate[0] - 1.0) < 0.08
     units = images[:3]
     assert mapping.apply(units) is units

@@ -186,7 +186,9 @@ def log_intensity_reference(dataset: Dataset, plan: FoldPlan) -> IntensityRefere
     mlflow.log_dict(reference.to_dict(), "intensity_reference.json")
     mlflow.log_params({f"intensity.{k}": f"{v:.6g}" for k, v in reference.summary["all"].items()}
                       | {"intensity.case_spread_log_gain": f"{reference.case_spread[0]:.4f}",
-                         "intensity.case_spread_offset": f"{reference.case_spread[1]:.4f}"})
+                         "intensity.case_spread_offset": f"{reference.case_spread[1]:.4f}",
+                         "intensity.noise_levels": " ".join(f"{sigma:g}" for sigma, _ in
+                                                            reference.noisy) or "none"})
     return reference
 
 
