@@ -212,8 +212,9 @@ def main() -> None:
     parser.add_argument("--batch-wait", type=float, default=defaults.batch_wait_timeout_s)
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch_size)
     parser.add_argument("--expert-calls", default=defaults.expert_calls,
-                        choices=["auto", "concurrent", "sequential"],
-                        help="the replica's experts at once or in turn; auto: measured at start")
+                        choices=["auto", "sequential", "concurrent", "graph"],
+                        help="the replica's experts in turn, at once on threads, or as one "
+                             "graph; auto: measured at start")
     parser.add_argument("--mlflow-workers", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--ingress", nargs="+", default=["direct", "proxy"],
                         choices=["direct", "proxy"], help="Ray Serve modes to measure")

@@ -34,7 +34,7 @@ from mammo_core.patches import PatchError, as_unit_patches
 from mammo_core.predictor import table_columns
 from mammo_core.training import limit_tensorflow_threads
 from serve.explainer import Explainer
-from serve.host import concurrent_is_faster, takes_executor, usable_cpus
+from serve.host import WAY_NAMES, fastest_expert_calls, usable_cpus, way_arguments, ways_of
 from serve.model import load_model
 from serve import scoring
 from serve.payload import BadRequest, read_body, read_patches
@@ -135,7 +135,7 @@ class PatchScorer:
         self.model = None
         # threads for one model call's experts, if they score faster at once (serve/host.py)
         self.expert_threads = ThreadPoolExecutor(EXPERT_THREADS, thread_name_prefix="expert")
-        self.concurrent, self.expert_calls = False, "not chosen yet (no model)"
+        self.way, self.expert_calls = "sequential", "not chosen yet (no model)"
         if self.settings.model_uri:  # `serve run` configs name it in args; bind_app in user_config
             self.first_model(load_model(self.settings.model_uri, self.settings.tracking_uri))
         # Explanations run one at a time in a child process, stopped while scoring runs
@@ -170,14 +170,15 @@ class PatchScorer:
         the setting, or with `auto` what measures faster here (logged; the start line says
         which, through `status`)."""
         self.model = model
-        choice = self.settings.expert_calls
-        if not takes_executor(model.predictor):
-            self.concurrent, why = False, "the model's own code calls them in turn"
+        choice, ways = self.settings.expert_calls, ways_of(model.predictor)
+        if choice not in ("auto", *ways):
+            self.way, why = "sequential", f"the model's own code cannot call them {choice}"
         elif choice != "auto" or len(model.predictor.experts) < 2:
-            self.concurrent, why = choice == "concurrent", "set" if choice != "auto" else "one expert"
+            self.way, why = ("sequential" if choice == "auto" else choice,
+                             "set" if choice != "auto" else "one expert")
         else:
-            self.concurrent, why = concurrent_is_faster(model.predictor, self.expert_threads)
-        self.expert_calls = f"{'at once' if self.concurrent else 'one after the other'} ({why})"
+            self.way, why = fastest_expert_calls(model.predictor, self.expert_threads)
+        self.expert_calls = f"{WAY_NAMES[self.way]} ({why})"
         logger.info("experts are called %s", self.expert_calls)
 
     def reload(self, uri: str) -> None:
@@ -232,11 +233,10 @@ class PatchScorer:
         return [({k: parts[k][i] for k in parts}, model.info) for i in range(len(batches))]
 
     def run_experts(self, predictor, units: np.ndarray) -> dict[str, np.ndarray]:
-        """Returns the predictor's output, its experts at once where that was chosen and
-        the model (a reloaded one too) can."""
-        if self.concurrent and takes_executor(predictor):
-            return predictor.predict(units, executor=self.expert_threads)
-        return predictor.predict(units)
+        """Returns the predictor's output, its experts called the chosen way where the
+        model (a reloaded one too) can, else one after the other."""
+        way = self.way if self.way in ways_of(predictor) else "sequential"
+        return predictor.predict(units, **way_arguments(way, self.expert_threads))
 
     async def score_all(self, units: np.ndarray) -> tuple[dict, dict]:
         """Scores a request of any size in chunks of at most `max_batch_size` images.

@@ -74,42 +74,59 @@ def read_v1(folder: Path) -> float | None:
         return None
 
 
-def takes_executor(predictor) -> bool:
-    """Returns whether the predictor can run its experts on an executor: a model
-    registered before that ships an older mammo_core (its `code_paths`) cannot."""
-    return _class_takes_executor(type(predictor))
+# how a replica may call one model call's experts (ServeSettings.expert_calls)
+WAYS = ("sequential", "concurrent", "graph")
+WAY_NAMES = {"sequential": "one after the other", "concurrent": "at once on threads",
+             "graph": "as one graph"}
+
+
+def ways_of(predictor) -> tuple[str, ...]:
+    """Returns the WAYS the predictor can call its experts: a model registered before
+    that ships an older mammo_core (its `code_paths`) may lack the graph or the threads."""
+    return _class_ways(type(predictor))
 
 
 @functools.cache
-def _class_takes_executor(cls: type) -> bool:
+def _class_ways(cls: type) -> tuple[str, ...]:
     # asked on every model call: the signature is read once per predictor class
-    return "executor" in inspect.signature(cls.expert_probabilities).parameters
+    parameters = inspect.signature(cls.expert_probabilities).parameters
+    return tuple(w for w in WAYS if w == "sequential"
+                 or {"concurrent": "executor", "graph": "graph"}[w] in parameters)
 
 
-def concurrent_is_faster(predictor, executor: Executor, repeats: int = 5
-                         ) -> tuple[bool, str]:
-    """Returns whether the experts score a 1-image and a 32-image batch faster at once on
-    `executor` than one after the other, on this host now, and a line with the medians.
+def way_arguments(way: str, executor: Executor) -> dict:
+    """Returns the keyword arguments of `expert_probabilities` / `predict` for a way."""
+    return {"sequential": {}, "concurrent": {"executor": executor}, "graph": {"graph": True}}[way]
 
-    Synthetic patches, the two ways interleaved, compiled steps warmed first. Concurrent
-    wins when its time over sequential's, averaged over the two sizes, is under 1: 0.68
-    for one image and 0.87 for 32 on a 2-vCPU host (threads overlap one expert's dispatch
-    with another's arithmetic), 1.38 and 1.17 under a 0.67-CPU quota, which leaves no idle
-    core to overlap with (docs/benchmarks.md#expert-calls).
+
+def fastest_expert_calls(predictor, executor: Executor, repeats: int = 5) -> tuple[str, str]:
+    """Returns the way of ways_of(predictor) in which the experts score a 1-image and a
+    32-image batch fastest on this host now, and a line with the medians.
+
+    Synthetic patches, the ways interleaved, compiled steps warmed first; the winner has
+    the lowest time over sequential's, averaged over the two sizes. On a 2-vCPU host
+    threads overlap one expert's dispatch with another's arithmetic (0.68 for one image,
+    0.87 for 32), which a 0.67-CPU quota leaves no idle core for (1.38 and 1.17); one graph
+    of all the experts pays one call's dispatch instead of one per expert
+    (docs/benchmarks.md#expert-graph).
     """
     data = predictor.experiment.data
     shape = (2, *data.image_size) if data.pairs else tuple(data.image_size)
     rng = np.random.default_rng(0)
-    ratios, parts = [], []
+    ways = ways_of(predictor)
+    ratios, parts = {w: [] for w in ways}, []
     for n, reps in ((1, 3 * repeats), (32, repeats)):
         images = predictor.model_inputs(rng.random((n, *shape), dtype=np.float32))
-        times = {None: [], executor: []}
-        for _ in range(reps + 1):  # the first round warms both up and is dropped
-            for way in times:
+        times = {w: [] for w in ways}
+        for _ in range(reps + 1):  # the first round warms each up and is dropped
+            for way in ways:
                 start = time.perf_counter()
-                predictor.expert_probabilities(images, way)
+                predictor.expert_probabilities(images, **way_arguments(way, executor))
                 times[way].append(time.perf_counter() - start)
-        sequential, concurrent = (float(np.median(times[w][1:])) * 1e3 for w in times)
-        ratios.append(concurrent / sequential)
-        parts.append(f"{n} image{'s' if n > 1 else ''} {concurrent:.1f} vs {sequential:.1f} ms")
-    return float(np.mean(ratios)) < 1.0, "measured at once vs in turn: " + ", ".join(parts)
+        medians = {w: float(np.median(times[w][1:])) * 1e3 for w in ways}
+        for w in ways:
+            ratios[w].append(medians[w] / medians["sequential"])
+        parts.append(f"{n} image{'s' if n > 1 else ''} "
+                     + " / ".join(f"{medians[w]:.1f}" for w in ways) + " ms")
+    best = min(ways, key=lambda w: float(np.mean(ratios[w])))
+    return best, f"measured {' / '.join(ways)}: " + ", ".join(parts)

@@ -26,9 +26,10 @@ class ServeSettings(BaseModel):
     # measured when it starts (cores, fewer under a container's CPU quota: serve/host.py);
     # with several replicas on one host, give cores / replicas
     tf_threads: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
-    # the experts of one model call: at once on the replica's threads, or one after the
-    # other; auto: whichever scores faster on this host, measured when the replica starts
-    expert_calls: Literal["auto", "concurrent", "sequential"] = "auto"
+    # the experts of one model call: one after the other, at once on the replica's
+    # threads, or as one compiled graph; auto: whichever scores fastest on this host,
+    # measured when the replica starts (serve/host.py)
+    expert_calls: Literal["auto", "sequential", "concurrent", "graph"] = "auto"
     max_batch_size: int = Field(32, ge=1)       # images per @serve.batch call, summed
     # a batch waits this long for company only while other requests are in flight
     batch_wait_timeout_s: float = Field(0.02, ge=0)

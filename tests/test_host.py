@@ -14,7 +14,7 @@ from mammo_core.config import load_experiment
 from mammo_core.ensemble import Ensemble
 from mammo_core.hypermodel import build_model
 from mammo_core.predictor import EnsemblePredictor
-from serve.host import concurrent_is_faster, cpu_quota, takes_executor, usable_cpus
+from serve.host import WAYS, cpu_quota, fastest_expert_calls, usable_cpus, ways_of
 from serve.settings import ServeSettings
 from serve.app import tf_threads
 
@@ -72,20 +72,26 @@ def test_tf_threads_auto_is_measured_and_a_number_is_kept():
     assert ServeSettings(tf_threads="2").tf_threads == 2  # from the command line
 
 
-def test_the_expert_calls_are_measured_both_ways_on_both_sizes():
+def test_the_expert_calls_are_measured_every_way_on_both_sizes():
     quick = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "microcal_quick.yaml")
     experts = [build_model(quick.hyperparameters, (60, 60, 1), quick.model, seed=s) for s in (0, 1)]
     predictor = EnsemblePredictor(experts, Ensemble(np.array([0.5, 0.5]), 0.5), quick, 8)
-    assert takes_executor(predictor)
+    assert ways_of(predictor) == WAYS
     with ThreadPoolExecutor(2) as threads:
-        faster, line = concurrent_is_faster(predictor, threads, repeats=2)
-    assert isinstance(faster, bool)
-    assert re.fullmatch(r"measured at once vs in turn: 1 image [\d.]+ vs [\d.]+ ms, "
-                        r"32 images [\d.]+ vs [\d.]+ ms", line), line
+        way, line = fastest_expert_calls(predictor, threads, repeats=2)
+    assert way in WAYS
+    times = r"[\d.]+ / [\d.]+ / [\d.]+ ms"
+    assert re.fullmatch(rf"measured sequential / concurrent / graph: 1 image {times}, "
+                        rf"32 images {times}", line), line
 
 
 def test_a_predictor_of_older_code_is_called_in_turn():
     class Older:  # what a model registered before ships in its own mammo_core
         def expert_probabilities(self, images):
             return images
-    assert not takes_executor(Older())
+
+    class LastStop:  # threads, no graph yet
+        def expert_probabilities(self, images, executor=None):
+            return images
+    assert ways_of(Older()) == ("sequential",)
+    assert ways_of(LastStop()) == ("sequential", "concurrent")

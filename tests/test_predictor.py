@@ -50,6 +50,17 @@ def test_experts_at_once_on_an_executor_give_the_same_columns_in_order(predictor
                                   predictor.predict(patches())["experts"][:, ::-1])
 
 
+def test_experts_as_one_graph_give_the_same_columns_in_order(predictor):
+    reversed_experts = dataclasses.replace(predictor, experts=predictor.experts[::-1])
+    for model in (predictor, reversed_experts):
+        np.testing.assert_allclose(model.predict(patches(), graph=True)["experts"],
+                                   model.predict(patches())["experts"], atol=1e-6)
+    many = np.random.default_rng(2).integers(0, 256, (300, 60, 60), dtype=np.uint8)
+    # more than one chunk of _BATCH, and a size the graph has not seen
+    np.testing.assert_allclose(predictor.predict(many, graph=True)["probability"],
+                               predictor.predict(many)["probability"], atol=1e-6)
+
+
 def test_bundle_round_trip_reproduces_predictions(predictor, tmp_path):
     paths = write_bundle(tmp_path, predictor)
     assert sorted(paths) == ["ensemble", "experiment", "expert_0", "expert_1"]

@@ -311,10 +311,11 @@ def test_bad_input_gets_a_4xx_json_error_and_the_service_keeps_answering(service
 
 
 def test_the_replica_measured_how_to_call_its_experts(service):
-    # a host where threads overlap one expert's dispatch with another's compute calls
-    # them at once; under a tight CPU quota in turn: either way, measured at start-up
-    assert re.fullmatch(r"(at once|one after the other) \(measured at once vs in turn: 1 image "
-                        r"[\d.]+ vs [\d.]+ ms, 32 images [\d.]+ vs [\d.]+ ms\)",
+    # which way wins depends on the host (threads need an idle core; one graph saves
+    # each expert's dispatch): whichever, measured at start-up
+    times = r"[\d.]+ / [\d.]+ / [\d.]+ ms"
+    assert re.fullmatch(rf"(one after the other|at once on threads|as one graph) \(measured "
+                        rf"sequential / concurrent / graph: 1 image {times}, 32 images {times}\)",
                         replica_status()["expert_calls"])
 
 
