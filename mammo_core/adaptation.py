@@ -372,14 +372,14 @@ def fit_shift(features: np.ndarray, reference: IntensityReference,
     if near is not None:
         grid, picked = _window(near, levels)
     fits = _coarse_fits(features, picked, grid)
-    (loglik, coarse), sigma, at = max(fits, key=lambda fit: fit[0][0])
-    if sigma > 0.0 and fits[0][1] == 0.0 and loglik - fits[0][0][0] < NOISE_EVIDENCE:
-        (_, coarse), sigma, at = fits[0]  # noise barely explains it better: none
-    if near is not None and _on_edge(coarse, grid):
+    best = max(fits, key=lambda fit: fit.loglik)
+    if best.sigma > 0.0 and fits[0].sigma == 0.0 and best.loglik - fits[0].loglik < NOISE_EVIDENCE:
+        best = fits[0]  # noise barely explains it better: none
+    if near is not None and _on_edge(best.shift, grid):
         return fit_shift(features, reference)
-    _, best = _best_on(features, at, _FINE, (coarse.log_gain, coarse.offset))
+    _, fine = _best_on(features, best.reference, _FINE, (best.shift.log_gain, best.shift.offset))
     # the site's noise on its own scale: the training scale's sigma times its gain
-    return best._replace(noise=float(sigma * np.exp(best.log_gain)))
+    return fine._replace(noise=float(best.sigma * np.exp(fine.log_gain)))
 
 
 def noise_evidence(features: np.ndarray, reference: IntensityReference) -> float:
@@ -387,13 +387,22 @@ def noise_evidence(features: np.ndarray, reference: IntensityReference) -> float
     level explains a batch's features than none: what fit_shift weighs against
     NOISE_EVIDENCE (benchmarks/adapt_spread.py --evidence)."""
     fits = _coarse_fits(features, list(reference.levels()), _COARSE)
-    return max(fit[0][0] for fit in fits[1:]) - fits[0][0][0] if len(fits) > 1 else 0.0
+    return max(fit.loglik for fit in fits[1:]) - fits[0].loglik if len(fits) > 1 else 0.0
 
 
-def _coarse_fits(features: np.ndarray, levels: list, grid) -> list:
-    """Returns per (sigma, reference at that noise) of `levels`: ((log-likelihood, best
-    SiteShift on `grid`), sigma, that reference)."""
-    return [(_best_on(features, at, grid, (0.0, 0.0)), sigma, at) for sigma, at in levels]
+class _LevelFit(NamedTuple):
+    """The best coarse-grid shift under one noise level."""
+
+    loglik: float
+    shift: SiteShift
+    sigma: float  # the level's noise, on the training scale
+    reference: IntensityReference  # the reference at that level
+
+
+def _coarse_fits(features: np.ndarray, levels: list, grid) -> list[_LevelFit]:
+    """Returns per (sigma, reference at that noise) of `levels` the best shift on `grid`."""
+    return [_LevelFit(*_best_on(features, at, grid, (0.0, 0.0)), sigma, at)
+            for sigma, at in levels]
 
 
 def _window(near: SiteShift, levels: list) -> tuple[tuple[np.ndarray, np.ndarray], list]:

@@ -93,8 +93,8 @@ class EnsemblePredictor:
         after the other otherwise. All three give the same numbers.
         """
         if graph:
-            columns = [np.concatenate(parts) for parts in zip(*(
-                self._all_experts(images[i:i + _BATCH]) for i in range(0, len(images), _BATCH)))]
+            columns = [np.concatenate(parts) for parts in zip(*map(self._all_experts,
+                                                                   _chunks(images)))]
             return np.stack([_column(c) for c in columns], axis=1).astype(np.float64)
         columns = (executor.map if executor else map)(partial(_probabilities, images),
                                                       self.experts)
@@ -141,8 +141,13 @@ def _probabilities(images: np.ndarray, model: keras.Model) -> np.ndarray:
     """Returns one expert's probabilities: (N,) for a binary task, (N, K) for K classes."""
     # predict_on_batch runs the compiled step without predict()'s loop set-up:
     # measured 2 ms for one image vs 20 ms for an eager call (25 vs 74 ms for 32).
-    return _column(np.concatenate([np.asarray(model.predict_on_batch(images[i:i + _BATCH]))
-                                   for i in range(0, len(images), _BATCH)]))
+    return _column(np.concatenate([np.asarray(model.predict_on_batch(chunk))
+                                   for chunk in _chunks(images)]))
+
+
+def _chunks(images: np.ndarray) -> list[np.ndarray]:
+    """Returns the images in consecutive chunks of at most _BATCH."""
+    return [images[i:i + _BATCH] for i in range(0, len(images), _BATCH)]
 
 
 def _column(out: np.ndarray) -> np.ndarray:

@@ -90,11 +90,10 @@ def ways_of(predictor) -> tuple[str, ...]:
 def _class_ways(cls: type) -> tuple[str, ...]:
     # asked on every model call: the signature is read once per predictor class
     parameters = inspect.signature(cls.expert_probabilities).parameters
-    return tuple(w for w in WAYS if w == "sequential"
-                 or {"concurrent": "executor", "graph": "graph"}[w] in parameters)
+    return tuple(w for w in WAYS if set(way_arguments(w, None)) <= set(parameters))
 
 
-def way_arguments(way: str, executor: Executor) -> dict:
+def way_arguments(way: str, executor: Executor | None) -> dict:
     """Returns the keyword arguments of `expert_probabilities` / `predict` for a way."""
     return {"sequential": {}, "concurrent": {"executor": executor}, "graph": {"graph": True}}[way]
 
